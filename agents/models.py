@@ -1,0 +1,169 @@
+"""Model specs (`provider:model` strings) and the one loader that turns them into chat models.
+
+Specs:
+  openai:MODEL              OpenAI, key from OPENAI_API_KEY
+  together:ORG/MODEL        Together AI, key from TOGETHER_API_KEY
+  compat:MODEL@BASE_URL     any OpenAI-compatible server (vLLM, Ollama, llama.cpp); key from COMPAT_API_KEY if set
+  local:smollm2             the embedded SmolLM2-135M-Instruct, served in-process (the default)
+  local:/path/to/file.gguf  another GGUF served the same way
+
+Every provider goes through the OpenAI chat-completions client, so retries, timeouts, usage accounting
+and structured output behave the same everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+from urllib.parse import urlparse
+
+from langchain_core.language_models import BaseChatModel
+from pydantic import SecretStr
+
+from agents.embedded import EmbeddedServer, resolve_gguf
+from tools.errors import ConfigError
+
+DEFAULT_MODEL = "local:smollm2"
+PROVIDERS = ("openai", "together", "compat", "local")
+API_KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "together": "TOGETHER_API_KEY", "compat": "COMPAT_API_KEY"}
+
+OutputFormat = Literal["auto", "text", "json"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed `provider:model` string."""
+
+    provider: str
+    model: str
+    base_url: str | None = None
+
+    @property
+    def text(self) -> str:
+        suffix = f"@{self.base_url}" if self.provider == "compat" else ""
+        return f"{self.provider}:{self.model}{suffix}"
+
+
+def parse_model_spec(spec: str, *, flag: str = "--model") -> ModelSpec:
+    """Parse a spec string; a malformed one raises ConfigError naming the flag it came from."""
+    provider, separator, rest = spec.partition(":")
+    if not separator or not rest:
+        raise ConfigError(f"{flag} {spec!r}: expected PROVIDER:MODEL, e.g. openai:gpt-4o or local:smollm2")
+    if provider not in PROVIDERS:
+        raise ConfigError(f"{flag} {spec!r}: unknown provider {provider!r} (known: {', '.join(PROVIDERS)})")
+    if provider == "compat":
+        model, at, base_url = rest.rpartition("@")
+        if not at or not model or not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{flag} {spec!r}: expected compat:MODEL@http://HOST:PORT/v1")
+        return ModelSpec(provider, model, base_url.rstrip("/"))
+    return ModelSpec(provider, rest)
+
+
+def _endpoint_reachable(base_url: str, timeout: float = 3.0) -> bool:
+    parsed = urlparse(base_url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "localhost", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def check_model_spec(spec: str, *, flag: str = "--model") -> ModelSpec:
+    """Everything that can be checked before any work starts: provider, key, endpoint, GGUF file."""
+    parsed = parse_model_spec(spec, flag=flag)
+    if parsed.provider in ("openai", "together"):
+        variable = API_KEY_VARIABLES[parsed.provider]
+        if not os.environ.get(variable):
+            raise ConfigError(f"{flag} {spec}: the environment variable {variable} is not set")
+    elif parsed.provider == "compat":
+        assert parsed.base_url is not None
+        if not _endpoint_reachable(parsed.base_url):
+            raise ConfigError(f"{flag} {spec}: nothing answers at {parsed.base_url}")
+    elif parsed.provider == "local":
+        resolve_gguf(parsed.model)
+    return parsed
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSettings:
+    """How every chat model of a run is configured."""
+
+    temperature: float = field(default=0.0, metadata={"help": "sampling temperature (the paper used 0)"})
+    max_tokens: int = field(default=512, metadata={"help": "cap on tokens generated per call"})
+    timeout_s: float = field(default=120.0, metadata={"help": "per-request timeout in seconds"})
+    max_retries: int = field(
+        default=6, metadata={"help": "retries of timeouts, 5xx and 429 (honouring Retry-After), with backoff"}
+    )
+    output_format: OutputFormat = field(
+        default="auto",
+        metadata={"help": "evaluator answer format: text lines, a JSON schema, or auto (JSON for local models)"},
+    )
+
+
+class ModelSource(Protocol):
+    """What graph nodes need from a model loader; tests substitute scripted fakes."""
+
+    def chat_model(self, spec: str) -> BaseChatModel: ...
+
+    def json_mode(self, spec: str) -> bool: ...
+
+
+class ModelRegistry:
+    """Loads each spec once per run and owns the embedded servers it starts."""
+
+    def __init__(self, settings: ModelSettings | None = None) -> None:
+        self.settings = settings or ModelSettings()
+        self._models: dict[str, BaseChatModel] = {}
+        self._servers: dict[str, EmbeddedServer] = {}
+
+    def json_mode(self, spec: str) -> bool:
+        if self.settings.output_format != "auto":
+            return self.settings.output_format == "json"
+        # The embedded model is too small to keep a text answer format reliably; a grammar keeps it.
+        return parse_model_spec(spec).provider == "local"
+
+    def chat_model(self, spec: str) -> BaseChatModel:
+        if spec not in self._models:
+            self._models[spec] = self._load(parse_model_spec(spec))
+        return self._models[spec]
+
+    def _load(self, spec: ModelSpec) -> BaseChatModel:
+        common: dict[str, Any] = {
+            "model": spec.model,
+            "temperature": self.settings.temperature,
+            "max_tokens": self.settings.max_tokens,
+            "timeout": self.settings.timeout_s,
+            "max_retries": self.settings.max_retries,
+        }
+        if spec.provider == "together":
+            from langchain_together import ChatTogether
+
+            key = os.environ.get(API_KEY_VARIABLES["together"], "")
+            return ChatTogether(api_key=SecretStr(key), **common)
+
+        from langchain_openai import ChatOpenAI
+
+        if spec.provider == "openai":
+            return ChatOpenAI(api_key=SecretStr(os.environ.get(API_KEY_VARIABLES["openai"], "")), **common)
+        if spec.provider == "compat":
+            key = os.environ.get(API_KEY_VARIABLES["compat"]) or "not-needed"
+            return ChatOpenAI(api_key=SecretStr(key), base_url=spec.base_url, **common)
+        server = self._server_for(spec.model)
+        # The local server answers for whatever model name it is given; keep the spec's for traces.
+        return ChatOpenAI(api_key=SecretStr("not-needed"), base_url=server.base_url, **common)
+
+    def _server_for(self, name: str) -> EmbeddedServer:
+        path = resolve_gguf(name)
+        key = str(path)
+        if key not in self._servers:
+            self._servers[key] = EmbeddedServer(path)
+        return self._servers[key]
+
+    def close(self) -> None:
+        for server in self._servers.values():
+            server.stop()
+        self._servers.clear()
+        self._models.clear()

@@ -1,0 +1,62 @@
+"""Pydantic records of what model calls said: kept apart from graph state, serialised into outputs."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Exchange(BaseModel):
+    """One model call as recorded: who, what it said, and the follow-up if its first reply had no answer."""
+
+    model: str
+    role: str
+    text: str
+    followup_text: str | None = None
+    parse_ok: bool = True
+    input_tokens: int = 0
+    output_tokens: int = 0
+    latency_s: float = 0.0
+
+
+class Turn(BaseModel):
+    """One contribution to a debate: who spoke, in which round (1-based), and what they said."""
+
+    role: str
+    speaker: str
+    round: int
+    text: str
+
+
+class Usage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    calls: int = 0
+
+    @classmethod
+    def total(cls, exchanges: list[Exchange]) -> Usage:
+        return cls(
+            input_tokens=sum(exchange.input_tokens for exchange in exchanges),
+            output_tokens=sum(exchange.output_tokens for exchange in exchanges),
+            calls=sum(1 + (exchange.followup_text is not None) for exchange in exchanges),
+        )
+
+
+class Verdict(BaseModel):
+    """The evaluation record of one item, written as one JSON line by `fellowship evaluate`."""
+
+    id: str
+    method: str
+    strategy: str | None = None
+    scale: int | None = None
+    models: list[str]
+    scores: list[float | None]
+    winner: str | None
+    parse_ok: bool
+    swapped: bool = False
+    order_winners: list[str | None] = Field(default_factory=list)
+    juror_votes: list[str | None] = Field(default_factory=list)
+    exchanges: list[Exchange] = Field(default_factory=list)
+    transcript: list[Turn] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    latency_s: float = 0.0
+    error: str | None = None

@@ -1,0 +1,138 @@
+"""Debate referees (after ChatEval): the role registry and what one referee says.
+
+A role is data: a key, a display name, a prompt file holding its description, and optionally its own
+model. Adding a referee means adding one `RefereeRole` and one `debate_role_<key>.j2` file; the debate
+graph builds one node per role from the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import HumanMessage, SystemMessage
+
+import prompts
+from agents.calls import complete, complete_with_followup
+from agents.judge import combined_format_lines, combined_schema
+from agents.records import Exchange, Turn
+from tools.parsing import parse_assistant_scores
+
+
+@dataclass(frozen=True)
+class RefereeRole:
+    """One referee persona. `model` overrides the debate's default model for this referee."""
+
+    key: str
+    name: str
+    prompt: str
+    model: str | None = None
+
+    @property
+    def description(self) -> str:
+        return prompts.render(self.prompt)
+
+
+DEFAULT_ROLES: tuple[RefereeRole, ...] = (
+    RefereeRole("general_public", "General Public", "debate_role_general_public"),
+    RefereeRole("psychologist", "Psychologist", "debate_role_psychologist"),
+    RefereeRole("critic", "Critic", "debate_role_critic"),
+)
+
+
+def debate_labels(count: int) -> list[str]:
+    """Referees discuss 'Assistant 1', 'Assistant 2', ... as ChatEval did."""
+    return [str(index + 1) for index in range(count)]
+
+
+def _answer_blocks(answers: Sequence[str]) -> list[dict[str, str]]:
+    return [{"label": label, "text": text} for label, text in zip(debate_labels(len(answers)), answers, strict=True)]
+
+
+def _messages(user_text: str, answer_count: int) -> list[Any]:
+    return [
+        SystemMessage(content=prompts.render("debate_system", answer_count=answer_count)),
+        HumanMessage(content=user_text),
+    ]
+
+
+async def speak(
+    model: BaseChatModel,
+    *,
+    model_spec: str,
+    role: RefereeRole,
+    question: str,
+    answers: Sequence[str],
+    discussion: Sequence[Turn],
+    round_number: int,
+    rounds: int,
+    max_tokens: int | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> tuple[Turn, Exchange]:
+    """The referee's contribution in one round, having seen everything said before it."""
+    user_text = prompts.render(
+        "debate_turn",
+        question=question,
+        answers=_answer_blocks(answers),
+        discussion=[turn.model_dump() for turn in discussion],
+        role_name=role.name,
+        role_description=role.description,
+        round=round_number,
+        rounds=rounds,
+    )
+    run_name = f"debate/{role.key}/round-{round_number}"
+    reply = await complete(
+        model, _messages(user_text, len(answers)), max_tokens=max_tokens, run_name=run_name, metadata=metadata
+    )
+    turn = Turn(role=role.key, speaker=role.name, round=round_number, text=reply.text.strip())
+    exchange = Exchange(
+        model=model_spec,
+        role=run_name,
+        text=reply.text,
+        input_tokens=reply.input_tokens,
+        output_tokens=reply.output_tokens,
+        latency_s=reply.latency_s,
+    )
+    return turn, exchange
+
+
+async def final_scores(
+    model: BaseChatModel,
+    *,
+    model_spec: str,
+    role: RefereeRole,
+    question: str,
+    answers: Sequence[str],
+    discussion: Sequence[Turn],
+    json_mode: bool,
+    metadata: dict[str, Any] | None = None,
+) -> tuple[list[float | None], Exchange]:
+    """The referee's closing scores out of 10 for every answer."""
+    labels = debate_labels(len(answers))
+    user_text = prompts.render(
+        "debate_final",
+        question=question,
+        answers=_answer_blocks(answers),
+        discussion=[turn.model_dump() for turn in discussion],
+        role_name=role.name,
+        role_description=role.description,
+        json_mode=json_mode,
+    )
+    score_map, exchange = await complete_with_followup(
+        model,
+        _messages(user_text, len(answers)),
+        parse=lambda text: parse_assistant_scores(text, labels, 10),
+        is_complete=lambda parsed: all(value is not None for value in parsed.values()),
+        required_format=(
+            "{" + ", ".join(f'"score_assistant_{label}": X' for label in labels) + "}"
+            if json_mode
+            else combined_format_lines(labels, 10)
+        ),
+        model_spec=model_spec,
+        role=f"debate/{role.key}/final",
+        json_schema=("referee_scores", combined_schema(labels, 10, "reasoning")) if json_mode else None,
+        metadata=metadata,
+    )
+    return [score_map[label] for label in labels], exchange

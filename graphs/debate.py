@@ -1,0 +1,195 @@
+"""LLM Debate (after ChatEval) as a graph: referees from a role registry speak in turn for some rounds.
+
+One node per referee role, chained in registry order; `close_round` counts rounds and its conditional
+edge either starts the next round with the first referee or fans out one `final_score` branch per
+referee. `aggregate_scores` averages the referees that gave parsable scores.
+
+    START -> open_debate -> role_1 -> ... -> role_k -> close_round -(route_round)-> role_1 | final_score x k
+    final_score -> aggregate_scores -> END
+
+Adding a referee: one more `RefereeRole` in the registry passed to `build_debate_graph`, plus its prompt file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Annotated, Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import Send
+
+from agents.records import Exchange, Turn, Usage, Verdict
+from agents.referees import DEFAULT_ROLES, RefereeRole, final_scores, speak
+from graphs.context import EvaluationContext
+from graphs.state import EvaluationInput, EvaluationOutput, ItemState
+from tools.errors import ConfigError
+from tools.items import prompt_text
+from tools.verdicts import mean_scores, winner_from_scores
+
+
+class DebateState(TypedDict, total=False):
+    item: ItemState
+    started_at: float
+    round: int
+    transcript: Annotated[list[dict[str, Any]], operator.add]
+    exchanges: Annotated[list[dict[str, Any]], operator.add]
+    referee_scores: Annotated[list[dict[str, Any]], operator.add]
+    verdict: dict[str, Any]
+
+
+class FinalScoreTask(TypedDict):
+    item: ItemState
+    seat: int
+    transcript: list[dict[str, Any]]
+
+
+def referee_model(roles: Sequence[RefereeRole], seat: int, models: Sequence[str]) -> str:
+    """A role's own model if it names one; else one model for all, or one model per role in order."""
+    role = roles[seat]
+    if role.model:
+        return role.model
+    if len(models) == 1:
+        return models[0]
+    if len(models) == len(roles):
+        return models[seat]
+    raise ConfigError(
+        f"--model: a debate takes one model for all referees or one per referee ({len(roles)}), got {len(models)}"
+    )
+
+
+def open_debate(state: DebateState) -> dict[str, Any]:
+    return {"round": 1, "started_at": time.perf_counter()}
+
+
+def make_referee_node(
+    roles: Sequence[RefereeRole], seat: int
+) -> Callable[[DebateState, Runtime[EvaluationContext]], Coroutine[Any, Any, dict[str, Any]]]:
+    role = roles[seat]
+
+    async def referee_speaks(state: DebateState, runtime: Runtime[EvaluationContext]) -> dict[str, Any]:
+        context = runtime.context
+        item = state["item"]
+        spec = referee_model(roles, seat, context.models)
+        turn, exchange = await speak(
+            context.model_source.chat_model(spec),
+            model_spec=spec,
+            role=role,
+            question=prompt_text(item["prompt"]),
+            answers=item["responses"],
+            discussion=[Turn(**raw) for raw in state.get("transcript", [])],
+            round_number=state["round"],
+            rounds=context.rounds,
+            max_tokens=context.turn_max_tokens,
+            metadata={"item_id": item["id"], "role": role.name, "round": state["round"]},
+        )
+        return {"transcript": [turn.model_dump()], "exchanges": [exchange.model_dump()]}
+
+    referee_speaks.__name__ = f"referee_{role.key}"
+    return referee_speaks
+
+
+def close_round(state: DebateState) -> dict[str, Any]:
+    return {"round": state["round"] + 1}
+
+
+def make_round_router(
+    roles: Sequence[RefereeRole],
+) -> Callable[[DebateState, Runtime[EvaluationContext]], str | list[Send]]:
+    first_role = roles[0].key
+
+    def route_round(state: DebateState, runtime: Runtime[EvaluationContext]) -> str | list[Send]:
+        """Another round while rounds remain; otherwise every referee gives final scores in parallel."""
+        if state["round"] <= runtime.context.rounds:
+            return first_role
+        transcript = state.get("transcript", [])
+        return [
+            Send("final_score", FinalScoreTask(item=state["item"], seat=seat, transcript=transcript))
+            for seat in range(len(roles))
+        ]
+
+    return route_round
+
+
+def make_final_score_node(
+    roles: Sequence[RefereeRole],
+) -> Callable[[FinalScoreTask, Runtime[EvaluationContext]], Coroutine[Any, Any, dict[str, Any]]]:
+    async def final_score(task: FinalScoreTask, runtime: Runtime[EvaluationContext]) -> dict[str, Any]:
+        context = runtime.context
+        item = task["item"]
+        role = roles[task["seat"]]
+        spec = referee_model(roles, task["seat"], context.models)
+        scores, exchange = await final_scores(
+            context.model_source.chat_model(spec),
+            model_spec=spec,
+            role=role,
+            question=prompt_text(item["prompt"]),
+            answers=item["responses"],
+            discussion=[Turn(**raw) for raw in task["transcript"]],
+            json_mode=context.model_source.json_mode(spec),
+            metadata={"item_id": item["id"], "role": role.name, "round": "final"},
+        )
+        entry = {"seat": task["seat"], "role": role.key, "model": spec, "scores": scores}
+        return {"referee_scores": [entry], "exchanges": [exchange.model_dump()]}
+
+    return final_score
+
+
+def aggregate_scores(state: DebateState) -> dict[str, Any]:
+    """Mean score per answer over the referees whose scores parsed (the paper counted failures as 0)."""
+    item = state["item"]
+    entries = sorted(state.get("referee_scores", []), key=lambda entry: entry["seat"])
+    complete_rows = [entry["scores"] for entry in entries if all(score is not None for score in entry["scores"])]
+    scores: list[float | None] = mean_scores(complete_rows) if complete_rows else [None] * len(item["responses"])
+    winner = winner_from_scores(scores)
+    exchanges = [Exchange(**raw) for raw in state.get("exchanges", [])]
+    verdict = Verdict(
+        id=item["id"],
+        method="debate",
+        scale=10,
+        models=[entry["model"] for entry in entries],
+        scores=scores,
+        winner=winner,
+        parse_ok=winner is not None and len(complete_rows) == len(entries),
+        exchanges=exchanges,
+        transcript=[Turn(**raw) for raw in state.get("transcript", [])],
+        usage=Usage.total(exchanges),
+        latency_s=time.perf_counter() - state.get("started_at", time.perf_counter()),
+    )
+    dumped = verdict.model_dump()
+    dumped["referee_scores"] = entries
+    return {"verdict": dumped}
+
+
+def build_debate_graph(*, roles: Sequence[RefereeRole] = DEFAULT_ROLES) -> StateGraph[Any, Any, Any, Any]:
+    """The debate graph for these referees (in speaking order). Rounds come from the run context."""
+    if not roles:
+        raise ValueError("a debate needs at least one referee role")
+    keys = [role.key for role in roles]
+    reserved = {"open_debate", "close_round", "final_score", "aggregate_scores"}
+    if len(set(keys)) != len(keys) or reserved & set(keys):
+        raise ValueError(f"referee role keys must be unique and not one of {sorted(reserved)}: {keys}")
+    builder = StateGraph(
+        DebateState, context_schema=EvaluationContext, input_schema=EvaluationInput, output_schema=EvaluationOutput
+    )
+    builder.add_node("open_debate", open_debate)
+    for seat, role in enumerate(roles):
+        builder.add_node(role.key, make_referee_node(roles, seat))
+    builder.add_node("close_round", close_round)
+    builder.add_node("final_score", make_final_score_node(roles))
+    builder.add_node("aggregate_scores", aggregate_scores)
+    builder.add_edge(START, "open_debate")
+    builder.add_edge("open_debate", keys[0])
+    for current, following in itertools.pairwise(keys):
+        builder.add_edge(current, following)
+    builder.add_edge(keys[-1], "close_round")
+    builder.add_conditional_edges("close_round", make_round_router(roles), [keys[0], "final_score"])
+    builder.add_edge("final_score", "aggregate_scores")
+    builder.add_edge("aggregate_scores", END)
+    return builder
+
+
+graph = build_debate_graph().compile(name="debate")

@@ -1,0 +1,157 @@
+"""LLM-as-a-Judge as a graph.
+
+Direct and combined scoring run one `compare` node per answer order (one order, or both with `swap`);
+independent scoring fans out one `score_alone` branch per candidate. `decide` turns what came back into
+the item's verdict.
+
+    START -> route_judge_tasks -> compare | score_alone (parallel) -> decide -> END
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+from typing import Annotated, Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import Send
+
+from agents.judge import judge_combined, judge_direct, score_alone
+from agents.records import Exchange, Usage, Verdict
+from graphs.context import EvaluationContext
+from graphs.state import EvaluationInput, EvaluationOutput, ItemState
+from tools.items import prompt_text
+from tools.verdicts import merge_orders, winner_from_scores
+
+
+class JudgeState(TypedDict, total=False):
+    item: ItemState
+    started_at: float
+    # Parallel branches append here; each returns only its own entry.
+    judgements: Annotated[list[dict[str, Any]], operator.add]
+    verdict: dict[str, Any]
+
+
+class CompareTask(TypedDict):
+    item: ItemState
+    reversed: bool
+
+
+class ScoreTask(TypedDict):
+    item: ItemState
+    index: int
+
+
+def _trace_metadata(item: ItemState, **extra: Any) -> dict[str, Any]:
+    return {"item_id": item["id"], **extra}
+
+
+def start_judging(state: JudgeState) -> dict[str, Any]:
+    return {"started_at": time.perf_counter()}
+
+
+def route_judge_tasks(state: JudgeState, runtime: Runtime[EvaluationContext]) -> list[Send]:
+    """One branch per answer order (direct/combined) or per candidate (independent)."""
+    item = state["item"]
+    context = runtime.context
+    if context.strategy == "independent":
+        return [Send("score_alone", ScoreTask(item=item, index=index)) for index in range(len(item["responses"]))]
+    orders = [False, True] if context.swap else [False]
+    return [Send("compare", CompareTask(item=item, reversed=is_reversed)) for is_reversed in orders]
+
+
+async def compare(task: CompareTask, runtime: Runtime[EvaluationContext]) -> dict[str, Any]:
+    context = runtime.context
+    item = task["item"]
+    spec = context.models[0]
+    answers = list(reversed(item["responses"])) if task["reversed"] else list(item["responses"])
+    order = "reversed" if task["reversed"] else "forward"
+    common: dict[str, Any] = {
+        "model_spec": spec,
+        "question": prompt_text(item["prompt"]),
+        "answers": answers,
+        "json_mode": context.model_source.json_mode(spec),
+        "metadata": _trace_metadata(item, order=order, strategy=context.strategy),
+    }
+    model = context.model_source.chat_model(spec)
+    if context.strategy == "direct":
+        judgement = await judge_direct(model, role=f"judge/direct/{order}", **common)
+    else:
+        judgement = await judge_combined(model, scale=context.scale, role=f"judge/combined/{order}", **common)
+    entry = {
+        "reversed": task["reversed"],
+        "scores": judgement.scores,
+        "winner": judgement.winner,
+        "exchanges": [exchange.model_dump() for exchange in judgement.exchanges],
+    }
+    return {"judgements": [entry]}
+
+
+async def score_alone_node(task: ScoreTask, runtime: Runtime[EvaluationContext]) -> dict[str, Any]:
+    context = runtime.context
+    item = task["item"]
+    spec = context.models[0]
+    score, exchange = await score_alone(
+        context.model_source.chat_model(spec),
+        model_spec=spec,
+        question=prompt_text(item["prompt"]),
+        answer=item["responses"][task["index"]],
+        scale=context.scale,
+        json_mode=context.model_source.json_mode(spec),
+        role=f"judge/independent/candidate-{task['index'] + 1}",
+        metadata=_trace_metadata(item, candidate=task["index"]),
+    )
+    return {"judgements": [{"index": task["index"], "score": score, "exchanges": [exchange.model_dump()]}]}
+
+
+def decide(state: JudgeState, runtime: Runtime[EvaluationContext]) -> dict[str, Any]:
+    context = runtime.context
+    item = state["item"]
+    judgements = state.get("judgements", [])
+    exchanges = [Exchange(**raw) for entry in judgements for raw in entry["exchanges"]]
+    order_winners: list[str | None] = []
+    if context.strategy == "independent":
+        by_index = {entry["index"]: entry["score"] for entry in judgements}
+        scores: list[float | None] = [by_index.get(index) for index in range(len(item["responses"]))]
+        winner = winner_from_scores(scores)
+    else:
+        scores, winner, order_winners = merge_orders(
+            [(entry["reversed"], entry["scores"], entry["winner"]) for entry in judgements]
+        )
+    verdict = Verdict(
+        id=item["id"],
+        method="judge",
+        strategy=context.strategy,
+        scale=None if context.strategy == "direct" else context.scale,
+        models=[context.models[0]],
+        scores=scores,
+        winner=winner,
+        parse_ok=winner is not None and all(exchange.parse_ok for exchange in exchanges),
+        swapped=context.swap and context.strategy != "independent",
+        order_winners=order_winners,
+        exchanges=exchanges,
+        usage=Usage.total(exchanges),
+        latency_s=time.perf_counter() - state.get("started_at", time.perf_counter()),
+    )
+    return {"verdict": verdict.model_dump()}
+
+
+def build_judge_graph() -> StateGraph[Any, Any, Any, Any]:
+    """The uncompiled judge graph; the caller compiles it (with a checkpointer, if it wants one)."""
+    builder = StateGraph(
+        JudgeState, context_schema=EvaluationContext, input_schema=EvaluationInput, output_schema=EvaluationOutput
+    )
+    builder.add_node("start_judging", start_judging)
+    builder.add_node("compare", compare)
+    builder.add_node("score_alone", score_alone_node)
+    builder.add_node("decide", decide)
+    builder.add_edge(START, "start_judging")
+    builder.add_conditional_edges("start_judging", route_judge_tasks, ["compare", "score_alone"])
+    builder.add_edge("compare", "decide")
+    builder.add_edge("score_alone", "decide")
+    builder.add_edge("decide", END)
+    return builder
+
+
+graph = build_judge_graph().compile(name="judge")

@@ -1,0 +1,129 @@
+"""LLMs-as-a-Jury as a graph: one juror per model spec, judging in parallel, then one aggregation.
+
+Every juror uses combined scoring (the paper's choice); with `swap` each juror judges both orders
+and its own two verdicts are reconciled before it votes.
+
+    START -> route_jurors -> juror x (seats x orders), in parallel -> aggregate_votes -> END
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+from typing import Annotated, Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import Send
+
+from agents.judge import judge_combined
+from agents.records import Exchange, Usage, Verdict
+from graphs.context import EvaluationContext
+from graphs.state import EvaluationInput, EvaluationOutput, ItemState
+from tools.items import prompt_text
+from tools.verdicts import mean_scores, merge_orders, plurality_verdict, winner_from_scores
+
+
+class JuryState(TypedDict, total=False):
+    item: ItemState
+    started_at: float
+    ballots: Annotated[list[dict[str, Any]], operator.add]
+    verdict: dict[str, Any]
+
+
+class JurorTask(TypedDict):
+    item: ItemState
+    seat: int
+    model: str
+    reversed: bool
+
+
+def open_jury(state: JuryState) -> dict[str, Any]:
+    return {"started_at": time.perf_counter()}
+
+
+def route_jurors(state: JuryState, runtime: Runtime[EvaluationContext]) -> list[Send]:
+    """One branch per seat and answer order. The same model spec may sit in two seats."""
+    orders = [False, True] if runtime.context.swap else [False]
+    return [
+        Send("juror", JurorTask(item=state["item"], seat=seat, model=spec, reversed=is_reversed))
+        for seat, spec in enumerate(runtime.context.models)
+        for is_reversed in orders
+    ]
+
+
+async def juror(task: JurorTask, runtime: Runtime[EvaluationContext]) -> dict[str, Any]:
+    context = runtime.context
+    item = task["item"]
+    answers = list(reversed(item["responses"])) if task["reversed"] else list(item["responses"])
+    order = "reversed" if task["reversed"] else "forward"
+    judgement = await judge_combined(
+        context.model_source.chat_model(task["model"]),
+        model_spec=task["model"],
+        question=prompt_text(item["prompt"]),
+        answers=answers,
+        scale=context.scale,
+        json_mode=context.model_source.json_mode(task["model"]),
+        role=f"jury/seat-{task['seat'] + 1}/{order}",
+        metadata={"item_id": item["id"], "seat": task["seat"], "order": order},
+    )
+    ballot = {
+        "seat": task["seat"],
+        "model": task["model"],
+        "reversed": task["reversed"],
+        "scores": judgement.scores,
+        "winner": judgement.winner,
+        "exchanges": [exchange.model_dump() for exchange in judgement.exchanges],
+    }
+    return {"ballots": [ballot]}
+
+
+def aggregate_votes(state: JuryState, runtime: Runtime[EvaluationContext]) -> dict[str, Any]:
+    """Each seat's vote from its own scores; then the plurality rule or the mean of scores."""
+    context = runtime.context
+    item = state["item"]
+    ballots = sorted(state.get("ballots", []), key=lambda ballot: (ballot["seat"], ballot["reversed"]))
+    seat_scores: list[list[float | None]] = []
+    seat_votes: list[str | None] = []
+    for seat in range(len(context.models)):
+        mine = [ballot for ballot in ballots if ballot["seat"] == seat]
+        scores, vote, _ = merge_orders([(ballot["reversed"], ballot["scores"], ballot["winner"]) for ballot in mine])
+        seat_scores.append(scores)
+        seat_votes.append(vote)
+    jury_scores = mean_scores(seat_scores)
+    by_plurality = context.jury_rule == "plurality"
+    winner = plurality_verdict(seat_votes) if by_plurality else winner_from_scores(jury_scores)
+    exchanges = [Exchange(**raw) for ballot in ballots for raw in ballot["exchanges"]]
+    verdict = Verdict(
+        id=item["id"],
+        method="jury",
+        strategy=f"combined/{context.jury_rule}",
+        scale=context.scale,
+        models=list(context.models),
+        scores=jury_scores,
+        winner=winner,
+        parse_ok=winner is not None and all(exchange.parse_ok for exchange in exchanges),
+        swapped=context.swap,
+        juror_votes=seat_votes,
+        exchanges=exchanges,
+        usage=Usage.total(exchanges),
+        latency_s=time.perf_counter() - state.get("started_at", time.perf_counter()),
+    )
+    return {"verdict": verdict.model_dump()}
+
+
+def build_jury_graph() -> StateGraph[Any, Any, Any, Any]:
+    builder = StateGraph(
+        JuryState, context_schema=EvaluationContext, input_schema=EvaluationInput, output_schema=EvaluationOutput
+    )
+    builder.add_node("open_jury", open_jury)
+    builder.add_node("juror", juror)
+    builder.add_node("aggregate_votes", aggregate_votes)
+    builder.add_edge(START, "open_jury")
+    builder.add_conditional_edges("open_jury", route_jurors, ["juror"])
+    builder.add_edge("juror", "aggregate_votes")
+    builder.add_edge("aggregate_votes", END)
+    return builder
+
+
+graph = build_jury_graph().compile(name="jury")

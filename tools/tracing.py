@@ -1,0 +1,156 @@
+"""Local run traces: each item's run tree as JSON (`--trace DIR`), and a reader that prints the conversation.
+
+With the standard LangSmith variables set (LANGSMITH_TRACING, LANGSMITH_API_KEY), LangChain sends the same
+runs to LangSmith by itself; the run names (graph, role, round) and metadata (item id, role, round) set
+by the nodes make them readable there too. This module is the offline alternative. API keys are never
+written: run inputs are reduced to messages, the serialized model configuration is dropped, and any
+known key value or `sk-...` token left in a text is masked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from langchain_core.tracers.base import BaseTracer
+from langchain_core.tracers.schemas import Run
+
+from tools.errors import InputError
+
+_SECRET_VARIABLES = ("OPENAI_API_KEY", "TOGETHER_API_KEY", "COMPAT_API_KEY", "LANGSMITH_API_KEY", "LANGCHAIN_API_KEY")
+_TOKEN_PATTERN = re.compile(r"\b(sk|lsv2|tgp)[-_][A-Za-z0-9_\-]{8,}")
+MASK = "***"
+
+
+def mask_secrets(text: str) -> str:
+    """Replace API-key values from the environment, and anything shaped like a key, with ***."""
+    for variable in _SECRET_VARIABLES:
+        value = os.environ.get(variable)
+        if value and len(value) >= 6:
+            text = text.replace(value, MASK)
+    return _TOKEN_PATTERN.sub(MASK, text)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_secrets(value)
+    if isinstance(value, dict):
+        return {key: _scrub(item) for key, item in value.items() if "api_key" not in str(key).lower()}
+    if isinstance(value, list | tuple):
+        return [_scrub(item) for item in value]
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return mask_secrets(str(value))
+
+
+def _message_dicts(messages: Any) -> list[dict[str, str]]:
+    flattened: list[dict[str, str]] = []
+    for message in messages or []:
+        if isinstance(message, list):
+            flattened.extend(_message_dicts(message))
+            continue
+        role = getattr(message, "type", None) or (message.get("type") if isinstance(message, dict) else None)
+        content = getattr(message, "content", None)
+        if content is None and isinstance(message, dict):
+            content = message.get("content") or message.get("kwargs", {}).get("content")
+        flattened.append({"role": str(role or "unknown"), "content": str(content or "")})
+    return flattened
+
+
+def run_to_dict(run: Run) -> dict[str, Any]:
+    """A JSON-able run tree: name, type, timing, metadata, messages in and text out, children."""
+    inputs: Any = run.inputs
+    outputs: Any = run.outputs
+    if run.run_type in ("llm", "chat_model"):
+        inputs = {"messages": _message_dicts((run.inputs or {}).get("messages", []))}
+        generations = (run.outputs or {}).get("generations", [])
+        texts = [getattr(gen, "text", None) or (gen.get("text") if isinstance(gen, dict) else "")
+                 for batch in generations for gen in batch]
+        outputs = {"text": "".join(str(text or "") for text in texts)}
+        usage = next(
+            (gen.get("message", {}).get("kwargs", {}).get("usage_metadata")
+             for batch in generations for gen in batch if isinstance(gen, dict)),
+            None,
+        )
+        if usage:
+            outputs["usage"] = usage
+    return _scrub(
+        {
+            "name": run.name,
+            "run_type": run.run_type,
+            "start_time": run.start_time.isoformat() if run.start_time else None,
+            "end_time": run.end_time.isoformat() if run.end_time else None,
+            "tags": list(run.tags or []),
+            "metadata": {
+                key: value
+                for key, value in (run.extra or {}).get("metadata", {}).items()
+                if not key.startswith(("langgraph_", "checkpoint_", "ls_", "__"))
+            },
+            "error": run.error,
+            "inputs": inputs,
+            "outputs": outputs,
+            "children": [run_to_dict(child) for child in sorted(run.child_runs, key=lambda child: child.start_time)],
+        }
+    )
+
+
+class RunTreeRecorder(BaseTracer):
+    """Collects the finished root runs of one invocation, for writing as JSON."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.roots: list[Run] = []
+
+    def _persist_run(self, run: Run) -> None:
+        self.roots.append(run)
+
+    def write(self, path: Path) -> None:
+        trees = [run_to_dict(run) for run in self.roots]
+        document = trees[0] if len(trees) == 1 else {"name": "runs", "children": trees}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(path.suffix + ".partial")
+        temporary.write_text(json.dumps(document, indent=1, ensure_ascii=False), encoding="utf-8")
+        temporary.replace(path)
+
+
+def trace_filename(item_id: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", item_id)[:80] or "item"
+    return f"{safe}.json"
+
+
+def conversation_lines(tree: dict[str, Any]) -> list[str]:
+    """Who said what, in which round: one block per model call, in the order the calls started."""
+    calls: list[dict[str, Any]] = []
+
+    def visit(node: dict[str, Any]) -> None:
+        if node.get("run_type") in ("llm", "chat_model"):
+            calls.append(node)
+        for child in node.get("children", []):
+            visit(child)
+
+    visit(tree)
+    calls.sort(key=lambda node: node.get("start_time") or "")
+    lines = [f"trace: {tree.get('name')} ({len(calls)} model calls)"]
+    for node in calls:
+        metadata = node.get("metadata", {})
+        speaker = metadata.get("role") or node.get("name")
+        where = f", round {metadata['round']}" if "round" in metadata else ""
+        label = next((tag for tag in node.get("tags", []) if "/" in tag), node.get("name"))
+        lines.append(f"--- {speaker}{where} [{label}]")
+        lines.append(str(node.get("outputs", {}).get("text", "")).strip())
+    return lines
+
+
+def load_trace(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, None, "file not found") from None
+    except json.JSONDecodeError as error:
+        raise InputError(path, error.lineno, f"not a trace file ({error.msg})") from None
+    if not isinstance(document, dict) or "name" not in document:
+        raise InputError(path, None, "not a trace file (expected a run tree object)")
+    return document
