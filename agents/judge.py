@@ -26,6 +26,11 @@ SCALES = (5, 10, 100)
 _REASON_FIELD = {"type": "string", "maxLength": 600}
 
 
+def _score_field(scale: int) -> dict[str, Any]:
+    # Grammar-constrained decoding does not enforce the bounds; the parsers reject out-of-range scores.
+    return {"type": "number", "minimum": 0, "maximum": scale}
+
+
 @dataclass
 class Judgement:
     """What one judge concluded about candidates presented in one order."""
@@ -44,7 +49,7 @@ def _messages(user_text: str) -> list[Any]:
 
 
 def combined_schema(labels: Sequence[str], scale: int, reason_field: str = "evaluation_evidence") -> dict[str, Any]:
-    score_fields = {f"score_assistant_{label}": {"type": "number", "minimum": 0, "maximum": scale} for label in labels}
+    score_fields = {f"score_assistant_{label}": _score_field(scale) for label in labels}
     return {
         "type": "object",
         "properties": {reason_field: _REASON_FIELD, **score_fields},
@@ -108,7 +113,7 @@ async def score_alone(
     user_text = prompts.render("judge_independent", question=question, answer=answer, scale=scale, json_mode=json_mode)
     schema = {
         "type": "object",
-        "properties": {"evaluation": _REASON_FIELD, "overall_score": {"type": "number", "minimum": 0, "maximum": scale}},
+        "properties": {"evaluation": _REASON_FIELD, "overall_score": _score_field(scale)},
         "required": ["evaluation", "overall_score"],
         "additionalProperties": False,
     }

@@ -1,0 +1,85 @@
+"""The smaller real-model tier: SmolLM2 served by xllamacpp over the OpenAI protocol, end to end.
+
+These tests assert what must hold whatever the tiny model says: complete records, raw texts kept,
+verdicts consistent with the parsed scores, and the process surviving to report.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agents.models import ModelRegistry, ModelSettings
+from graphs.context import EvaluationContext
+from graphs.evaluation import evaluate_items
+from tools.items import EvalItem
+from tools.verdicts import winner_from_scores
+
+pytestmark = pytest.mark.embedded
+
+ITEM = EvalItem(
+    id="capital",
+    prompt="What is the capital of France?",
+    responses=["The capital of France is Paris.", "The capital of France is Berlin."],
+)
+
+
+async def evaluate_once(method: str, models: list[str], **context_options: object) -> dict:
+    registry = ModelRegistry(ModelSettings(max_tokens=160))
+    try:
+        context = EvaluationContext(models=models, model_source=registry, **context_options)  # type: ignore[arg-type]
+        [verdict] = await evaluate_items([ITEM], method=method, context=context)  # type: ignore[arg-type]
+    finally:
+        registry.close()
+    return verdict
+
+
+def assert_complete(verdict: dict) -> None:
+    assert verdict["error"] is None
+    assert verdict["exchanges"] and all(exchange["text"] for exchange in verdict["exchanges"])
+    assert verdict["usage"]["input_tokens"] > 0 and verdict["usage"]["output_tokens"] > 0
+    assert len(verdict["scores"]) == 2
+    if verdict["parse_ok"]:
+        assert verdict["winner"] in {"A", "B", "tie"}
+
+
+async def test_embedded_judge() -> None:
+    verdict = await evaluate_once("judge", ["local:smollm2"])
+    assert_complete(verdict)
+    assert verdict["winner"] == winner_from_scores(verdict["scores"])
+
+
+async def test_embedded_jury_same_spec_twice() -> None:
+    verdict = await evaluate_once("jury", ["local:smollm2", "local:smollm2"])
+    assert_complete(verdict)
+    assert len(verdict["juror_votes"]) == 2
+    # Temperature 0: the same model in two seats votes the same way.
+    assert verdict["juror_votes"][0] == verdict["juror_votes"][1]
+
+
+async def test_embedded_debate() -> None:
+    verdict = await evaluate_once("debate", ["local:smollm2"], turn_max_tokens=48)
+    assert_complete(verdict)
+    assert [(turn["speaker"], turn["round"]) for turn in verdict["transcript"]] == [
+        ("General Public", 1), ("Psychologist", 1), ("Critic", 1),
+        ("General Public", 2), ("Psychologist", 2), ("Critic", 2),
+    ]
+
+
+def test_embedded_cli_evaluate(tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps(ITEM.model_dump()) + "\n")
+    output = tmp_path / "verdicts.jsonl"
+    completed = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "evaluate", "--input", str(pairs), "--output", str(output),
+         "--strategy", "direct", "--swap", "--max-tokens", "128"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    [record] = [json.loads(line) for line in output.read_text().splitlines()]
+    assert record["id"] == "capital" and record["strategy"] == "direct" and record["swapped"] is True
+    assert len(record["exchanges"]) == 2 and len(record["order_winners"]) == 2

@@ -1,0 +1,265 @@
+"""Judge, jury and debate graphs driven by scripted fake models: message sequences, verdicts, ties."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from langchain_core.messages import BaseMessage
+from langgraph.runtime import Runtime
+
+from agents.referees import DEFAULT_ROLES, RefereeRole
+from graphs.context import EvaluationContext
+from graphs.debate import build_debate_graph
+from graphs.evaluation import evaluate_items, evaluation_graph
+from graphs.jury import route_jurors
+from tests.fakes import FakeModelSource, ScriptedChatModel, last_user_text
+from tools.items import EvalItem
+
+ITEM = EvalItem(id="q1", prompt="What is 2+2?", responses=["It is 4.", "It is 5."])
+
+
+def prefer_answer(correct: str, low: int = 3, high: int = 9) -> ScriptedChatModel:
+    """A judge that scores whichever slot holds `correct` high, wherever it is shown."""
+
+    def respond(messages: list[BaseMessage]) -> str:
+        text = last_user_text(messages)
+        blocks = dict(re.findall(r"Start of Assistant (\w+)'s Answer\]\n(.*?)\n\[The End", text, re.S))
+        lines = [f"### Score Assistant {label}: {high if body == correct else low}/10" for label, body in blocks.items()]
+        return "### Evaluation Evidence: checked the sum.\n" + "\n".join(lines)
+
+    return ScriptedChatModel(respond)
+
+
+async def run(method: str, context: EvaluationContext, item: EvalItem = ITEM, **kwargs: object) -> dict:
+    [verdict] = await evaluate_items([item], method=method, context=context, **kwargs)  # type: ignore[arg-type]
+    return verdict
+
+
+async def test_judge_combined_scores_and_winner() -> None:
+    model = prefer_answer("It is 4.")
+    context = EvaluationContext(models=["fake:judge"], model_source=FakeModelSource({"fake:judge": model}))
+    verdict = await run("judge", context)
+    assert verdict["scores"] == [9.0, 3.0]
+    assert verdict["winner"] == "A"
+    assert verdict["parse_ok"] is True
+    assert len(model.calls) == 1
+    assert verdict["exchanges"][0]["text"].startswith("### Evaluation Evidence")
+    assert verdict["usage"] == {"input_tokens": 10, "output_tokens": 5, "calls": 1}
+
+
+async def test_judge_follow_up_once_in_same_conversation() -> None:
+    model = ScriptedChatModel(["I like the first.", "### Score Assistant A: 7/10\n### Score Assistant B: 2/10"])
+    context = EvaluationContext(models=["m"], model_source=FakeModelSource({"m": model}))
+    verdict = await run("judge", context)
+    assert verdict["winner"] == "A"
+    second_call = model.calls[1]["messages"]
+    assert [message.type for message in second_call] == ["system", "human", "ai", "human"]
+    assert second_call[2].content == "I like the first."
+    assert "### Score Assistant A: X/10" in second_call[3].content
+    exchange = verdict["exchanges"][0]
+    assert exchange["text"] == "I like the first." and exchange["followup_text"].startswith("### Score")
+
+
+async def test_judge_unparsable_is_recorded_not_scored() -> None:
+    model = ScriptedChatModel(["No idea.", "Still no idea."])
+    context = EvaluationContext(models=["m"], model_source=FakeModelSource({"m": model}))
+    verdict = await run("judge", context)
+    assert verdict["winner"] is None
+    assert verdict["parse_ok"] is False
+    assert verdict["scores"] == [None, None]
+    assert verdict["exchanges"][0]["followup_text"] == "Still no idea."
+    assert len(model.calls) == 2
+
+
+async def test_judge_direct_strategy() -> None:
+    model = ScriptedChatModel(["A is right.\n### Answer: A"])
+    context = EvaluationContext(models=["m"], strategy="direct", model_source=FakeModelSource({"m": model}))
+    verdict = await run("judge", context)
+    assert verdict["winner"] == "A"
+    assert verdict["scale"] is None
+
+
+async def test_judge_independent_scores_each_answer_alone() -> None:
+    def respond(messages: list[BaseMessage]) -> str:
+        text = last_user_text(messages)
+        assert text.count("[The Start of the Assistant's Answer]") == 1
+        return "### Overall Score: 8/10" if "It is 4." in text else "### Overall Score: 2/10"
+
+    model = ScriptedChatModel(respond)
+    context = EvaluationContext(models=["m"], strategy="independent", model_source=FakeModelSource({"m": model}))
+    verdict = await run("judge", context)
+    assert verdict["scores"] == [8.0, 2.0]
+    assert verdict["winner"] == "A"
+    assert len(model.calls) == 2
+
+
+async def test_swap_consistent_judge_keeps_verdict() -> None:
+    model = prefer_answer("It is 4.")
+    context = EvaluationContext(models=["m"], swap=True, model_source=FakeModelSource({"m": model}))
+    verdict = await run("judge", context)
+    assert len(model.calls) == 2
+    assert verdict["order_winners"] == ["A", "A"]
+    assert verdict["winner"] == "A"
+    assert verdict["swapped"] is True
+
+
+async def test_swap_position_biased_judge_becomes_tie() -> None:
+    model = ScriptedChatModel(lambda _: "### Score Assistant A: 9/10\n### Score Assistant B: 4/10")
+    context = EvaluationContext(models=["m"], swap=True, model_source=FakeModelSource({"m": model}))
+    verdict = await run("judge", context)
+    assert verdict["order_winners"] == ["A", "B"]
+    assert verdict["winner"] == "tie"
+
+
+def test_route_jurors_one_send_per_seat_and_order() -> None:
+    context = EvaluationContext(models=["x", "y", "x"], swap=True)
+    sends = route_jurors({"item": ITEM.model_dump()}, Runtime(context=context))
+    assert [(send.node, send.arg["seat"], send.arg["model"], send.arg["reversed"]) for send in sends] == [
+        ("juror", 0, "x", False), ("juror", 0, "x", True),
+        ("juror", 1, "y", False), ("juror", 1, "y", True),
+        ("juror", 2, "x", False), ("juror", 2, "x", True),
+    ]
+
+
+async def test_jury_plurality_with_tie_rule() -> None:
+    source = FakeModelSource({
+        "good": prefer_answer("It is 4."),
+        "bad": prefer_answer("It is 5."),
+        "even": ScriptedChatModel(lambda _: "### Score Assistant A: 5/10\n### Score Assistant B: 5/10"),
+    })
+    verdict = await run("jury", EvaluationContext(models=["good", "good", "bad"], model_source=source))
+    assert verdict["juror_votes"] == ["A", "A", "B"]
+    assert verdict["winner"] == "A"
+    verdict = await run("jury", EvaluationContext(models=["good", "bad", "even"], model_source=source))
+    assert verdict["juror_votes"] == ["A", "B", "tie"]
+    assert verdict["winner"] == "tie"
+
+
+async def test_jury_mean_rule() -> None:
+    source = FakeModelSource({
+        "mild": ScriptedChatModel(lambda _: "### Score Assistant A: 6/10\n### Score Assistant B: 5/10"),
+        "strong": ScriptedChatModel(lambda _: "### Score Assistant A: 1/10\n### Score Assistant B: 9/10"),
+    })
+    context = EvaluationContext(models=["mild", "mild", "strong"], jury_rule="mean", model_source=source)
+    verdict = await run("jury", context)
+    assert verdict["scores"] == pytest.approx([13 / 3, 19 / 3])
+    assert verdict["winner"] == "B"  # plurality would say A: two mild votes against one
+
+
+def debate_model(transcript: list[str]) -> ScriptedChatModel:
+    """Speaks as whichever role it is asked to be; logs the speaking order; scores when asked."""
+
+    def respond(messages: list[BaseMessage]) -> str:
+        text = last_user_text(messages)
+        role = re.search(r"\[Your role: (.+?)\]", text).group(1)  # type: ignore[union-attr]
+        if "The discussion is over" in text:
+            return "### Score Assistant 1: 8/10\n### Score Assistant 2: 4/10"
+        round_number = re.search(r"in round (\d+) of", text).group(1)  # type: ignore[union-attr]
+        transcript.append(f"{role}@{round_number}")
+        return f"{role} thinks answer 1 is right."
+
+    return ScriptedChatModel(respond)
+
+
+async def test_debate_order_rounds_and_scores() -> None:
+    spoken: list[str] = []
+    context = EvaluationContext(models=["m"], model_source=FakeModelSource({"m": debate_model(spoken)}))
+    verdict = await run("debate", context)
+    assert spoken == [
+        "General Public@1", "Psychologist@1", "Critic@1",
+        "General Public@2", "Psychologist@2", "Critic@2",
+    ]
+    assert [(turn["speaker"], turn["round"]) for turn in verdict["transcript"]] == [
+        ("General Public", 1), ("Psychologist", 1), ("Critic", 1),
+        ("General Public", 2), ("Psychologist", 2), ("Critic", 2),
+    ]
+    assert verdict["scores"] == [8.0, 4.0]
+    assert verdict["winner"] == "A"
+
+
+async def test_debate_later_speaker_sees_earlier_turns() -> None:
+    model = debate_model([])
+    context = EvaluationContext(models=["m"], rounds=1, model_source=FakeModelSource({"m": model}))
+    await run("debate", context)
+    critic_prompt = next(
+        last_user_text(call["messages"]) for call in model.calls
+        if "[Your role: Critic]" in last_user_text(call["messages"]) and "turn to speak" in last_user_text(call["messages"])
+    )
+    assert "General Public (round 1): General Public thinks answer 1 is right." in critic_prompt
+    assert "Psychologist (round 1): Psychologist thinks answer 1 is right." in critic_prompt
+
+
+async def test_debate_fourth_role_speaks_every_round() -> None:
+    spoken: list[str] = []
+    # The registry entry reuses an existing description file; a real new role would add its own .j2.
+    ethicist = RefereeRole("ethicist", "Ethicist", "debate_role_critic")
+    roles = (*DEFAULT_ROLES, ethicist)
+    context = EvaluationContext(models=["m"], rounds=3, model_source=FakeModelSource({"m": debate_model(spoken)}))
+    verdict = await run("debate", context, roles=roles)
+    assert [entry for entry in spoken if entry.startswith("Ethicist")] == ["Ethicist@1", "Ethicist@2", "Ethicist@3"]
+    assert len(spoken) == 12
+    assert len(verdict["referee_scores"]) == 4
+    assert "ethicist" in build_debate_graph(roles=roles).compile().get_graph().nodes
+
+
+async def test_debate_unparsed_referee_left_out_of_mean() -> None:
+    def respond(messages: list[BaseMessage]) -> str:
+        opening_prompt = str(messages[1].content)  # the follow-up keeps the original request second
+        if "The discussion is over" not in opening_prompt:
+            return "ok"
+        if "[Your role: Critic]" in opening_prompt:
+            return "no scores from me"
+        return "### Score Assistant 1: 6/10\n### Score Assistant 2: 8/10"
+
+    model = ScriptedChatModel(respond)
+    context = EvaluationContext(models=["m"], rounds=1, model_source=FakeModelSource({"m": model}))
+    verdict = await run("debate", context)
+    critic = next(entry for entry in verdict["referee_scores"] if entry["role"] == "critic")
+    assert critic["scores"] == [None, None]
+    assert verdict["scores"] == [6.0, 8.0]
+    assert verdict["winner"] == "B"
+    assert verdict["parse_ok"] is False
+
+
+async def test_provider_failure_is_recorded_and_run_goes_on() -> None:
+    def explode(_: list[BaseMessage]) -> str:
+        raise RuntimeError("upstream 503 after retries")
+
+    source = FakeModelSource({"ok": prefer_answer("It is 4."), "broken": ScriptedChatModel(explode)})
+    items = [ITEM, EvalItem(id="q2", prompt="Say hi", responses=["hi", "bye"])]
+    verdicts = await evaluate_items(items, method="judge", context=EvaluationContext(models=["broken"], model_source=source))
+    assert [verdict["id"] for verdict in verdicts] == ["q1", "q2"]
+    assert all(verdict["winner"] is None and "upstream 503" in verdict["error"] for verdict in verdicts)
+
+
+def test_graph_topologies() -> None:
+    def edges(name: str) -> set[tuple[str, str, bool]]:
+        drawable = evaluation_graph(name).get_graph()  # type: ignore[arg-type]
+        return {(edge.source, edge.target, edge.conditional) for edge in drawable.edges}
+
+    assert edges("judge") == {
+        ("__start__", "start_judging", False),
+        ("start_judging", "compare", True),
+        ("start_judging", "score_alone", True),
+        ("compare", "decide", False),
+        ("score_alone", "decide", False),
+        ("decide", "__end__", False),
+    }
+    assert edges("jury") == {
+        ("__start__", "open_jury", False),
+        ("open_jury", "juror", True),
+        ("juror", "aggregate_votes", False),
+        ("aggregate_votes", "__end__", False),
+    }
+    assert edges("debate") == {
+        ("__start__", "open_debate", False),
+        ("open_debate", "general_public", False),
+        ("general_public", "psychologist", False),
+        ("psychologist", "critic", False),
+        ("critic", "close_round", False),
+        ("close_round", "general_public", True),
+        ("close_round", "final_score", True),
+        ("final_score", "aggregate_scores", False),
+        ("aggregate_scores", "__end__", False),
+    }

@@ -1,0 +1,130 @@
+"""Model specs, up-front checks, and the CLI's one-line errors (exit 1, nothing written)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agents.models import ModelRegistry, ModelSettings, check_model_spec, parse_model_spec
+from tools.cli import app
+from tools.errors import ConfigError
+
+runner = CliRunner()
+
+
+def test_parse_specs() -> None:
+    assert parse_model_spec("openai:gpt-4o").model == "gpt-4o"
+    assert parse_model_spec("together:google/gemma-2-9b-it").model == "google/gemma-2-9b-it"
+    compat = parse_model_spec("compat:llama3@http://127.0.0.1:8000/v1/")
+    assert (compat.model, compat.base_url) == ("llama3", "http://127.0.0.1:8000/v1")
+    assert parse_model_spec("local:smollm2").provider == "local"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("gpt-4o", "expected PROVIDER:MODEL"),
+        ("anthropic:claude", "unknown provider 'anthropic'"),
+        ("compat:llama3", "expected compat:MODEL@http"),
+        ("openai:gpt-4o", "OPENAI_API_KEY is not set"),
+        ("together:google/gemma-2-9b-it", "TOGETHER_API_KEY is not set"),
+        ("local:/nowhere/model.gguf", "no GGUF file"),
+    ],
+)
+def test_check_spec_errors_name_the_problem(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        check_model_spec(spec)
+
+
+def test_unreachable_compat_endpoint() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]
+    with pytest.raises(ConfigError, match="nothing answers"):
+        check_model_spec(f"compat:m@http://127.0.0.1:{free_port}/v1")
+
+
+def test_json_mode_defaults_to_local_only() -> None:
+    registry = ModelRegistry()
+    assert registry.json_mode("local:smollm2") is True
+    assert registry.json_mode("openai:gpt-4o") is False
+    assert ModelRegistry(ModelSettings(output_format="text")).json_mode("local:smollm2") is False
+
+
+def test_key_never_in_model_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-very-secret-value-123")
+    model = ModelRegistry().chat_model("openai:gpt-4o")
+    assert "sk-test-very-secret-value-123" not in repr(model)
+    assert "sk-test-very-secret-value-123" not in json.dumps(model.to_json(), default=str)
+
+
+def write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+GOOD = json.dumps({"id": 1, "prompt": "Q?", "responses": ["a", "b"]})
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ([GOOD, "{not json"], "pairs.jsonl:2: not valid JSON"),
+        ([GOOD, json.dumps({"prompt": "Q?"})], "pairs.jsonl:2: missing field 'responses'"),
+        ([json.dumps({"responses": ["a", "b"]})], "pairs.jsonl:1: missing field 'prompt'"),
+        ([json.dumps({"prompt": "  ", "responses": ["a", "b"]})], "pairs.jsonl:1: 'prompt' is empty"),
+        ([json.dumps({"prompt": "Q", "responses": ["a"]})], "pairs.jsonl:1: 'responses' must be a list of at least two"),
+        ([GOOD, GOOD], "pairs.jsonl:2: duplicate id '1'"),
+        ([json.dumps([1, 2])], "pairs.jsonl:1: expected a JSON object"),
+    ],
+)
+def test_evaluate_bad_input_one_line_exit_1(tmp_path: Path, lines: list[str], message: str) -> None:
+    pairs = write(tmp_path / "pairs.jsonl", lines)
+    output = tmp_path / "verdicts.jsonl"
+    result = runner.invoke(app, ["evaluate", "--input", str(pairs), "--output", str(output), "-m", "local:smollm2"])
+    assert result.exit_code == 1
+    lines_out = result.output.strip().splitlines()
+    assert len(lines_out) == 1 and message in lines_out[0], result.output
+    assert not output.exists() and not list(tmp_path.glob("verdicts.jsonl*"))
+
+
+def test_evaluate_missing_key_stops_before_work(tmp_path: Path) -> None:
+    pairs = write(tmp_path / "pairs.jsonl", [GOOD])
+    result = runner.invoke(
+        app, ["evaluate", "--input", str(pairs), "--output", str(tmp_path / "v.jsonl"), "--model", "openai:gpt-4o"]
+    )
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: --model openai:gpt-4o: the environment variable OPENAI_API_KEY is not set"
+
+
+def test_evaluate_missing_input_file(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["evaluate", "--input", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "v")])
+    assert result.exit_code == 1
+    assert "nope.jsonl: file not found" in result.output
+
+
+def test_judge_with_two_models_is_refused(tmp_path: Path) -> None:
+    pairs = write(tmp_path / "pairs.jsonl", [GOOD])
+    args = ["evaluate", "--input", str(pairs), "--output", str(tmp_path / "v"), "-m", "local:smollm2", "-m", "local:smollm2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "use --method jury" in result.output
+
+
+def test_graph_command_draws_debate_loop() -> None:
+    result = runner.invoke(app, ["graph", "debate"])
+    assert result.exit_code == 0
+    for node in ("general_public", "psychologist", "critic", "close_round"):
+        assert node in result.output
+    assert "close_round -.-> general_public" in result.output
+
+
+def test_graph_command_ascii_and_png(tmp_path: Path) -> None:
+    assert "compare" in runner.invoke(app, ["graph", "judge", "--format", "ascii"]).output
+    png = tmp_path / "jury.png"
+    result = runner.invoke(app, ["graph", "jury", "--format", "png", "--output", str(png)])
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

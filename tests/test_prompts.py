@@ -1,0 +1,64 @@
+"""Every template renders with sample variables, and a missing variable fails loudly."""
+
+from __future__ import annotations
+
+import jinja2
+import pytest
+
+import prompts
+
+SAMPLES: dict[str, dict[str, object]] = {
+    "judge_direct": {"question": "Q?", "answer_a": "one", "answer_b": "two", "json_mode": False},
+    "judge_independent": {"question": "Q?", "answer": "one", "scale": 10, "json_mode": False},
+    "judge_combined": {
+        "question": "Q?",
+        "answers": [{"label": "A", "text": "one"}, {"label": "B", "text": "two"}],
+        "scale": 10,
+        "json_mode": False,
+    },
+    "followup": {"required_format": "### Answer: A"},
+    "debate_system": {"answer_count": 2},
+    "debate_turn": {
+        "question": "Q?",
+        "answers": [{"label": "1", "text": "one"}, {"label": "2", "text": "two"}],
+        "discussion": [{"speaker": "Critic", "round": 1, "text": "hm"}],
+        "role_name": "Critic",
+        "role_description": "checks wording",
+        "round": 2,
+        "rounds": 2,
+    },
+    "debate_final": {
+        "question": "Q?",
+        "answers": [{"label": "1", "text": "one"}, {"label": "2", "text": "two"}],
+        "discussion": [{"speaker": "Critic", "round": 1, "text": "hm"}],
+        "role_name": "Critic",
+        "role_description": "checks wording",
+        "json_mode": True,
+    },
+}
+
+
+def test_every_template_has_sample_variables_or_needs_none() -> None:
+    for name in prompts.template_names():
+        stem = name.removesuffix(".j2")
+        text = prompts.render(stem, **SAMPLES.get(stem, {}))
+        assert text.strip(), f"{name} rendered empty"
+
+
+def test_judge_templates_carry_the_answer_format_and_bias_warning() -> None:
+    combined = prompts.render("judge_combined", **SAMPLES["judge_combined"])
+    assert "### Score Assistant A: X/10" in combined and "### Score Assistant B: X/10" in combined
+    direct = prompts.render("judge_direct", **SAMPLES["judge_direct"])
+    assert "### Answer: A" in direct
+    system = prompts.render("judge_system")
+    assert "order" in system and "length" in system
+
+
+def test_json_mode_names_the_schema_fields() -> None:
+    combined = prompts.render("judge_combined", **{**SAMPLES["judge_combined"], "json_mode": True})
+    assert '"score_assistant_A"' in combined and "###" not in combined
+
+
+def test_missing_variable_raises() -> None:
+    with pytest.raises(jinja2.UndefinedError):
+        prompts.render("judge_direct", question="Q?", answer_a="one", json_mode=False)

@@ -1,0 +1,65 @@
+"""Local traces: one run tree per item, readable by `fellowship trace show`, with no secrets in them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from langchain_core.messages import BaseMessage
+from typer.testing import CliRunner
+
+from graphs.context import EvaluationContext
+from graphs.evaluation import evaluate_items
+from tests.fakes import FakeModelSource, ScriptedChatModel, last_user_text
+from tools.cli import app
+from tools.items import EvalItem
+from tools.tracing import mask_secrets
+
+SECRET = "sk-proj-abcdefghijklmnop1234"
+
+
+def chatty(messages: list[BaseMessage]) -> str:
+    text = last_user_text(messages)
+    if "The discussion is over" in text:
+        return "### Score Assistant 1: 7/10\n### Score Assistant 2: 3/10"
+    role = text.split("[Your role: ")[1].split("]")[0]
+    return f"{role} says the first answer is correct; my key is {SECRET}"
+
+
+async def test_debate_trace_written_and_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    item = EvalItem(id="item/7", prompt="2+2?", responses=["4", "5"])
+    context = EvaluationContext(models=["m"], model_source=FakeModelSource({"m": ScriptedChatModel(chatty)}))
+    await evaluate_items([item], method="debate", context=context, trace_dir=tmp_path)
+    trace_file = tmp_path / "item_7.json"
+    raw = trace_file.read_text()
+    assert SECRET not in raw
+    tree = json.loads(raw)
+    assert tree["name"] == "debate:item/7"
+    assert tree["metadata"]["item_id"] == "item/7"
+
+    result = CliRunner().invoke(app, ["trace", "show", str(trace_file)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    headers = [line for line in lines if line.startswith("--- ")]
+    assert headers[:3] == [
+        "--- General Public, round 1 [debate/general_public/round-1]",
+        "--- Psychologist, round 1 [debate/psychologist/round-1]",
+        "--- Critic, round 1 [debate/critic/round-1]",
+    ]
+    assert len(headers) == 9  # 3 referees x 2 rounds + 3 final scores
+    assert "Psychologist says the first answer is correct; my key is ***" in result.output
+
+
+def test_trace_show_rejects_non_trace(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    result = CliRunner().invoke(app, ["trace", "show", str(bad)])
+    assert result.exit_code == 1
+    assert "bad.json: not a trace file" in result.output
+
+
+def test_mask_secrets_patterns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOGETHER_API_KEY", "tg-plainvalue-0987")
+    assert mask_secrets("key tg-plainvalue-0987 and sk-abcdefghijk123 end") == "key *** and *** end"
