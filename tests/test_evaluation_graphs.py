@@ -25,7 +25,9 @@ def prefer_answer(correct: str, low: int = 3, high: int = 9) -> ScriptedChatMode
     def respond(messages: list[BaseMessage]) -> str:
         text = last_user_text(messages)
         blocks = dict(re.findall(r"Start of Assistant (\w+)'s Answer\]\n(.*?)\n\[The End", text, re.S))
-        lines = [f"### Score Assistant {label}: {high if body == correct else low}/10" for label, body in blocks.items()]
+        lines = [
+            f"### Score Assistant {label}: {high if body == correct else low}/10" for label, body in blocks.items()
+        ]
         return "### Evaluation Evidence: checked the sum.\n" + "\n".join(lines)
 
     return ScriptedChatModel(respond)
@@ -182,10 +184,8 @@ async def test_debate_later_speaker_sees_earlier_turns() -> None:
     model = debate_model([])
     context = EvaluationContext(models=["m"], rounds=1, model_source=FakeModelSource({"m": model}))
     await run("debate", context)
-    critic_prompt = next(
-        last_user_text(call["messages"]) for call in model.calls
-        if "[Your role: Critic]" in last_user_text(call["messages"]) and "turn to speak" in last_user_text(call["messages"])
-    )
+    prompts_sent = [last_user_text(call["messages"]) for call in model.calls]
+    critic_prompt = next(text for text in prompts_sent if "[Your role: Critic]" in text and "turn to speak" in text)
     assert "General Public (round 1): General Public thinks answer 1 is right." in critic_prompt
     assert "Psychologist (round 1): Psychologist thinks answer 1 is right." in critic_prompt
 
@@ -228,7 +228,8 @@ async def test_provider_failure_is_recorded_and_run_goes_on() -> None:
 
     source = FakeModelSource({"ok": prefer_answer("It is 4."), "broken": ScriptedChatModel(explode)})
     items = [ITEM, EvalItem(id="q2", prompt="Say hi", responses=["hi", "bye"])]
-    verdicts = await evaluate_items(items, method="judge", context=EvaluationContext(models=["broken"], model_source=source))
+    context = EvaluationContext(models=["broken"], model_source=source)
+    verdicts = await evaluate_items(items, method="judge", context=context)
     assert [verdict["id"] for verdict in verdicts] == ["q1", "q2"]
     assert all(verdict["winner"] is None and "upstream 503" in verdict["error"] for verdict in verdicts)
 

@@ -77,7 +77,7 @@ GOOD = json.dumps({"id": 1, "prompt": "Q?", "responses": ["a", "b"]})
         ([GOOD, json.dumps({"prompt": "Q?"})], "pairs.jsonl:2: missing field 'responses'"),
         ([json.dumps({"responses": ["a", "b"]})], "pairs.jsonl:1: missing field 'prompt'"),
         ([json.dumps({"prompt": "  ", "responses": ["a", "b"]})], "pairs.jsonl:1: 'prompt' is empty"),
-        ([json.dumps({"prompt": "Q", "responses": ["a"]})], "pairs.jsonl:1: 'responses' must be a list of at least two"),
+        ([json.dumps({"prompt": "Q", "responses": ["a"]})], "pairs.jsonl:1: 'responses' must be a list"),
         ([GOOD, GOOD], "pairs.jsonl:2: duplicate id '1'"),
         ([json.dumps([1, 2])], "pairs.jsonl:1: expected a JSON object"),
     ],
@@ -109,7 +109,8 @@ def test_evaluate_missing_input_file(tmp_path: Path) -> None:
 
 def test_judge_with_two_models_is_refused(tmp_path: Path) -> None:
     pairs = write(tmp_path / "pairs.jsonl", [GOOD])
-    args = ["evaluate", "--input", str(pairs), "--output", str(tmp_path / "v"), "-m", "local:smollm2", "-m", "local:smollm2"]
+    args = ["evaluate", "--input", str(pairs), "--output", str(tmp_path / "v"), "-m", "local:smollm2"]
+    args += ["-m", "local:smollm2"]
     result = runner.invoke(app, args)
     assert result.exit_code == 1 and "use --method jury" in result.output
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from tools.verdicts import (
-    merge_orders,
     mean_scores,
+    merge_orders,
     paper_winner_from_scores,
     plurality_verdict,
     reconcile_orders,
