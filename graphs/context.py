@@ -37,3 +37,23 @@ class EvaluationContext:
         default_factory=ModelRegistry,
         metadata={"description": "loader that turns model specs into chat models (fakes in tests)"},
     )
+
+
+@dataclass(kw_only=True)
+class GenerationContext(EvaluationContext):
+    """Run configuration for the feedback loop and the pipeline; `models` etc. configure the evaluator."""
+
+    generator: str = field(default=DEFAULT_MODEL, metadata={"description": "model spec that writes answers"})
+    reviewers: list[str] = field(
+        default_factory=lambda: [DEFAULT_MODEL],
+        metadata={"description": "model specs that review each answer; with several, the generator gets every "
+                  "feedback, labelled"},
+    )
+    iterations: int = field(default=3, metadata={"description": "answers written per prompt (N)"})
+    stop_score: float | None = field(
+        default=None,
+        metadata={"description": "stop early once every reviewer scores the latest answer at least this"},
+    )
+    evaluator: Literal["judge", "jury", "debate"] = field(
+        default="judge", metadata={"description": "which evaluation workflow picks the best answer"}
+    )

@@ -36,7 +36,7 @@ console = Console()
 errors = Console(stderr=True)
 CommandT = TypeVar("CommandT", bound=Callable[..., Any])
 
-GraphName = Literal["judge", "jury", "debate"]
+GraphName = Literal["judge", "jury", "debate", "feedback_loop", "pipeline"]
 
 
 def user_errors(command: CommandT) -> CommandT:
@@ -252,9 +252,16 @@ def evaluate(
 def draw_graph(name: str, output_format: str, output: Path | None) -> str:
     """Mermaid or ASCII text of a workflow graph, or a PNG written to `output`."""
     from graphs.evaluation import evaluation_graph
+    from graphs.feedback_loop import build_feedback_loop_graph
+    from graphs.pipeline import build_pipeline_graph
 
-    compiled = evaluation_graph(name)  # type: ignore[arg-type]
-    drawable = compiled.get_graph()
+    if name == "feedback_loop":
+        compiled = build_feedback_loop_graph().compile(name=name)
+    elif name == "pipeline":
+        compiled = build_pipeline_graph().compile(name=name)
+    else:
+        compiled = evaluation_graph(name)  # type: ignore[arg-type]
+    drawable = compiled.get_graph(xray=name == "pipeline")
     if output_format == "mermaid":
         return drawable.draw_mermaid()
     if output_format == "ascii":
@@ -288,34 +295,177 @@ def trace_show(file: Annotated[Path, typer.Argument(help="a trace JSON written w
         console.print(line, markup=False, highlight=False)
 
 
+def run_generate(
+    *,
+    prompts_source: str,
+    output: Path,
+    generator: str,
+    reviewers: list[str],
+    judges: list[str],
+    evaluator: str,
+    strategy: str,
+    scale: int,
+    swap: bool,
+    iterations: int,
+    stop_score: float | None,
+    concurrency: int,
+    limit: int | None,
+    prompt_field: str | None,
+    retry_failed: bool,
+    max_tokens: int,
+    output_format: str,
+) -> dict[str, Any]:
+    """Validate everything, run the pipeline with a progress bar, export the datasets; return a summary."""
+    from agents.models import ModelRegistry, ModelSettings, check_model_spec
+    from graphs.context import GenerationContext
+    from graphs.generation import PromptOutcome, run_generation
+    from tools.export import dataset_card, export_records
+    from tools.prompt_sets import load_prompts
+
+    check_model_spec(generator, flag="--generator")
+    for spec in reviewers:
+        check_model_spec(spec, flag="--reviewer")
+    for spec in judges:
+        check_model_spec(spec, flag="--judge")
+    if evaluator == "judge" and len(judges) != 1:
+        raise ConfigError(f"--judge: the judge evaluator takes one model, got {len(judges)} (use --evaluator jury)")
+    if evaluator == "judge" and strategy == "direct" and iterations != 2:
+        raise ConfigError("--strategy direct compares two answers: use --iterations 2 or another strategy")
+    if swap and iterations != 2:
+        raise ConfigError("--swap reverses two answers: use --iterations 2")
+    source = load_prompts(prompts_source, prompt_field=prompt_field)
+    prompts = source.prompts[:limit] if limit else source.prompts
+    if source.duplicates:
+        errors.print(f"note: {source.duplicates} duplicate prompts in {source.origin} are kept once")
+
+    settings = {
+        "generator": generator, "reviewers": reviewers, "evaluator": evaluator, "judges": judges,
+        "strategy": strategy, "scale": scale, "swap": swap, "iterations": iterations, "stop_score": stop_score,
+        "max_tokens": max_tokens, "output_format": output_format,
+    }
+    registry = ModelRegistry(ModelSettings(max_tokens=max_tokens, output_format=output_format))  # type: ignore[arg-type]
+    context = GenerationContext(
+        models=judges, strategy=strategy, scale=scale, swap=swap,  # type: ignore[arg-type]
+        generator=generator, reviewers=reviewers, iterations=iterations, stop_score=stop_score,
+        evaluator=evaluator, model_source=registry,  # type: ignore[arg-type]
+    )
+    with _progress() as progress:
+        task = progress.add_task("prompts", total=len(prompts), status="")
+        totals = {"failed": 0, "tokens": 0, "cost": 0.0, "priced": True}
+
+        def on_outcome(outcome: PromptOutcome) -> None:
+            totals["failed"] += not outcome.ok
+            totals["tokens"] += outcome.input_tokens + outcome.output_tokens
+            if outcome.cost_usd is None:
+                totals["priced"] = False
+            else:
+                totals["cost"] += outcome.cost_usd
+            cost = f", ${totals['cost']:.4f}" if totals["priced"] else ""
+            progress.update(task, advance=1, status=f"failed {totals['failed']}, tokens {totals['tokens']}{cost}")
+
+        result = asyncio.run(
+            _evaluate_and_close(
+                run_generation(
+                    prompts, context=context, output_dir=output, settings=settings,
+                    concurrency=concurrency, retry_failed=retry_failed, on_outcome=on_outcome,
+                ),
+                registry,
+            )
+        )
+        progress.update(task, completed=result.skipped_done + len(result.outcomes) + result.skipped_failed)
+    summary, dpo_rows, _ = export_records(result.records, output)
+    usage = {
+        "input_tokens": sum(record["usage"]["input_tokens"] for record in result.records),
+        "output_tokens": sum(record["usage"]["output_tokens"] for record in result.records),
+        "calls": sum(record["usage"]["calls"] for record in result.records),
+        "cost_usd": None if any(record["usage"]["cost_usd"] is None for record in result.records)
+        else sum(record["usage"]["cost_usd"] for record in result.records),
+    }
+    card = dataset_card(settings=settings, summary=summary, failures=result.failures, usage=usage)
+    (output / "README.md").write_text(card, encoding="utf-8")
+    return {
+        "prompts": len(prompts), "done": len(result.records), "failed": len(result.failures),
+        "reused": result.skipped_done, "failed_skipped": result.skipped_failed,
+        "calls_made": sum(outcome.calls_made for outcome in result.outcomes),
+        "dpo_rows": summary.dpo_rows, "kto_rows": summary.kto_rows, "outcomes": dict(summary.outcomes),
+        "first_dpo_row": dpo_rows[0] if dpo_rows else None, "usage": usage, "failures": result.failures,
+    }
+
+
+def _print_generate_summary(output: Path, report: dict[str, Any]) -> None:
+    console.print(
+        f"prompts: {report['prompts']}  done: {report['done']}  failed: {report['failed']}  "
+        f"reused from earlier runs: {report['reused']}  outcomes: {report['outcomes']}"
+    )
+    cost = report["usage"]["cost_usd"]
+    console.print(
+        f"tokens in/out: {report['usage']['input_tokens']}/{report['usage']['output_tokens']}  "
+        f"calls: {report['usage']['calls']}" + (f"  cost: ${cost:.4f}" if cost is not None else "")
+    )
+    console.print(f"DPO rows: {report['dpo_rows']} -> {output / 'dpo'} and {output / 'dpo.jsonl'}")
+    console.print(f"KTO rows: {report['kto_rows']} -> {output / 'kto'} and {output / 'kto.jsonl'}")
+    console.print(f"records: {output / 'records.jsonl'}  card: {output / 'README.md'}")
+    for prompt_id, reason in report["failures"][:5]:
+        console.print(f"failed {prompt_id}: {reason}", markup=False)
+    if report["failures"]:
+        console.print("run again with --retry-failed to retry the failed prompts")
+
+
+@app.command()
+@user_errors
+def generate(
+    prompts: Annotated[str, typer.Option("--prompts", "-p", help="JSONL with a prompt field, alpaca_eval, mt_bench, "
+                                         "or a saved Hugging Face dataset folder")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="output directory (holds progress; rerun resumes)")],
+    generator: Annotated[str, typer.Option(help="model spec that writes answers")] = "local:smollm2",
+    reviewer: Annotated[
+        list[str] | None, typer.Option(help="reviewer model spec, repeatable (two: both feedbacks)")
+    ] = None,
+    judge: Annotated[list[str] | None, typer.Option(help="evaluator model spec, repeatable for a jury")] = None,
+    evaluator: Annotated[Literal["judge", "jury", "debate"], typer.Option(help="evaluation workflow")] = "judge",
+    strategy: Annotated[Literal["direct", "independent", "combined"], typer.Option()] = "combined",
+    scale: Annotated[Literal["5", "10", "100"], typer.Option()] = "10",
+    swap: Annotated[bool, typer.Option(help="judge both orders (two answers only)")] = False,
+    iterations: Annotated[int, typer.Option("--iterations", "-n", min=1, max=10, help="answers per prompt")] = 3,
+    stop_score: Annotated[
+        float | None, typer.Option(min=0, max=10, help="stop when every reviewer scores >= this")
+    ] = None,
+    concurrency: ConcurrencyOption = 8,
+    limit: Annotated[int | None, typer.Option(min=1, help="only the first N prompts")] = None,
+    prompt_field: Annotated[str | None, typer.Option(help="field or column holding the prompt")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="retry prompts that failed in an earlier run")] = False,
+    max_tokens: MaxTokensOption = 512,
+    output_format: OutputFormatOption = "auto",
+) -> None:
+    """Write N answers per prompt with a feedback loop, rank them, and export DPO and KTO datasets."""
+    report = run_generate(
+        prompts_source=prompts, output=output, generator=generator, reviewers=list(reviewer or ["local:smollm2"]),
+        judges=list(judge or ["local:smollm2"]), evaluator=evaluator, strategy=strategy, scale=int(scale), swap=swap,
+        iterations=iterations, stop_score=stop_score, concurrency=concurrency, limit=limit,
+        prompt_field=prompt_field, retry_failed=retry_failed, max_tokens=max_tokens, output_format=output_format,
+    )
+    _print_generate_summary(output, report)
+
+
 @app.command()
 @user_errors
 def demo(
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("runs/demo"),
-    model: ModelOption = None,
 ) -> None:
-    """Judge a few bundled items with the embedded model (no API keys needed) and print the verdicts."""
-    from agents.models import DEFAULT_MODEL
+    """Generate DPO and KTO datasets from a few bundled prompts with the embedded model (no API keys)."""
+    import json
 
-    pairs = Path(str(resources.files("tools").joinpath("data/demo_pairs.jsonl")))
-    output_path = output / "verdicts.jsonl"
-    verdicts = run_evaluation(
-        input_path=pairs,
-        output_path=output_path,
-        method="judge",
-        strategy="combined",
-        scale=10,
-        models=list(model or [DEFAULT_MODEL]),
-        rounds=2,
-        swap=False,
-        concurrency=4,
-        jury_rule="plurality",
-        max_tokens=512,
+    prompts_file = str(resources.files("tools").joinpath("data/demo_prompts.jsonl"))
+    report = run_generate(
+        prompts_source=prompts_file, output=output, generator="local:smollm2", reviewers=["local:smollm2"],
+        judges=["local:smollm2"], evaluator="judge", strategy="combined", scale=10, swap=False, iterations=3,
+        stop_score=None, concurrency=3, limit=None, prompt_field=None, retry_failed=False, max_tokens=256,
         output_format="auto",
-        trace_dir=None,
     )
-    console.print(_verdict_table(verdicts))
-    console.print(f"wrote {output_path}")
+    _print_generate_summary(output, report)
+    if report["first_dpo_row"] is not None:
+        console.print("one DPO row:")
+        console.print_json(json.dumps(report["first_dpo_row"], ensure_ascii=False))
 
 
 def main() -> None:

@@ -1,0 +1,99 @@
+"""The generation roles of the LLM Feedback Loop (SPEC.md section 3): generator and reviewer.
+
+The generator keeps one conversation across iterations (its answers and the feedback it received);
+the reviewer sees only the request and the current answer, in a fresh conversation each time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+
+import prompts
+from agents.calls import complete, complete_with_followup
+from agents.records import Exchange
+from tools.parsing import parse_feedback, parse_overall_score
+
+REVIEW_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "evaluation": {"type": "string", "maxLength": 800},
+        "overall_score": {"type": "number", "minimum": 0, "maximum": 10},
+        "feedback": {"type": "string", "maxLength": 1200},
+    },
+    "required": ["evaluation", "overall_score", "feedback"],
+    "additionalProperties": False,
+}
+
+
+def opening_messages(prompt: str | list[dict[str, str]]) -> list[BaseMessage]:
+    """The generator's conversation before its first answer; a message-list prompt is kept as given."""
+    if isinstance(prompt, str):
+        return [SystemMessage(content=prompts.render("generator_system")), HumanMessage(content=prompt)]
+    converted: list[BaseMessage] = []
+    if prompt[0]["role"] != "system":
+        converted.append(SystemMessage(content=prompts.render("generator_system")))
+    kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
+    converted.extend(kinds[message["role"]](content=message["content"]) for message in prompt)
+    return converted
+
+
+def revision_request(feedbacks: Sequence[dict[str, str]]) -> HumanMessage:
+    """The generator's next turn: every reviewer's feedback, labelled when there are several."""
+    return HumanMessage(content=prompts.render("generator_revise", feedbacks=list(feedbacks)))
+
+
+async def write_answer(
+    model: BaseChatModel,
+    *,
+    model_spec: str,
+    conversation: Sequence[BaseMessage],
+    iteration: int,
+    metadata: dict[str, Any] | None = None,
+) -> Exchange:
+    """The generator's answer to the conversation so far (the request, or the latest feedback)."""
+    run_name = f"generator/iteration-{iteration}"
+    reply = await complete(model, conversation, run_name=run_name, metadata=metadata)
+    return Exchange(
+        model=model_spec,
+        role=run_name,
+        text=reply.text.strip(),
+        input_tokens=reply.input_tokens,
+        output_tokens=reply.output_tokens,
+        latency_s=reply.latency_s,
+    )
+
+
+async def review_answer(
+    model: BaseChatModel,
+    *,
+    model_spec: str,
+    question: str,
+    answer: str,
+    json_mode: bool,
+    role: str,
+    metadata: dict[str, Any] | None = None,
+) -> tuple[float | None, str, Exchange]:
+    """The reviewer's score out of 10 (None if unparsable after one follow-up) and its feedback text."""
+    messages = [
+        SystemMessage(content=prompts.render("reviewer_system")),
+        HumanMessage(content=prompts.render("reviewer", question=question, answer=answer, json_mode=json_mode)),
+    ]
+    score, exchange = await complete_with_followup(
+        model,
+        messages,
+        parse=lambda text: parse_overall_score(text, 10),
+        is_complete=lambda value: value is not None,
+        required_format=(
+            '{"evaluation": "...", "overall_score": X, "feedback": "..."}' if json_mode else "### Overall Score: X/10"
+        ),
+        model_spec=model_spec,
+        role=role,
+        json_schema=("review", REVIEW_SCHEMA) if json_mode else None,
+        metadata=metadata,
+    )
+    # The follow-up only asks for the score line, so the feedback comes from the first reply.
+    return score, parse_feedback(exchange.text), exchange

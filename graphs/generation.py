@@ -1,0 +1,165 @@
+"""Running the pipeline over many prompts: concurrent, checkpointed, resumable, never paying twice.
+
+Progress lives in the output directory: `progress.sqlite` (one row per prompt: done with its record,
+failed with its reason, or pending) and `checkpoints.sqlite` (LangGraph's checkpoints, one thread per
+prompt id, written synchronously after every step). Killed at any moment and started again, a run
+skips finished prompts without a single call and resumes unfinished ones from their last completed
+step. Failed prompts are retried only with `retry_failed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agents.prices import total_cost
+from agents.records import Exchange
+from graphs.context import GenerationContext
+from graphs.pipeline import build_pipeline_graph, prompt_id_for
+from tools.items import Prompt
+from tools.prompt_sets import as_messages
+from tools.run_store import RunStore
+from tools.tracing import mask_secrets
+
+
+@dataclass
+class PromptOutcome:
+    prompt_id: str
+    ok: bool
+    calls_made: bool
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = 0.0
+    error: str | None = None
+
+
+@dataclass
+class GenerationResult:
+    prompt_ids: list[str]
+    records: list[dict[str, Any]]
+    failures: list[tuple[str, str]]
+    skipped_done: int
+    skipped_failed: int
+    outcomes: list[PromptOutcome] = field(default_factory=list)
+
+
+def record_exchanges(record: dict[str, Any]) -> list[Exchange]:
+    exchanges = [Exchange(**answer["exchange"]) for answer in record["answers"]]
+    exchanges += [Exchange(**review["exchange"]) for answer in record["answers"] for review in answer["reviews"]]
+    exchanges += [Exchange(**raw) for raw in (record.get("verdict") or {}).get("exchanges", [])]
+    return exchanges
+
+
+def make_record(prompt_id: str, prompt: Prompt, values: dict[str, Any], context: GenerationContext) -> dict[str, Any]:
+    """The canonical record of one prompt: every answer with its reviews, the verdict, the models."""
+    reviews = values.get("reviews", [])
+    answers = []
+    for answer in sorted(values.get("answers", []), key=lambda entry: entry["iteration"]):
+        mine = sorted((r for r in reviews if r["iteration"] == answer["iteration"]), key=lambda r: r["seat"])
+        answers.append({**answer, "model": context.generator, "reviews": mine})
+    record = {
+        "prompt_id": prompt_id,
+        "prompt": as_messages(prompt),
+        "answers": answers,
+        "verdict": values.get("verdict"),
+        "models": {
+            "generator": context.generator,
+            "reviewers": list(context.reviewers),
+            "evaluator": f"{context.evaluator}:{'+'.join(context.models)}",
+        },
+    }
+    exchanges = record_exchanges(record)
+    record["usage"] = {
+        "input_tokens": sum(exchange.input_tokens for exchange in exchanges),
+        "output_tokens": sum(exchange.output_tokens for exchange in exchanges),
+        "calls": sum(1 + (exchange.followup_text is not None) for exchange in exchanges),
+        "cost_usd": total_cost(exchanges),
+    }
+    return record
+
+
+async def run_generation(
+    prompts: Sequence[Prompt],
+    *,
+    context: GenerationContext,
+    output_dir: Path,
+    settings: dict[str, Any],
+    concurrency: int = 8,
+    retry_failed: bool = False,
+    on_outcome: Callable[[PromptOutcome], None] | None = None,
+) -> GenerationResult:
+    """Run every prompt that is not finished yet, at most `concurrency` at a time."""
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    store = RunStore(output_dir / "progress.sqlite")
+    try:
+        store.bind_settings(settings)
+        prompt_ids = [prompt_id_for(prompt) for prompt in prompts]
+        store.add_prompts(list(zip(prompt_ids, prompts, strict=True)))
+        status = store.status_of(prompt_ids)
+        wanted = {"pending", "failed"} if retry_failed else {"pending"}
+        pending = [(pid, prompt) for pid, prompt in zip(prompt_ids, prompts, strict=True) if status[pid] in wanted]
+        skipped_done = sum(1 for pid in prompt_ids if status[pid] == "done")
+        skipped_failed = sum(1 for pid in prompt_ids if status[pid] == "failed") if not retry_failed else 0
+        gate = asyncio.Semaphore(max(1, concurrency))
+        outcomes: list[PromptOutcome] = []
+
+        async with AsyncSqliteSaver.from_conn_string(str(output_dir / "checkpoints.sqlite")) as saver:
+            graph = build_pipeline_graph().compile(checkpointer=saver, name="pipeline")
+
+            async def run_one(prompt_id: str, prompt: Prompt) -> None:
+                async with gate:
+                    outcome = await _run_prompt(graph, store, prompt_id, prompt, context)
+                outcomes.append(outcome)
+                if on_outcome is not None:
+                    on_outcome(outcome)
+
+            await asyncio.gather(*(run_one(pid, prompt) for pid, prompt in pending))
+
+        return GenerationResult(
+            prompt_ids=prompt_ids,
+            records=store.records(prompt_ids),
+            failures=store.failures(prompt_ids),
+            skipped_done=skipped_done,
+            skipped_failed=skipped_failed,
+            outcomes=outcomes,
+        )
+    finally:
+        store.close()
+
+
+async def _run_prompt(
+    graph: Any, store: RunStore, prompt_id: str, prompt: Prompt, context: GenerationContext
+) -> PromptOutcome:
+    config: dict[str, Any] = {
+        "configurable": {"thread_id": prompt_id},
+        "run_name": f"pipeline:{prompt_id}",
+        "metadata": {"item_id": prompt_id},
+    }
+    try:
+        snapshot = await graph.aget_state(config)
+        if snapshot.next:
+            graph_input: Any = None  # resume from the last completed step
+        elif snapshot.values.get("verdict") is not None:
+            graph_input = "finished"  # killed after the graph ended but before the record was saved
+        else:
+            graph_input = {"prompt_id": prompt_id, "prompt": prompt}
+        if graph_input == "finished":
+            values = snapshot.values
+        else:
+            values = await graph.ainvoke(graph_input, config=config, context=context, durability="sync")
+        record = make_record(prompt_id, prompt, values, context)
+        store.mark_done(prompt_id, record)
+        usage = record["usage"]
+        return PromptOutcome(
+            prompt_id, ok=True, calls_made=graph_input != "finished", input_tokens=usage["input_tokens"],
+            output_tokens=usage["output_tokens"], cost_usd=usage["cost_usd"],
+        )
+    except Exception as error:  # the prompt is recorded as failed with its reason; the run goes on
+        reason = mask_secrets(f"{type(error).__name__}: {error}".splitlines()[0])[:500]
+        store.mark_failed(prompt_id, reason)
+        return PromptOutcome(prompt_id, ok=False, calls_made=True, error=reason)

@@ -1,0 +1,109 @@
+"""Run progress in SQLite, inside the output directory: which prompts are done, failed or pending.
+
+One row per prompt holds its finished record, so a finished prompt is never paid for twice. The
+settings of the run are stored too: reusing a directory with different settings is refused rather
+than mixing two configurations in one dataset. (LangGraph's own checkpoints, for resuming a prompt
+mid-loop, live in a separate file beside this one.)
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from tools.errors import ConfigError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS prompts (
+    prompt_id TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
+    prompt TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'done', 'failed')),
+    record TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    updated REAL NOT NULL
+);
+"""
+
+
+class RunStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None)  # autocommit: each write is durable at once
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def bind_settings(self, settings: dict[str, Any]) -> None:
+        """Record the run's settings, or refuse if the directory holds a run with other settings."""
+        wanted = json.dumps(settings, sort_keys=True)
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta (key, value) VALUES ('settings', ?)", (wanted,))
+            return
+        if row[0] != wanted:
+            stored = json.loads(row[0])
+            changed = sorted(key for key in set(stored) | set(settings) if stored.get(key) != settings.get(key))
+            raise ConfigError(
+                f"--output {self.path.parent}: holds a run with other settings ({', '.join(changed)}); "
+                "use a new --output directory"
+            )
+
+    def add_prompts(self, prompts: list[tuple[str, Any]]) -> None:
+        """Register prompts (id, prompt) in order; ones already known keep their status."""
+        now = time.time()
+        with self._db:
+            self._db.execute("BEGIN")
+            offset = self._db.execute("SELECT COALESCE(MAX(position) + 1, 0) FROM prompts").fetchone()[0]
+            for index, (prompt_id, prompt) in enumerate(prompts):
+                self._db.execute(
+                    "INSERT OR IGNORE INTO prompts (prompt_id, position, prompt, status, updated) "
+                    "VALUES (?, ?, ?, 'pending', ?)",
+                    (prompt_id, offset + index, json.dumps(prompt, ensure_ascii=False), now),
+                )
+
+    def status_of(self, prompt_ids: list[str]) -> dict[str, str]:
+        marks = ",".join("?" * len(prompt_ids))
+        rows = self._db.execute(f"SELECT prompt_id, status FROM prompts WHERE prompt_id IN ({marks})", prompt_ids)
+        return dict(rows.fetchall())
+
+    def mark_done(self, prompt_id: str, record: dict[str, Any]) -> None:
+        self._db.execute(
+            "UPDATE prompts SET status = 'done', record = ?, error = NULL, attempts = attempts + 1, updated = ? "
+            "WHERE prompt_id = ?",
+            (json.dumps(record, ensure_ascii=False), time.time(), prompt_id),
+        )
+
+    def mark_failed(self, prompt_id: str, reason: str) -> None:
+        self._db.execute(
+            "UPDATE prompts SET status = 'failed', error = ?, attempts = attempts + 1, updated = ? WHERE prompt_id = ?",
+            (reason, time.time(), prompt_id),
+        )
+
+    def records(self, prompt_ids: list[str]) -> list[dict[str, Any]]:
+        """Finished records of these prompts, in the order given."""
+        marks = ",".join("?" * len(prompt_ids))
+        rows = dict(
+            self._db.execute(
+                f"SELECT prompt_id, record FROM prompts WHERE status = 'done' AND prompt_id IN ({marks})", prompt_ids
+            ).fetchall()
+        )
+        return [json.loads(rows[prompt_id]) for prompt_id in prompt_ids if prompt_id in rows]
+
+    def failures(self, prompt_ids: list[str]) -> list[tuple[str, str]]:
+        marks = ",".join("?" * len(prompt_ids))
+        rows = dict(
+            self._db.execute(
+                f"SELECT prompt_id, error FROM prompts WHERE status = 'failed' AND prompt_id IN ({marks})", prompt_ids
+            ).fetchall()
+        )
+        return [(prompt_id, rows[prompt_id]) for prompt_id in prompt_ids if prompt_id in rows]
