@@ -17,6 +17,10 @@ SAMPLES: dict[str, dict[str, object]] = {
         "json_mode": False,
     },
     "followup": {"required_format": "### Answer: A"},
+    "generator_revise": {
+        "feedbacks": [{"label": "Reviewer 1", "text": "shorter"}, {"label": "Reviewer 2", "text": "cite"}]
+    },
+    "reviewer": {"question": "Q?", "answer": "one", "json_mode": False},
     "debate_system": {"answer_count": 2},
     "debate_turn": {
         "question": "Q?",
@@ -62,3 +66,17 @@ def test_json_mode_names_the_schema_fields() -> None:
 def test_missing_variable_raises() -> None:
     with pytest.raises(jinja2.UndefinedError):
         prompts.render("judge_direct", question="Q?", answer_a="one", json_mode=False)
+
+
+def test_revision_request_labels_several_feedbacks_and_forbids_pleasantries() -> None:
+    both = prompts.render("generator_revise", **SAMPLES["generator_revise"])
+    assert "[Feedback from Reviewer 1]\nshorter" in both and "[Feedback from Reviewer 2]\ncite" in both
+    single = prompts.render("generator_revise", feedbacks=[{"label": "the reviewer", "text": "shorter"}])
+    assert "[Feedback from" not in single and "shorter" in single
+    assert "no thanks for the feedback" in single
+
+
+def test_reviewer_template_sections() -> None:
+    text = prompts.render("reviewer", **SAMPLES["reviewer"])
+    for section in ("### Evaluation", "### Overall Score: X/10", "### Feedback"):
+        assert section in text
