@@ -118,6 +118,19 @@ class ModelRegistry:
         self.settings = settings or ModelSettings()
         self._models: dict[str, BaseChatModel] = {}
         self._servers: dict[str, EmbeddedServer] = {}
+        self._http: Any = None
+
+    def _http_client(self) -> Any:
+        """One connection pool per registry. langchain-openai otherwise shares a process-wide async client,
+        which stays bound to the first event loop and fails under the next one ("Event loop is closed")."""
+        if self._http is None:
+            import httpx
+
+            self._http = httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=256, max_keepalive_connections=256),
+                timeout=httpx.Timeout(self.settings.timeout_s),
+            )
+        return self._http
 
     def json_mode(self, spec: str) -> bool:
         if self.settings.output_format != "auto":
@@ -137,6 +150,7 @@ class ModelRegistry:
             "max_tokens": self.settings.max_tokens,
             "timeout": self.settings.timeout_s,
             "max_retries": self.settings.max_retries,
+            "http_async_client": self._http_client(),
         }
         if spec.provider == "together":
             from langchain_together import ChatTogether
@@ -163,7 +177,14 @@ class ModelRegistry:
         return self._servers[key]
 
     def close(self) -> None:
+        """Stop embedded servers; the HTTP pool is dropped (use `aclose` inside the loop to close it cleanly)."""
         for server in self._servers.values():
             server.stop()
         self._servers.clear()
         self._models.clear()
+        self._http = None
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+        self.close()

@@ -34,7 +34,7 @@ async def evaluate_once(method: str, models: list[str], **context_options: objec
         context = EvaluationContext(models=models, model_source=registry, **context_options)  # type: ignore[arg-type]
         [verdict] = await evaluate_items([ITEM], method=method, context=context)  # type: ignore[arg-type]
     finally:
-        registry.close()
+        await registry.aclose()
     return verdict
 
 

@@ -62,6 +62,10 @@ ModelOption = Annotated[
 ]
 ConcurrencyOption = Annotated[int, typer.Option("--concurrency", "-c", min=1, help="items in flight at once")]
 MaxTokensOption = Annotated[int, typer.Option("--max-tokens", min=16, help="cap on tokens generated per call")]
+MaxRetriesOption = Annotated[
+    int, typer.Option("--max-retries", min=0, max=20, help="retries of timeouts, 5xx and 429 per call, with backoff")
+]
+TimeoutOption = Annotated[float, typer.Option("--timeout", min=1, help="seconds before a call times out")]
 OutputFormatOption = Annotated[
     Literal["auto", "text", "json"],
     typer.Option(
@@ -205,7 +209,7 @@ async def _evaluate_and_close(work: Any, registry: Any) -> Any:
     try:
         return await work
     finally:
-        registry.close()
+        await registry.aclose()
 
 
 @app.command()
@@ -314,6 +318,8 @@ def run_generate(
     retry_failed: bool,
     max_tokens: int,
     output_format: str,
+    max_retries: int = 6,
+    timeout_s: float = 120.0,
 ) -> dict[str, Any]:
     """Validate everything, run the pipeline with a progress bar, export the datasets; return a summary."""
     from agents.models import ModelRegistry, ModelSettings, check_model_spec
@@ -343,7 +349,10 @@ def run_generate(
         "strategy": strategy, "scale": scale, "swap": swap, "iterations": iterations, "stop_score": stop_score,
         "max_tokens": max_tokens, "output_format": output_format,
     }
-    registry = ModelRegistry(ModelSettings(max_tokens=max_tokens, output_format=output_format))  # type: ignore[arg-type]
+    model_settings = ModelSettings(
+        max_tokens=max_tokens, output_format=output_format, max_retries=max_retries, timeout_s=timeout_s  # type: ignore[arg-type]
+    )
+    registry = ModelRegistry(model_settings)
     context = GenerationContext(
         models=judges, strategy=strategy, scale=scale, swap=swap,  # type: ignore[arg-type]
         generator=generator, reviewers=reviewers, iterations=iterations, stop_score=stop_score,
@@ -436,6 +445,8 @@ def generate(
     retry_failed: Annotated[bool, typer.Option(help="retry prompts that failed in an earlier run")] = False,
     max_tokens: MaxTokensOption = 512,
     output_format: OutputFormatOption = "auto",
+    max_retries: MaxRetriesOption = 6,
+    timeout: TimeoutOption = 120.0,
 ) -> None:
     """Write N answers per prompt with a feedback loop, rank them, and export DPO and KTO datasets."""
     report = run_generate(
@@ -443,6 +454,7 @@ def generate(
         judges=list(judge or ["local:smollm2"]), evaluator=evaluator, strategy=strategy, scale=int(scale), swap=swap,
         iterations=iterations, stop_score=stop_score, concurrency=concurrency, limit=limit,
         prompt_field=prompt_field, retry_failed=retry_failed, max_tokens=max_tokens, output_format=output_format,
+        max_retries=max_retries, timeout_s=timeout,
     )
     _print_generate_summary(output, report)
 

@@ -1,0 +1,287 @@
+"""Feedback loop, pipeline, export and the generate command: configurations, TRL format, resume, faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import pytest
+from langchain_core.messages import BaseMessage
+from typer.testing import CliRunner
+
+from graphs.context import GenerationContext
+from graphs.feedback_loop import build_feedback_loop_graph
+from tests.fakes import FakeModelSource, ScriptedChatModel, last_user_text
+from tools.cli import app
+from tools.export import check_trl_rows, preference_rows
+from tools.stub_server import StubServer, StubSettings
+
+runner = CliRunner()
+
+
+def generator_model() -> ScriptedChatModel:
+    def respond(messages: list[BaseMessage]) -> str:
+        drafts = sum(1 for message in messages if message.type == "ai")
+        return f"draft {drafts + 1}"
+
+    return ScriptedChatModel(respond)
+
+
+def reviewer_model(score: float, advice: str) -> ScriptedChatModel:
+    return ScriptedChatModel(lambda _: f"### Evaluation\nok\n### Overall Score: {score}/10\n### Feedback\n{advice}")
+
+
+async def run_loop(context: GenerationContext) -> dict:
+    graph = build_feedback_loop_graph().compile()
+    return await graph.ainvoke({"prompt_id": "p1", "prompt": "Explain tides."}, context=context)
+
+
+async def test_loop_three_iterations_keeps_every_answer_and_conversation() -> None:
+    generator = generator_model()
+    reviewer = reviewer_model(6.5, "Mention the moon.")
+    context = GenerationContext(
+        generator="gen", reviewers=["rev"], model_source=FakeModelSource({"gen": generator, "rev": reviewer})
+    )
+    state = await run_loop(context)
+    assert [answer["text"] for answer in state["answers"]] == ["draft 1", "draft 2", "draft 3"]
+    assert [(review["iteration"], review["score"]) for review in state["reviews"]] == [(1, 6.5), (2, 6.5)]
+    last_call = generator.calls[-1]["messages"]
+    assert [message.type for message in last_call] == ["system", "human", "ai", "human", "ai", "human"]
+    assert last_call[1].content == "Explain tides."
+    assert "Mention the moon." in last_call[3].content and "[Feedback from" not in last_call[3].content
+    # The reviewer sees only the request and the current answer, in a fresh conversation.
+    review_prompt = last_user_text(reviewer.calls[1]["messages"])
+    assert len(reviewer.calls[1]["messages"]) == 2
+    assert "Explain tides." in review_prompt and "draft 2" in review_prompt and "draft 1" not in review_prompt
+
+
+async def test_loop_two_reviewers_both_feedbacks_labelled() -> None:
+    generator = generator_model()
+    source = FakeModelSource({
+        "gen": generator, "r1": reviewer_model(5, "Be shorter."), "r2": reviewer_model(7, "Cite a source."),
+    })
+    context = GenerationContext(generator="gen", reviewers=["r1", "r2"], iterations=2, model_source=source)
+    state = await run_loop(context)
+    assert len(state["answers"]) == 2
+    assert sorted((review["seat"], review["model"]) for review in state["reviews"]) == [(0, "r1"), (1, "r2")]
+    revision = generator.calls[1]["messages"][-1].content
+    assert "[Feedback from Reviewer 1]\nBe shorter." in revision
+    assert "[Feedback from Reviewer 2]\nCite a source." in revision
+
+
+async def test_loop_early_stop_when_every_reviewer_satisfied() -> None:
+    source = FakeModelSource({"gen": generator_model(), "r1": reviewer_model(9.5, "-"), "r2": reviewer_model(8, "-")})
+    context = GenerationContext(generator="gen", reviewers=["r1", "r2"], stop_score=8.0, model_source=source)
+    state = await run_loop(context)
+    assert [answer["text"] for answer in state["answers"]] == ["draft 1"]
+    one_unsatisfied = {"gen": generator_model(), "r1": reviewer_model(9.5, "-"), "r2": reviewer_model(7, "-")}
+    context = GenerationContext(
+        generator="gen", reviewers=["r1", "r2"], stop_score=8.0, model_source=FakeModelSource(one_unsatisfied)
+    )
+    assert len((await run_loop(context))["answers"]) == 3
+
+
+def record_with(texts: list[str], winner: str | None, scores: list[float | None]) -> dict:
+    return {
+        "prompt_id": "abc",
+        "prompt": [{"role": "user", "content": "Q?"}],
+        "answers": [{"iteration": index + 1, "text": text} for index, text in enumerate(texts)],
+        "verdict": {"winner": winner, "scores": scores},
+        "models": {"generator": "g", "reviewers": ["r"], "evaluator": "judge:j"},
+    }
+
+
+def test_preference_rows_dpo_and_kto() -> None:
+    dpo, kto, outcome = preference_rows(record_with(["one", "two", "three"], "B", [5, 9, 6]))
+    assert outcome == "ok"
+    assert [(row["chosen"][0]["content"], row["rejected"][0]["content"]) for row in dpo] == [
+        ("two", "one"), ("two", "three"),
+    ]
+    assert [(row["completion"][0]["content"], row["label"]) for row in kto] == [
+        ("two", True), ("one", False), ("three", False),
+    ]
+    check_trl_rows(dpo, "dpo")
+    check_trl_rows(kto, "kto")
+
+
+def test_preference_rows_ties_and_identical_answers_give_no_rows() -> None:
+    assert preference_rows(record_with(["a", "b", "c"], "tie", [8, 8, 3]))[2] == "tied_top"
+    assert preference_rows(record_with(["a", "b", "c"], None, [None, None, None]))[2] == "no_verdict"
+    assert preference_rows(record_with(["same", "same ", "same"], "A", [9, 4, 4]))[:2] == ([], [])
+    dpo, _, _ = preference_rows(record_with(["x", "x", "y"], "A", [9, 9, 4]))  # B is A's twin: no pair with it
+    assert [row["rejected"][0]["content"] for row in dpo] == ["y"]
+
+
+def test_trl_check_catches_bad_rows() -> None:
+    good = {"prompt": [{"role": "user", "content": "Q"}], "chosen": [{"role": "assistant", "content": "a"}],
+            "rejected": [{"role": "assistant", "content": "b"}]}
+    with pytest.raises(ValueError, match="chosen equals rejected"):
+        check_trl_rows([{**good, "rejected": good["chosen"]}], "dpo")
+    with pytest.raises(ValueError, match="ending with a user turn"):
+        check_trl_rows([{**good, "prompt": "Q"}], "dpo")
+    with pytest.raises(ValueError, match="label must be a bool"):
+        check_trl_rows([{"prompt": good["prompt"], "completion": good["chosen"], "label": 1}], "kto")
+
+
+@pytest.fixture
+def stub() -> StubServer:
+    server = StubServer(StubSettings(latency_s=0.0)).start_in_thread()
+    yield server
+    server.stop()
+
+
+def write_prompts(path: Path, count: int) -> Path:
+    path.write_text("".join(json.dumps({"prompt": f"Question number {index}?"}) + "\n" for index in range(count)))
+    return path
+
+
+def generate_args(prompts: Path, output: Path, url: str, *extra: str) -> list[str]:
+    spec = f"compat:stub@{url}"
+    return ["generate", "--prompts", str(prompts), "--output", str(output), "--generator", spec,
+            "--reviewer", spec, "--judge", spec, *extra]
+
+
+def test_generate_writes_trl_datasets_and_rerun_makes_no_calls(tmp_path: Path, stub: StubServer) -> None:
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 6)
+    output = tmp_path / "out"
+    result = runner.invoke(app, generate_args(prompts, output, stub.base_url))
+    assert result.exit_code == 0, result.output
+    assert stub.stats.completions == 6 * 6  # 3 answers, 2 reviews, 1 judgement per prompt
+    dpo = datasets.load_from_disk(str(output / "dpo"))
+    kto = datasets.load_from_disk(str(output / "kto"))
+    assert {"prompt", "chosen", "rejected", "prompt_id"} <= set(dpo.column_names)
+    assert {"prompt", "completion", "label"} <= set(kto.column_names)
+    check_trl_rows(list(dpo), "dpo")
+    check_trl_rows(list(kto), "kto")
+    records = [json.loads(line) for line in (output / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and all(len(record["answers"]) == 3 for record in records)
+    assert all(len(record["answers"][0]["reviews"]) == 1 and record["answers"][0]["reviews"][0]["score"] is not None
+               for record in records)
+    card = (output / "README.md").read_text()
+    assert "DPO rows" in card and "input tokens" in card
+
+    again = runner.invoke(app, generate_args(prompts, output, stub.base_url))
+    assert again.exit_code == 0, again.output
+    assert stub.stats.completions == 36  # nothing paid twice
+    assert (output / "dpo.jsonl").read_text() == (output / "dpo.jsonl").read_text()
+    assert "reused from earlier runs: 6" in again.output
+
+
+def test_generate_bad_input_stops_before_any_call(tmp_path: Path, stub: StubServer) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "ok"}) + "\n" + json.dumps({"prompt": ""}) + "\n")
+    output = tmp_path / "out"
+    result = runner.invoke(app, generate_args(prompts, output, stub.base_url))
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: {prompts}:2: 'prompt' is empty"
+    assert not output.exists() and stub.stats.requests == 0
+    prompts.write_text(json.dumps({"text": "no prompt field"}) + "\n")
+    result = runner.invoke(app, generate_args(prompts, output, stub.base_url))
+    assert result.output.strip() == f"error: {prompts}:1: missing field 'prompt'"
+
+
+def test_generate_other_settings_in_same_directory_refused(tmp_path: Path, stub: StubServer) -> None:
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 1)
+    output = tmp_path / "out"
+    assert runner.invoke(app, generate_args(prompts, output, stub.base_url)).exit_code == 0
+    result = runner.invoke(app, generate_args(prompts, output, stub.base_url, "--iterations", "2"))
+    assert result.exit_code == 1 and "holds a run with other settings (iterations)" in result.output
+
+
+def test_transient_faults_are_retried_and_nothing_is_lost(tmp_path: Path) -> None:
+    server = StubServer(StubSettings(error_rate=0.2, rate_limit_rate=0.2, retry_after_s=0.01)).start_in_thread()
+    try:
+        prompts = write_prompts(tmp_path / "prompts.jsonl", 8)
+        result = runner.invoke(app, generate_args(prompts, tmp_path / "out", server.base_url, "--max-retries", "8"))
+        assert result.exit_code == 0, result.output
+        assert server.stats.faults["error"] > 0 and server.stats.faults["rate_limit"] > 0
+        records = (tmp_path / "out" / "records.jsonl").read_text().splitlines()
+        assert len(records) == 8
+    finally:
+        server.stop()
+
+
+def test_failed_prompts_recorded_then_retried_with_flag(tmp_path: Path) -> None:
+    failing = StubServer(StubSettings(error_rate=1.0)).start_in_thread()
+    port = failing.port
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 2)
+    output = tmp_path / "out"
+    try:
+        result = runner.invoke(app, generate_args(prompts, output, failing.base_url, "--max-retries", "0"))
+    finally:
+        failing.stop()
+    assert result.exit_code == 0, result.output
+    assert "failed: 2" in result.output and "Error code: 500 - injected server error" in result.output
+    db = sqlite3.connect(output / "progress.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM prompts WHERE status = 'failed' AND error LIKE '%500%'").fetchone()[0] == 2
+    db.close()
+
+    healthy = StubServer(StubSettings(), port=port).start_in_thread()
+    try:
+        skipped = runner.invoke(app, generate_args(prompts, output, healthy.base_url))
+        assert skipped.exit_code == 0 and healthy.stats.requests == 0
+        retried = runner.invoke(app, generate_args(prompts, output, healthy.base_url, "--retry-failed"))
+        assert retried.exit_code == 0, retried.output
+        assert "done: 2  failed: 0" in retried.output
+    finally:
+        healthy.stop()
+
+
+def test_garbage_judge_output_is_followed_up_or_recorded(tmp_path: Path) -> None:
+    server = StubServer(StubSettings(garbage_rate=0.5)).start_in_thread()
+    try:
+        prompts = write_prompts(tmp_path / "prompts.jsonl", 6)
+        result = runner.invoke(app, generate_args(prompts, tmp_path / "out", server.base_url))
+        assert result.exit_code == 0, result.output
+        records = [json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]
+        exchanges = [exchange for record in records for exchange in record["verdict"]["exchanges"]]
+        assert any(exchange["followup_text"] is not None for exchange in exchanges)
+        for record in records:
+            verdict = record["verdict"]
+            assert (verdict["winner"] is None) == (not verdict["parse_ok"]) or verdict["winner"] is not None
+    finally:
+        server.stop()
+
+
+def test_kill_and_resume_gives_rows_of_uninterrupted_run(tmp_path: Path) -> None:
+    server = StubServer(StubSettings(latency_s=0.15, max_concurrent=4)).start_in_thread()
+    try:
+        prompts = write_prompts(tmp_path / "prompts.jsonl", 12)
+        reference = tmp_path / "reference"
+        assert runner.invoke(app, generate_args(prompts, reference, server.base_url, "-c", "2")).exit_code == 0
+        calls_uninterrupted = server.stats.completions
+
+        killed = tmp_path / "killed"
+        command = [sys.executable, "-m", "tools.cli", *generate_args(prompts, killed, server.base_url, "-c", "2")]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        done = 0
+        while time.monotonic() < deadline and done < 4:
+            time.sleep(0.1)
+            try:
+                with sqlite3.connect(killed / "progress.sqlite", timeout=1) as db:
+                    done = db.execute("SELECT COUNT(*) FROM prompts WHERE status = 'done'").fetchone()[0]
+            except sqlite3.Error:
+                continue
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+        assert 4 <= done < 12, f"kill landed at {done} prompts done"
+        before_resume = server.stats.completions
+
+        resumed = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        assert resumed.returncode == 0, resumed.stderr
+        for name in ("dpo.jsonl", "kto.jsonl"):
+            assert (killed / name).read_text() == (reference / name).read_text()
+        # Finished prompts were not paid for again: the whole killed+resumed run cost at most one
+        # uninterrupted run plus the calls of the steps in flight at the kill (2 prompts x 1 step).
+        assert server.stats.completions - calls_uninterrupted <= calls_uninterrupted + 2
+        assert server.stats.completions - before_resume < calls_uninterrupted
+    finally:
+        server.stop()

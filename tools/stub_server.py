@@ -1,0 +1,281 @@
+"""A stub OpenAI-compatible chat server on 127.0.0.1 for tests and benchmarks.
+
+It answers `POST /v1/chat/completions` after a fixed latency, holds at most `max_concurrent` requests
+in progress (the rest wait their turn, like a provider's concurrency cap), and injects faults at set
+rates: HTTP 500, HTTP 429 with Retry-After, hangs past the client's timeout, and replies the parsers
+cannot read. Replies follow the formats the parsers read (or the JSON schema asked for) and are
+deterministic: they depend only on the request's messages. Faults depend on the messages and on how
+often the same request has been seen, so a retried request can succeed. `GET /stats` reports counts.
+
+Run alone: `python -m tools.stub_server --latency 0.5 --max-concurrent 32` prints its base URL and
+serves until killed or until `--lifetime` seconds have passed (it always stops by itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class StubSettings:
+    latency_s: float = 0.0
+    max_concurrent: int = 64
+    error_rate: float = 0.0
+    rate_limit_rate: float = 0.0
+    hang_rate: float = 0.0
+    garbage_rate: float = 0.0
+    hang_s: float = 30.0
+    retry_after_s: float = 0.05
+
+
+@dataclass
+class StubStats:
+    requests: int = 0
+    completions: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    faults: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "completions": self.completions,
+            "max_in_flight": self.max_in_flight,
+            "faults": dict(self.faults),
+        }
+
+
+def _fraction(*parts: str) -> float:
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _score(text: str, salt: str = "") -> int:
+    """A deterministic score from 3 to 9 for a piece of text."""
+    return 3 + int(_fraction("score", salt, text) * 7)
+
+
+def _answers_in(text: str) -> list[tuple[str, str]]:
+    return re.findall(r"\[The Start of Assistant (\w+)'s Answer\]\n(.*?)\n\[The End of", text, re.S)
+
+
+def reply_for(messages: list[dict[str, Any]], response_format: dict[str, Any] | None) -> str:
+    """What the stub says to a conversation: role detected from the prompt wording."""
+    last = str(messages[-1].get("content", "")) if messages else ""
+    first_user = next((str(m.get("content", "")) for m in messages if m.get("role") == "user"), "")
+    schema = (response_format or {}).get("json_schema", {}).get("schema")
+    if "Reply now with only the final answer" in last:
+        last = str(messages[-3].get("content", "")) if len(messages) >= 3 else last
+    if "Review this answer" in last:
+        answer = re.search(r"\[The Start of the Answer\]\n(.*?)\n\[The End", last, re.S)
+        score = _score(answer.group(1) if answer else last, "review")
+        if schema:
+            return json.dumps({"evaluation": "Clear.", "overall_score": score, "feedback": "Add a concrete example."})
+        return f"### Evaluation\nClear but brief.\n### Overall Score: {score}/10\n### Feedback\nAdd a concrete example."
+    answers = _answers_in(last)
+    if answers and ("Score Assistant" in last or "score_assistant" in last or "scores" in last):
+        scores = {label: _score(text) for label, text in answers}
+        if schema:
+            fields = {f"score_assistant_{label}": value for label, value in scores.items()}
+            return json.dumps({"evaluation_evidence": "Compared.", **fields})
+        lines = "\n".join(f"### Score Assistant {label}: {value}/10" for label, value in scores.items())
+        return f"### Evaluation Evidence: compared the answers.\n{lines}"
+    if (answers and "### Answer" in last) or (schema and "answer" in schema.get("properties", {})):
+        best = max(answers, key=lambda pair: _score(pair[1]))[0] if answers else "A"
+        return json.dumps({"explanation": "x", "answer": best}) if schema else f"Compared.\n### Answer: {best}"
+    if "[The Start of the Assistant's Answer]" in last:
+        answer = re.search(r"Assistant's Answer\]\n(.*?)\n\[The End", last, re.S)
+        score = _score(answer.group(1) if answer else last)
+        return json.dumps({"evaluation": "ok", "overall_score": score}) if schema else f"### Overall Score: {score}/10"
+    if "turn to speak" in last:
+        return "I find the first answer more helpful."
+    iteration = sum(1 for m in messages if m.get("role") == "assistant") + 1
+    return f"Answer draft {iteration} to: {first_user[:60]}"
+
+
+class StubServer:
+    """The server, runnable in a background thread (tests) or in its own process (benchmarks)."""
+
+    def __init__(self, settings: StubSettings | None = None, *, port: int = 0) -> None:
+        self.settings = settings or StubSettings()
+        self.stats = StubStats()
+        self._port = port
+        self._seen: Counter[str] = Counter()
+        self._gate: asyncio.Semaphore | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.port: int | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def start_async(self) -> None:
+        self._gate = asyncio.Semaphore(self.settings.max_concurrent)
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self._port, backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def start_in_thread(self) -> StubServer:
+        ready = threading.Event()
+
+        def serve() -> None:
+            loop = self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(self.start_async())
+            ready.set()
+            loop.run_forever()
+            # Open keep-alive connections still have handler tasks: cancel them before closing the loop.
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name="stub-openai-server", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._server is not None:
+            loop, server = self._loop, self._server
+
+            async def shutdown() -> None:
+                server.close()
+                loop.stop()
+
+            asyncio.run_coroutine_threadsafe(shutdown(), loop)
+            if self._thread is not None:
+                self._thread.join(5)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                request_line = await reader.readline()
+                if not request_line:
+                    break
+                method, path, _ = request_line.decode("latin-1").split(" ", 2)
+                headers: dict[str, str] = {}
+                while True:
+                    line = await reader.readline()
+                    if line in (b"\r\n", b"\n", b""):
+                        break
+                    name, _, value = line.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
+                status, payload, extra = await self._respond(method, path, body)
+                data = json.dumps(payload).encode("utf-8")
+                head = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}", "Content-Type: application/json",
+                        f"Content-Length: {len(data)}", *extra]
+                writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def _respond(self, method: str, path: str, body: bytes) -> tuple[int, Any, list[str]]:
+        if method == "GET" and path.startswith("/stats"):
+            return 200, self.stats.as_dict(), []
+        if method == "GET" and path.rstrip("/").endswith("/models"):
+            return 200, {"object": "list", "data": [{"id": "stub", "object": "model"}]}, []
+        if method != "POST" or not path.rstrip("/").endswith("/chat/completions"):
+            return 404, {"error": {"message": "not found"}}, []
+        request = json.loads(body or b"{}")
+        key = hashlib.sha256(json.dumps(request.get("messages", []), sort_keys=True).encode()).hexdigest()
+        self.stats.requests += 1
+        attempt = self._seen[key]
+        self._seen[key] += 1
+        assert self._gate is not None
+        async with self._gate:
+            self.stats.in_flight += 1
+            self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
+            try:
+                return await self._complete(request, key, attempt)
+            finally:
+                self.stats.in_flight -= 1
+
+    async def _complete(self, request: dict[str, Any], key: str, attempt: int) -> tuple[int, Any, list[str]]:
+        settings = self.settings
+        roll = _fraction("fault", key, str(attempt))
+        thresholds = [
+            ("error", settings.error_rate),
+            ("rate_limit", settings.rate_limit_rate),
+            ("hang", settings.hang_rate),
+            ("garbage", settings.garbage_rate),
+        ]
+        fault = None
+        edge = 0.0
+        for name, rate in thresholds:
+            edge += rate
+            if roll < edge:
+                fault = name
+                break
+        if fault == "rate_limit":
+            self.stats.faults[fault] += 1
+            return 429, {"error": {"message": "rate limited", "type": "rate_limit"}}, [
+                f"Retry-After: {settings.retry_after_s}"
+            ]
+        if fault == "hang":
+            self.stats.faults[fault] += 1
+            await asyncio.sleep(settings.hang_s)
+        if settings.latency_s:
+            await asyncio.sleep(settings.latency_s)
+        if fault == "error":
+            self.stats.faults[fault] += 1
+            return 500, {"error": {"message": "injected server error", "type": "server_error"}}, []
+        messages = request.get("messages", [])
+        text = reply_for(messages, request.get("response_format"))
+        if fault == "garbage":
+            self.stats.faults[fault] += 1
+            text = "I would rather not say."
+        self.stats.completions += 1
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+        completion_tokens = len(text.split())
+        return 200, {
+            "id": f"stub-{key[:12]}-{attempt}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request.get("model", "stub"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }, []
+
+
+async def _serve_for(server: StubServer, lifetime_s: float) -> None:
+    await server.start_async()
+    print(server.base_url, flush=True)
+    await asyncio.sleep(lifetime_s)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per call")
+    parser.add_argument("--max-concurrent", type=int, default=64)
+    parser.add_argument("--error-rate", type=float, default=0.0)
+    parser.add_argument("--rate-limit-rate", type=float, default=0.0)
+    parser.add_argument("--hang-rate", type=float, default=0.0)
+    parser.add_argument("--garbage-rate", type=float, default=0.0)
+    parser.add_argument("--lifetime", type=float, default=900.0, help="stop by itself after this many seconds")
+    args = parser.parse_args()
+    settings = StubSettings(
+        latency_s=args.latency, max_concurrent=args.max_concurrent, error_rate=args.error_rate,
+        rate_limit_rate=args.rate_limit_rate, hang_rate=args.hang_rate, garbage_rate=args.garbage_rate,
+    )
+    asyncio.run(_serve_for(StubServer(settings, port=args.port), args.lifetime))
+
+
+if __name__ == "__main__":
+    main()
