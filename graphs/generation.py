@@ -92,6 +92,7 @@ async def run_generation(
     on_outcome: Callable[[PromptOutcome], None] | None = None,
 ) -> GenerationResult:
     """Run every prompt that is not finished yet, at most `concurrency` at a time."""
+    import aiosqlite
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -108,7 +109,13 @@ async def run_generation(
         gate = asyncio.Semaphore(max(1, concurrency))
         outcomes: list[PromptOutcome] = []
 
-        async with AsyncSqliteSaver.from_conn_string(str(output_dir / "checkpoints.sqlite")) as saver:
+        async with aiosqlite.connect(output_dir / "checkpoints.sqlite") as connection:
+            # WAL with synchronous=NORMAL: a committed step survives a killed process (SIGKILL included);
+            # only a power loss could drop the last steps. FULL would fsync every step, one at a time,
+            # and throttle a concurrent run to the disk's fsync rate.
+            await connection.execute("PRAGMA journal_mode=WAL")
+            await connection.execute("PRAGMA synchronous=NORMAL")
+            saver = AsyncSqliteSaver(connection)
             graph = build_pipeline_graph().compile(checkpointer=saver, name="pipeline")
 
             async def run_one(prompt_id: str, prompt: Prompt) -> None:

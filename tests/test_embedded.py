@@ -83,3 +83,32 @@ def test_embedded_cli_evaluate(tmp_path: Path) -> None:
     [record] = [json.loads(line) for line in output.read_text().splitlines()]
     assert record["id"] == "capital" and record["strategy"] == "direct" and record["swapped"] is True
     assert len(record["exchanges"]) == 2 and len(record["order_winners"]) == 2
+
+
+def test_embedded_generate_two_prompts_two_iterations(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        json.dumps({"prompt": "Name one planet."}) + "\n" + json.dumps({"prompt": "Say hello in French."}) + "\n"
+    )
+    output = tmp_path / "out"
+    completed = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "generate", "--prompts", str(prompts), "--output", str(output),
+         "--iterations", "2", "--max-tokens", "96"],
+        capture_output=True, text=True, timeout=900, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    records = [json.loads(line) for line in (output / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    for record in records:
+        assert [answer["iteration"] for answer in record["answers"]] == [1, 2]
+        assert all(answer["text"] for answer in record["answers"])
+        assert len(record["answers"][0]["reviews"]) == 1 and record["answers"][1]["reviews"] == []
+        assert record["verdict"]["exchanges"], "the judge was called"
+    import datasets
+
+    from tools.export import check_trl_rows
+
+    if (output / "dpo").exists():
+        check_trl_rows(list(datasets.load_from_disk(str(output / "dpo"))), "dpo")
+    kto_lines = (output / "kto.jsonl").read_text().splitlines()
+    assert all(isinstance(json.loads(line)["label"], bool) for line in kto_lines)
