@@ -291,3 +291,24 @@ def test_kill_and_resume_gives_rows_of_uninterrupted_run(tmp_path: Path) -> None
         assert server.stats.completions - before_resume < calls_uninterrupted
     finally:
         server.stop()
+
+
+def test_evaluate_resumes_from_partial_output(tmp_path: Path, stub: StubServer) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(
+        json.dumps({"id": f"q{index}", "prompt": f"Question {index}?", "responses": [f"yes {index}", "no"]}) + "\n"
+        for index in range(3)
+    ))
+    output = tmp_path / "verdicts.jsonl"
+    args = ["evaluate", "--input", str(pairs), "--output", str(output), "--model", f"compat:stub@{stub.base_url}"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert stub.stats.completions == 3
+    first_run = output.read_text().splitlines()
+    # Simulate a run killed after its first verdict: only the partial file remains.
+    output.unlink()
+    (tmp_path / "verdicts.jsonl.partial").write_text(first_run[0] + "\n")
+    resumed = runner.invoke(app, args)
+    assert resumed.exit_code == 0, resumed.output
+    assert stub.stats.completions == 5  # only the two missing items were judged again
+    assert [json.loads(line)["id"] for line in output.read_text().splitlines()] == ["q0", "q1", "q2"]
+    assert not (tmp_path / "verdicts.jsonl.partial").exists()
