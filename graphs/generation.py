@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.prices import total_cost
-from agents.records import Exchange
+from agents.records import Exchange, Usage
 from graphs.context import GenerationContext
 from graphs.pipeline import build_pipeline_graph, prompt_id_for
 from tools.items import Prompt
@@ -72,12 +72,7 @@ def make_record(prompt_id: str, prompt: Prompt, values: dict[str, Any], context:
         },
     }
     exchanges = record_exchanges(record)
-    record["usage"] = {
-        "input_tokens": sum(exchange.input_tokens for exchange in exchanges),
-        "output_tokens": sum(exchange.output_tokens for exchange in exchanges),
-        "calls": sum(1 + (exchange.followup_text is not None) for exchange in exchanges),
-        "cost_usd": total_cost(exchanges),
-    }
+    record["usage"] = {**Usage.total(exchanges).model_dump(), "cost_usd": total_cost(exchanges)}
     return record
 
 

@@ -184,7 +184,7 @@ def run_evaluation(
                 progress.update(task, advance=1, status=f"unparsed/failed: {failures}")
 
             fresh = asyncio.run(
-                _evaluate_and_close(
+                _run_then_close(
                     evaluate_items(
                         pending,
                         method=method,  # type: ignore[arg-type]
@@ -205,7 +205,8 @@ def run_evaluation(
     return verdicts
 
 
-async def _evaluate_and_close(work: Any, registry: Any) -> Any:
+async def _run_then_close(work: Any, registry: Any) -> Any:
+    """Await the work, then close the model registry inside the same event loop."""
     try:
         return await work
     finally:
@@ -373,7 +374,7 @@ def run_generate(
             progress.update(task, advance=1, status=f"failed {totals['failed']}, tokens {totals['tokens']}{cost}")
 
         result = asyncio.run(
-            _evaluate_and_close(
+            _run_then_close(
                 run_generation(
                     prompts, context=context, output_dir=output, settings=settings,
                     concurrency=concurrency, retry_failed=retry_failed, on_outcome=on_outcome,

@@ -10,7 +10,6 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tools.errors import ConfigError, InputError
 from tools.items import Prompt, check_prompt, read_jsonl
@@ -116,7 +115,3 @@ def as_messages(prompt: Prompt) -> list[dict[str, str]]:
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
     return [dict(message) for message in prompt]
-
-
-def json_ready(value: Any) -> Any:
-    return json.loads(json.dumps(value))

@@ -89,21 +89,16 @@ class RunStore:
             (reason, time.time(), prompt_id),
         )
 
+    def _column_where(self, column: str, status: str, prompt_ids: list[str]) -> dict[str, str]:
+        marks = ",".join("?" * len(prompt_ids))
+        query = f"SELECT prompt_id, {column} FROM prompts WHERE status = ? AND prompt_id IN ({marks})"
+        return dict(self._db.execute(query, [status, *prompt_ids]).fetchall())
+
     def records(self, prompt_ids: list[str]) -> list[dict[str, Any]]:
         """Finished records of these prompts, in the order given."""
-        marks = ",".join("?" * len(prompt_ids))
-        rows = dict(
-            self._db.execute(
-                f"SELECT prompt_id, record FROM prompts WHERE status = 'done' AND prompt_id IN ({marks})", prompt_ids
-            ).fetchall()
-        )
+        rows = self._column_where("record", "done", prompt_ids)
         return [json.loads(rows[prompt_id]) for prompt_id in prompt_ids if prompt_id in rows]
 
     def failures(self, prompt_ids: list[str]) -> list[tuple[str, str]]:
-        marks = ",".join("?" * len(prompt_ids))
-        rows = dict(
-            self._db.execute(
-                f"SELECT prompt_id, error FROM prompts WHERE status = 'failed' AND prompt_id IN ({marks})", prompt_ids
-            ).fetchall()
-        )
+        rows = self._column_where("error", "failed", prompt_ids)
         return [(prompt_id, rows[prompt_id]) for prompt_id in prompt_ids if prompt_id in rows]
