@@ -112,6 +112,93 @@ def load_plain(path: Path) -> list[LabelledItem]:
     return items
 
 
+def _mt_bench_rows(path: Path) -> list[tuple[int | None, dict[str, Any]]]:
+    """Rows of an MT-Bench judgments file, as JSON Lines or one JSON list (line numbers where known)."""
+    if path.suffix == ".json":
+        rows = _read_json(path)
+        if not isinstance(rows, list):
+            raise InputError(path, None, "expected a JSON list of judgment rows")
+        return [(None, row) for row in rows]
+    return [(number, row) for number, row in read_jsonl(path)]
+
+
+def _conversation_turns(conversation: list[dict[str, str]]) -> tuple[list[str], list[str]]:
+    users = [message["content"] for message in conversation if message.get("role") == "user"]
+    assistants = [message["content"] for message in conversation if message.get("role") == "assistant"]
+    return users, assistants
+
+
+def load_mt_bench_human(path: Path) -> list[LabelledItem]:
+    """MT-Bench human judgments: one item per (question_id, model pair, turn), every vote kept.
+
+    A = the pair's first-seen `model_a`. A vote written with the models the other way round is mirrored,
+    so all votes of a pair speak about the same slots. `winner` model_a -> A, model_b -> B, anything
+    starting with 'tie' -> tie. Turn 1 judges the first answers to the first question; turn 2 judges the
+    second answers, with the first question and answer of each side written into its response. The id is
+    `QUESTION_ID/MODEL_A/MODEL_B/turnT`.
+    """
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for number, row in _mt_bench_rows(path):
+        for field in ("question_id", "model_a", "model_b", "winner", "conversation_a", "conversation_b"):
+            if field not in row:
+                raise InputError(path, number, f"missing field '{field}'")
+        turn = int(row.get("turn", 1))
+        winner = str(row["winner"])
+        if winner not in ("model_a", "model_b") and not winner.startswith("tie"):
+            raise InputError(path, number, f"unknown winner {winner!r} (model_a, model_b or tie...)")
+        vote = {"model_a": "A", "model_b": "B"}.get(winner, "tie")
+        pair = (row["question_id"], row["model_a"], row["model_b"], turn)
+        mirrored = (row["question_id"], row["model_b"], row["model_a"], turn)
+        if pair not in groups and mirrored in groups:
+            groups[mirrored]["votes"].append({"A": "B", "B": "A"}.get(vote, vote))
+            continue
+        if pair in groups:
+            groups[pair]["votes"].append(vote)
+            continue
+        users, answers_a = _conversation_turns(row["conversation_a"])
+        _, answers_b = _conversation_turns(row["conversation_b"])
+        if len(users) < turn or len(answers_a) < turn or len(answers_b) < turn:
+            raise InputError(path, number, f"conversation has fewer than {turn} turns")
+        if turn == 1:
+            prompt, responses = users[0], [answers_a[0], answers_b[0]]
+        else:
+            prompt = users[1]
+            responses = [
+                f"(first question: {users[0]})\n(first answer: {answers[0]})\n\n{answers[1]}"
+                for answers in (answers_a, answers_b)
+            ]
+        groups[pair] = {"id": f"{pair[0]}/{pair[1]}/{pair[2]}/turn{turn}", "prompt": prompt,
+                        "responses": responses, "votes": [vote]}
+    return [LabelledItem(**group, label=majority_label(group["votes"])) for group in groups.values()]
+
+
+def load_alpaca_cross_annotations(path: Path) -> list[LabelledItem]:
+    """AlpacaEval human cross-annotations: one item per (instruction, input, output_1, output_2), all votes kept.
+
+    `preference` 1 -> A (output_1), 2 -> B (output_2), 0 or 1.5 -> tie; with four annotators a 2-2 split is
+    a tie. Ids are the positions of the pairs' first rows, from 0. A JSON list or JSON Lines.
+    """
+    rows = _mt_bench_rows(path)
+    groups: dict[tuple[str, ...], dict[str, Any]] = {}
+    for number, row in rows:
+        for field in ("instruction", "output_1", "output_2", "preference"):
+            if field not in row:
+                raise InputError(path, number, f"missing field '{field}'")
+        try:
+            vote = {1.0: "A", 2.0: "B", 0.0: "tie", 1.5: "tie"}.get(float(row["preference"]))
+        except (TypeError, ValueError):
+            vote = None
+        if vote is None:
+            raise InputError(path, number, f"preference {row['preference']!r} is not 1, 2 (or 0 / 1.5 for a tie)")
+        extra = str(row.get("input") or "")
+        key = (str(row["instruction"]), extra, str(row["output_1"]), str(row["output_2"]))
+        if key not in groups:
+            prompt = key[0] + (f"\n\n{extra}" if extra else "")
+            groups[key] = {"id": str(len(groups)), "prompt": prompt, "responses": [key[2], key[3]], "votes": []}
+        groups[key]["votes"].append(vote)
+    return [LabelledItem(**group, label=majority_label(group["votes"])) for group in groups.values()]
+
+
 BENCHMARK_FILES: dict[str, tuple[str, Callable[[Path], list[LabelledItem]]]] = {
     "pandalm": ("pandalm/testset-v1.json", load_pandalm),
     "faireval": ("faireval", load_faireval),
@@ -122,9 +209,45 @@ BENCHMARK_FILES: dict[str, tuple[str, Callable[[Path], list[LabelledItem]]]] = {
     "llmbar-adversarial-neighbor": ("llmbar/adversarial_neighbor.json", load_llmbar),
 }
 
+# Which loader reads a file, told by the fields of its first row.
+_FORMAT_FIELDS: list[tuple[str, Callable[[Path], list[LabelledItem]]]] = [
+    ("annotator1", load_pandalm),
+    ("conversation_a", load_mt_bench_human),
+    ("preference", load_alpaca_cross_annotations),
+    ("output_1", load_llmbar),
+    ("responses", load_plain),
+]
+
+
+def _first_row(path: Path) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8").lstrip()
+    if text.startswith("["):
+        rows = _read_json(path)
+        return rows[0] if rows and isinstance(rows[0], dict) else {}
+    first_line = text.split("\n", 1)[0]
+    try:
+        value = json.loads(first_line) if first_line else {}
+    except json.JSONDecodeError:
+        raise InputError(path, 1, "not valid JSON") from None
+    return value if isinstance(value, dict) else {}
+
+
+def loader_for(path: Path) -> Callable[[Path], list[LabelledItem]]:
+    """The loader for a benchmark path: FairEval's folder, or a file recognised by its fields."""
+    if path.is_dir():
+        if (path / "review_gpt35_vicuna-13b_human.txt").exists():
+            return load_faireval
+        raise ConfigError(f"--benchmark {path}: a folder must hold FairEval's four files")
+    row = _first_row(path)
+    for field, loader in _FORMAT_FIELDS:
+        if field in row:
+            return loader
+    raise InputError(path, 1, "unknown benchmark format (expected PandaLM, LLMBar, MT-Bench human judgments, "
+                     "AlpacaEval cross-annotations or {prompt, responses, label})")
+
 
 def load_benchmark(name_or_path: str) -> list[LabelledItem]:
-    """A benchmark by short name (from ../shared/benchmarks) or a path to a plain JSONL file."""
+    """A benchmark by short name (from ../shared/benchmarks) or by path, in any supported format."""
     if name_or_path in BENCHMARK_FILES:
         relative, loader = BENCHMARK_FILES[name_or_path]
         path = benchmarks_root() / relative
@@ -134,5 +257,8 @@ def load_benchmark(name_or_path: str) -> list[LabelledItem]:
     path = Path(name_or_path)
     if not path.exists():
         known = ", ".join(BENCHMARK_FILES)
-        raise ConfigError(f"--benchmark {name_or_path}: neither a known name ({known}) nor an existing file")
-    return load_plain(path)
+        raise ConfigError(f"--benchmark {name_or_path}: neither a known name ({known}) nor an existing path")
+    items = loader_for(path)(path)
+    if not items:
+        raise InputError(path, None, "holds no items")
+    return items

@@ -1,4 +1,4 @@
-"""The `fellowship` command line: evaluate, draw graphs, read traces, run the demo.
+"""The `fellowship` command line: evaluate, generate, meta-evaluate, draw graphs, read traces, run the demo.
 
 Every command checks its flags, model specs and input files before any model is called; a problem is
 one line on stderr naming the flag, variable, file or line, with exit status 1 (FELLOWSHIP_DEBUG=1
@@ -8,19 +8,30 @@ shows the traceback). One event loop per command: chat clients are bound to the 
 from __future__ import annotations
 
 import asyncio
-import functools
-import os
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from tools.errors import ConfigError, FellowshipError
+from tools.cli_common import (
+    ConcurrencyOption,
+    MaxRetriesOption,
+    MaxTokensOption,
+    ModelOption,
+    OutputFormatOption,
+    TimeoutOption,
+    console,
+    errors,
+    load_items_for,
+    progress_bar,
+    run_evaluation,
+    run_then_close,
+    user_errors,
+    verdict_table,
+)
+from tools.cli_meta import jury_search_command, meta_app, winrate_command
+from tools.errors import ConfigError
 
 app = typer.Typer(
     name="fellowship",
@@ -31,186 +42,11 @@ app = typer.Typer(
 )
 trace_app = typer.Typer(help="Read local run traces written with --trace.", no_args_is_help=True)
 app.add_typer(trace_app, name="trace")
-
-console = Console()
-errors = Console(stderr=True)
-CommandT = TypeVar("CommandT", bound=Callable[..., Any])
+app.add_typer(meta_app, name="meta-eval")
+app.command("jury-search")(user_errors(jury_search_command))
+app.command("winrate")(user_errors(winrate_command))
 
 GraphName = Literal["judge", "jury", "debate", "feedback_loop", "pipeline"]
-
-
-def user_errors(command: CommandT) -> CommandT:
-    """Turn FellowshipError into one line on stderr and exit status 1."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except FellowshipError as error:
-            if os.environ.get("FELLOWSHIP_DEBUG"):
-                raise
-            errors.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-ModelOption = Annotated[
-    list[str] | None,
-    typer.Option("--model", "-m", help="model spec, repeatable: openai:MODEL, together:ORG/MODEL, "
-                 "compat:MODEL@URL, local:smollm2 (default) or local:/path/file.gguf"),
-]
-ConcurrencyOption = Annotated[int, typer.Option("--concurrency", "-c", min=1, help="items in flight at once")]
-MaxTokensOption = Annotated[int, typer.Option("--max-tokens", min=16, help="cap on tokens generated per call")]
-MaxRetriesOption = Annotated[
-    int, typer.Option("--max-retries", min=0, max=20, help="retries of timeouts, 5xx and 429 per call, with backoff")
-]
-TimeoutOption = Annotated[float, typer.Option("--timeout", min=1, help="seconds before a call times out")]
-OutputFormatOption = Annotated[
-    Literal["auto", "text", "json"],
-    typer.Option(
-        "--output-format",
-        help="evaluator answer format: text lines, JSON schema, or auto (JSON for local models)",
-    ),
-]
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        console=errors,
-        transient=False,
-    )
-
-
-def _verdict_table(verdicts: list[dict[str, Any]]) -> Table:
-    table = Table(title="verdicts")
-    for column in ("id", "method", "scores", "winner", "parsed", "tokens in/out", "seconds"):
-        table.add_column(column)
-    for verdict in verdicts:
-        scores = ", ".join("-" if score is None else f"{score:g}" for score in verdict["scores"])
-        usage = verdict.get("usage", {})
-        table.add_row(
-            str(verdict["id"]),
-            verdict["method"],
-            scores,
-            str(verdict["winner"]),
-            "error: " + verdict["error"][:40] if verdict.get("error") else ("yes" if verdict["parse_ok"] else "no"),
-            f"{usage.get('input_tokens', 0)}/{usage.get('output_tokens', 0)}",
-            f"{verdict.get('latency_s', 0):.1f}",
-        )
-    return table
-
-
-def run_evaluation(
-    *,
-    input_path: Path,
-    output_path: Path,
-    method: str,
-    strategy: str,
-    scale: int,
-    models: list[str],
-    rounds: int,
-    swap: bool,
-    concurrency: int,
-    jury_rule: str,
-    max_tokens: int,
-    output_format: str,
-    trace_dir: Path | None,
-) -> list[dict[str, Any]]:
-    """Validate everything, then evaluate with a progress bar, resuming from a partial output file."""
-    from agents.models import ModelRegistry, ModelSettings, check_model_spec
-    from agents.referees import DEFAULT_ROLES
-    from graphs.context import EvaluationContext
-    from graphs.evaluation import evaluate_items
-    from tools.items import load_eval_items
-    from tools.jsonl import JsonlAppender, read_jsonl_tolerant, write_jsonl_atomic
-
-    for spec in models:
-        check_model_spec(spec)
-    if method == "judge" and len(models) != 1:
-        raise ConfigError(f"--model: the judge takes one model, got {len(models)} (use --method jury for several)")
-    if method == "debate" and len(models) not in (1, len(DEFAULT_ROLES)):
-        raise ConfigError(
-            f"--model: a debate takes one model for all referees or one per referee ({len(DEFAULT_ROLES)}), "
-            f"got {len(models)}"
-        )
-    items = load_eval_items(input_path)
-    if method == "judge" and strategy == "direct":
-        for item in items:
-            if len(item.responses) != 2:
-                raise ConfigError(f"--strategy direct: item {item.id!r} of {input_path} has "
-                                  f"{len(item.responses)} responses; direct comparison takes two")
-    if swap and method != "debate" and any(len(item.responses) != 2 for item in items):
-        raise ConfigError(f"--swap: every item of {input_path} must have exactly two responses")
-
-    settings = ModelSettings(max_tokens=max_tokens, output_format=output_format)  # type: ignore[arg-type]
-    registry = ModelRegistry(settings)
-    context = EvaluationContext(
-        models=models,
-        strategy=strategy,  # type: ignore[arg-type]
-        scale=scale,
-        swap=swap,
-        jury_rule=jury_rule,  # type: ignore[arg-type]
-        rounds=rounds,
-        model_source=registry,
-    )
-    # Verdicts already written by an interrupted run with the same settings are kept, not paid for again.
-    partial_path = output_path.with_name(output_path.name + ".partial")
-    settings_key = {"method": method, "models": models, "swapped": swap and strategy != "independent"}
-    done = {
-        str(record["id"]): record
-        for record in read_jsonl_tolerant(partial_path)
-        if all(record.get(key) == value for key, value in settings_key.items()) and not record.get("error")
-    }
-    pending = [item for item in items if item.id not in done]
-    if done:
-        errors.print(f"resuming: {len(items) - len(pending)} of {len(items)} items already evaluated in {partial_path}")
-
-    appender = JsonlAppender(partial_path)
-    try:
-        with _progress() as progress:
-            task = progress.add_task(f"{method}", total=len(items), completed=len(items) - len(pending), status="")
-            failures = 0
-
-            def on_verdict(verdict: dict[str, Any]) -> None:
-                nonlocal failures
-                appender.append(verdict)
-                failures += bool(verdict.get("error")) or not verdict["parse_ok"]
-                progress.update(task, advance=1, status=f"unparsed/failed: {failures}")
-
-            fresh = asyncio.run(
-                _run_then_close(
-                    evaluate_items(
-                        pending,
-                        method=method,  # type: ignore[arg-type]
-                        context=context,
-                        concurrency=concurrency,
-                        trace_dir=trace_dir,
-                        on_verdict=on_verdict,
-                    ),
-                    registry,
-                )
-            )
-    finally:
-        appender.close()
-    by_id = {**done, **{str(verdict["id"]): verdict for verdict in fresh}}
-    verdicts = [by_id[item.id] for item in items]
-    write_jsonl_atomic(output_path, verdicts)
-    partial_path.unlink(missing_ok=True)
-    return verdicts
-
-
-async def _run_then_close(work: Any, registry: Any) -> Any:
-    """Await the work, then close the model registry inside the same event loop."""
-    try:
-        return await work
-    finally:
-        await registry.aclose()
 
 
 @app.command()
@@ -235,13 +71,14 @@ def evaluate(
     """Judge which answer is best for every item, with a judge, a jury or a debate."""
     from agents.models import DEFAULT_MODEL
 
+    models = list(model or [DEFAULT_MODEL])
     verdicts = run_evaluation(
-        input_path=input_path,
+        items=load_items_for(input_path, method=method, strategy=strategy, models=models, swap=swap),
         output_path=output_path,
         method=method,
         strategy=strategy,
         scale=int(scale),
-        models=list(model or [DEFAULT_MODEL]),
+        models=models,
         rounds=rounds,
         swap=swap,
         concurrency=concurrency,
@@ -250,7 +87,7 @@ def evaluate(
         output_format=output_format,
         trace_dir=trace,
     )
-    console.print(_verdict_table(verdicts))
+    console.print(verdict_table(verdicts))
     console.print(f"wrote {len(verdicts)} verdicts to {output_path}")
 
 
@@ -359,7 +196,7 @@ def run_generate(
         generator=generator, reviewers=reviewers, iterations=iterations, stop_score=stop_score,
         evaluator=evaluator, model_source=registry,  # type: ignore[arg-type]
     )
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task("prompts", total=len(prompts), status="")
         totals = {"failed": 0, "tokens": 0, "cost": 0.0, "priced": True}
 
@@ -374,7 +211,7 @@ def run_generate(
             progress.update(task, advance=1, status=f"failed {totals['failed']}, tokens {totals['tokens']}{cost}")
 
         result = asyncio.run(
-            _run_then_close(
+            run_then_close(
                 run_generation(
                     prompts, context=context, output_dir=output, settings=settings,
                     concurrency=concurrency, retry_failed=retry_failed, on_outcome=on_outcome,

@@ -1,0 +1,300 @@
+"""Meta-evaluation: verdict files and the paper's rules, bias figures, jury search, and the commands."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sklearn.metrics import cohen_kappa_score
+from typer.testing import CliRunner
+
+from tools.benchmarks import LabelledItem, load_benchmark
+from tools.cli import app
+from tools.errors import InputError
+from tools.meta_eval import align, baseline_scores, bias_figures, jury_search, score_evaluator
+from tools.stub_server import StubServer, StubSettings, _score
+from tools.verdict_files import ItemVerdict, VerdictFile, read_verdict_file
+
+runner = CliRunner()
+
+
+def write_lines(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def item(item_id: str, label: str, responses: tuple[str, str] = ("short", "a longer answer")) -> LabelledItem:
+    return LabelledItem(id=item_id, prompt="Q", responses=list(responses), votes=[label], label=label)
+
+
+# --- reading raw judge text, default and paper rules ---------------------------------------------------
+
+COMBINED_MISSING_A = "### Evaluation Evidence: ...\n### Score Assistant B: 6/10"
+FOLLOWUP_BOTH = "### Score Assistant A: 9/10\n### Score Assistant B: 7/10"
+
+
+def test_raw_combined_text_default_and_paper_rules(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "judge.jsonl", [
+        {"id": "1", "strategy": "combined", "scale": 10, "text": "### Score Assistant A: **8.5 / 10**\n"
+                                                                "### Score Assistant B: 8/10"},
+        {"id": "2", "strategy": "combined", "scale": 10, "text": COMBINED_MISSING_A},
+        {"id": "3", "strategy": "combined", "scale": 10, "text": COMBINED_MISSING_A, "followup_text": FOLLOWUP_BOTH},
+        {"id": "4", "strategy": "combined", "scale": 10, "text": "no scores at all"},
+    ])
+    default = read_verdict_file(path)
+    assert [default.by_id[key].winner for key in "1234"] == ["A", None, "A", None]
+    assert default.by_id["3"].scores == [9.0, 7.0]
+    paper = read_verdict_file(path, paper_compat=True)
+    # Unparsed A counts as -1 and loses; after the follow-up the paper never re-read score A.
+    assert [paper.by_id[key].winner for key in "1234"] == ["A", "B", "B", "tie"]
+    assert paper.by_id["3"].scores == [-1.0, 7.0]
+
+
+def test_raw_direct_and_independent_text(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "direct.jsonl", [
+        {"id": "a", "text": "Both fine.\n### Answer: C"},
+        {"id": "b", "text": "I cannot decide", "followup_text": "### answer: **B**"},
+        {"id": "c", "text": "I cannot decide"},
+    ])
+    default = read_verdict_file(path, default_strategy="direct")
+    assert [default.by_id[key].winner for key in "abc"] == ["tie", "B", None]
+    assert read_verdict_file(path, default_strategy="direct", paper_compat=True).by_id["c"].winner == "tie"
+    independent = write_lines(tmp_path / "independent.jsonl", [
+        {"id": "x", "strategy": "independent", "texts": ["### Overall Score: 7/10", "### Overall Score: 8.5/10"]},
+        {"id": "y", "strategy": "independent", "texts": ["### Overall Score: 7/10", "no score"]},
+    ])
+    assert read_verdict_file(independent).by_id["x"].winner == "B"
+    assert read_verdict_file(independent).by_id["y"].winner is None
+    assert read_verdict_file(independent, paper_compat=True).by_id["y"].winner == "A"
+
+
+def test_evaluate_records_are_parsed_again_from_their_exchanges(tmp_path: Path) -> None:
+    record = {
+        "id": "7", "method": "judge", "strategy": "combined", "scale": 10, "models": ["local:smollm2"],
+        "scores": [None, None], "winner": None, "parse_ok": False, "swapped": True,
+        "exchanges": [
+            {"model": "m", "role": "judge/combined/forward", "text": "### Score Assistant A: 9/10\n"
+                                                                   "### Score Assistant B: 4/10"},
+            # Reversed order: presented A is original B. Presented B wins -> original A wins: consistent.
+            {"model": "m", "role": "judge/combined/reversed", "text": "### Score Assistant A: 3/10\n"
+                                                                    "### Score Assistant B: 8/10"},
+        ],
+    }
+    verdict = read_verdict_file(write_lines(tmp_path / "v.jsonl", [record])).by_id["7"]
+    assert verdict.winner == "A" and verdict.order_winners == ["A", "A"]
+    assert verdict.scores == [8.5, 3.5]
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"id": "1", "winner": "D"}, r"v\.jsonl:2: winner 'D' is not A, B, C, tie or null"),
+        ({"id": "1", "text": "x"}, r"v\.jsonl:2: raw text needs 'strategy'"),
+        ({"id": "1", "scores": [1]}, r"v\.jsonl:2: 'scores' must be a list of two or more"),
+        ({"id": "0", "winner": "A"}, r"v\.jsonl:2: id '0' appears twice \(first on line 1\)"),
+        ({"id": "1", "verdict": "A"}, r"v\.jsonl:2: a verdict line needs"),
+    ],
+)
+def test_bad_verdict_lines_name_file_and_line(tmp_path: Path, row: dict, message: str) -> None:
+    path = write_lines(tmp_path / "v.jsonl", [{"id": "0", "winner": "A"}, row])
+    with pytest.raises(InputError, match=message):
+        read_verdict_file(path)
+
+
+def test_lines_without_id_follow_benchmark_order_and_unknown_ids_fail(tmp_path: Path) -> None:
+    items = [item("10", "A"), item("11", "B")]
+    positional = read_verdict_file(write_lines(tmp_path / "p.jsonl", [{"winner": "A"}, {"winner": "tie"}]))
+    assert [(labelled.id, verdict.winner) for labelled, verdict in align(positional, items)] == [
+        ("10", "A"), ("11", "tie")]
+    unknown = read_verdict_file(write_lines(tmp_path / "u.jsonl", [{"id": "10", "winner": "A"},
+                                                                   {"id": "99", "winner": "B"}]))
+    with pytest.raises(InputError, match=r"u\.jsonl:2: id '99' is not in the benchmark"):
+        align(unknown, items)
+
+
+# --- figures --------------------------------------------------------------------------------------------
+
+def test_bias_figures_hand_computed() -> None:
+    items = [item("1", "A"), item("2", "B"), item("3", "A"), item("4", "A", ("same", "same"))]
+    verdicts = [
+        ItemVerdict(winner="A", order_winners=["A", "A"]),  # consistent; first shown in forward, second in reversed
+        ItemVerdict(winner="tie", order_winners=["A", "B"]),  # inconsistent; picked the first shown both times
+        ItemVerdict(winner="B", order_winners=["B", None]),  # reversed unparsed: not counted for consistency
+        ItemVerdict(winner="A", order_winners=["A", "A"]),  # equal lengths: not counted for P(longer)
+    ]
+    consistency, p_first, p_longer = bias_figures(list(zip(items, verdicts, strict=True)))
+    assert consistency == pytest.approx(2 / 3)
+    # Decisive order verdicts: A(first) A(second) | A(first) B(first) | B(second) | A(first) A(second).
+    assert p_first == pytest.approx(4 / 7)
+    # Decisive final verdicts with differing lengths: item 1 -> A (shorter), item 3 -> B (longer).
+    assert p_longer == pytest.approx(1 / 2)
+
+
+def test_score_evaluator_counts_unparsed_as_tie_and_baselines() -> None:
+    items = [item("1", "A"), item("2", "B"), item("3", "tie"), item("4", "B")]
+    verdicts = [ItemVerdict(winner="A"), ItemVerdict(winner="B"), ItemVerdict(winner=None), ItemVerdict(winner="A")]
+    row = score_evaluator("e", list(zip(items, verdicts, strict=True)))
+    expected = cohen_kappa_score(["A", "B", "tie", "B"], ["A", "B", "tie", "A"], labels=["A", "B", "tie"])
+    assert row.kappa == pytest.approx(expected)
+    assert row.unparsed_rate == pytest.approx(0.25) and row.agreement == pytest.approx(0.75)
+    longer, always_a = baseline_scores(items)
+    # The longer answer is always B here.
+    assert longer.agreement == pytest.approx(0.5) and always_a.agreement == pytest.approx(0.25)
+    assert longer.baseline and always_a.baseline
+
+
+# --- jury search ----------------------------------------------------------------------------------------
+
+def synthetic_files(labels: list[str]) -> list[VerdictFile]:
+    """Three evaluators each wrong on a different third of the items (so any two of them outvote the third)
+    and three noisy ones; the best jury is the first three."""
+    wrong = {"A": "B", "B": "A", "tie": "A"}
+    thirds = len(labels) // 3
+    files = []
+    for index in range(3):
+        verdicts = {
+            str(position): ItemVerdict(winner=wrong[label] if position // thirds == index else label)
+            for position, label in enumerate(labels)
+        }
+        files.append(VerdictFile(name=f"good{index}", path=Path(f"good{index}.jsonl"), by_id=verdicts))
+    for index, constant in enumerate(["A", "B", "tie"]):
+        verdicts = {str(position): ItemVerdict(winner=constant) for position in range(len(labels))}
+        files.append(VerdictFile(name=f"always-{constant}", path=Path(f"c{index}.jsonl"), by_id=verdicts))
+    return files
+
+
+def test_jury_search_finds_known_best_jury() -> None:
+    labels = (["A", "B", "tie"] * 10)[:30]
+    items = [item(str(position), label) for position, label in enumerate(labels)]
+    ranking, n = jury_search(items, synthetic_files(labels), min_size=2)
+    assert n == 30
+    assert len(ranking) == 57  # every subset of 6 with at least 2 members
+    assert ranking[0].members == ("good0", "good1", "good2")
+    assert ranking[0].kappa == pytest.approx(1.0) and ranking[0].agreement == pytest.approx(1.0)
+    assert ranking[0].kappa_low == pytest.approx(1.0)
+    # Any two good evaluators disagree on two thirds of the items: those become ties under plurality.
+    pair = next(jury for jury in ranking if jury.members == ("good0", "good1"))
+    predicted = ["tie" if position // 10 in (0, 1) else label for position, label in enumerate(labels)]
+    assert pair.kappa == pytest.approx(cohen_kappa_score(labels, predicted, labels=["A", "B", "tie"]))
+
+
+def test_jury_mean_rule_needs_scores() -> None:
+    labels = ["A", "B", "A"]
+    items = [item(str(position), label) for position, label in enumerate(labels)]
+    with pytest.raises(Exception, match="--rule mean needs scores"):
+        jury_search(items, synthetic_files(labels)[:2], rule="mean")
+
+
+# --- commands -------------------------------------------------------------------------------------------
+
+def test_meta_eval_score_and_jury_search_commands(tmp_path: Path, benchmarks_dir: Path) -> None:
+    items = load_benchmark("faireval")
+    flip = {"A": "B", "B": "A", "tie": "A"}
+    paths = []
+    for index in range(3):
+        rows = [{"id": labelled.id, "winner": flip[labelled.label] if position % 3 == index else labelled.label}
+                for position, labelled in enumerate(items)]
+        paths.append(write_lines(tmp_path / f"judge{index}.jsonl", rows))
+    output = tmp_path / "score"
+    result = runner.invoke(app, ["meta-eval", "score", "--benchmark", "faireval", "--output", str(output),
+                                 *[arg for path in paths for arg in ("--verdicts", str(path))]])
+    assert result.exit_code == 0, result.output
+    scores = json.loads((output / "scores.json").read_text())
+    first = scores["rows"][0]
+    predicted = [flip[labelled.label] if position % 3 == 0 else labelled.label
+                 for position, labelled in enumerate(items)]
+    assert first["name"] == "judge0" and first["n"] == 80
+    assert first["kappa"] == pytest.approx(cohen_kappa_score([i.label for i in items], predicted))
+    assert [row["name"] for row in scores["rows"]][-2:] == ["baseline: always the longer answer", "baseline: always A"]
+    assert (output / "kappa.png").stat().st_size > 1000 and "| judge0 | 80 |" in (output / "report.md").read_text()
+    assert "judge0" in result.output
+
+    juries = tmp_path / "juries"
+    result = runner.invoke(app, ["jury-search", "--benchmark", "faireval", "--output", str(juries),
+                                 *[arg for path in paths for arg in ("--verdicts", str(path))]])
+    assert result.exit_code == 0, result.output
+    ranking = json.loads((juries / "juries.json").read_text())
+    assert len(ranking["juries"]) == 4  # three pairs and the trio
+    assert ranking["juries"][0]["members"] == ["judge0", "judge1", "judge2"]
+    assert ranking["juries"][0]["kappa"] == pytest.approx(1.0)
+    assert (juries / "juries.png").exists() and (juries / "report.md").exists()
+
+
+def test_meta_eval_score_bad_file_is_one_line(tmp_path: Path, benchmarks_dir: Path) -> None:
+    bad = write_lines(tmp_path / "bad.jsonl", [{"id": "1", "winner": "A"}, {"id": "2", "winner": "maybe"}])
+    result = runner.invoke(app, ["meta-eval", "score", "--benchmark", "faireval", "--verdicts", str(bad),
+                                 "--output", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [f"error: {bad}:2: winner 'maybe' is not A, B, C, tie or null"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def stub() -> Iterator[StubServer]:
+    server = StubServer(StubSettings(latency_s=0.0)).start_in_thread()
+    yield server
+    server.stop()
+
+
+def stub_winner(first: str, second: str) -> str:
+    """What the stub judge decides in combined scoring: it scores each answer text by a hash."""
+    a, b = _score(first), _score(second)
+    return "tie" if a == b else ("A" if a > b else "B")
+
+
+def test_meta_eval_run_reports_and_reuses_verdicts(tmp_path: Path, stub: StubServer) -> None:
+    rows = [{"id": f"q{index}", "prompt": f"Question {index}?", "responses": [f"answer {index}", f"other {index * 7}"],
+             "label": ["A", "B", "tie"][index % 3]} for index in range(9)]
+    benchmark = write_lines(tmp_path / "bench.jsonl", rows)
+    output = tmp_path / "report"
+    args = ["meta-eval", "--benchmark", str(benchmark), "--model", f"compat:stub@{stub.base_url}",
+            "--output", str(output), "--limit", "6"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert stub.stats.completions == 6
+    scores = json.loads((output / "scores.json").read_text())
+    predicted = [stub_winner(*row["responses"]) for row in rows[:6]]
+    assert scores["rows"][0]["kappa"] == pytest.approx(
+        cohen_kappa_score([row["label"] for row in rows[:6]], predicted, labels=["A", "B", "tie"]))
+    assert scores["rows"][0]["n"] == 6 and (output / "kappa.png").exists()
+
+    again = runner.invoke(app, [arg if arg != "6" else "9" for arg in args])
+    assert again.exit_code == 0, again.output
+    assert stub.stats.completions == 9  # only the three new items were judged
+    assert json.loads((output / "scores.json").read_text())["rows"][0]["n"] == 9
+
+
+def write_generate_output(folder: Path, answers: dict[str, list[str]]) -> Path:
+    folder.mkdir()
+    from graphs.pipeline import prompt_id_for
+
+    records = []
+    for prompt, texts in answers.items():
+        messages = [{"role": "user", "content": prompt}]
+        records.append({"prompt_id": prompt_id_for(messages), "prompt": messages,
+                        "answers": [{"iteration": i + 1, "text": text} for i, text in enumerate(texts)],
+                        "verdict": {"winner": "A"}})
+    write_lines(folder / "records.jsonl", records)
+    return folder
+
+
+def test_winrate_compares_final_answers_on_shared_prompts(tmp_path: Path, stub: StubServer) -> None:
+    prompts = [f"Prompt {index}?" for index in range(8)]
+    a = write_generate_output(tmp_path / "loop", {p: [f"draft {p}", f"final loop answer to {p}"] for p in prompts})
+    baseline = write_lines(tmp_path / "single.jsonl", [{"instruction": p, "output": f"single answer to {p}"}
+                                                       for p in prompts[:6]])
+    output = tmp_path / "winrate"
+    result = runner.invoke(app, ["winrate", "--a", str(a), "--b", str(baseline), "--judge",
+                                 f"compat:stub@{stub.base_url}", "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    figures = json.loads((output / "winrate.json").read_text())
+    expected = [stub_winner(f"final loop answer to {p}", f"single answer to {p}") for p in prompts[:6]]
+    assert figures["n"] == 6
+    assert (figures["wins"], figures["ties"], figures["losses"]) == (
+        expected.count("A"), expected.count("tie"), expected.count("B"))
+    assert figures["win_rate"] == pytest.approx(expected.count("A") / 6)
+    assert figures["win_rate_half_ties"] == pytest.approx((expected.count("A") + expected.count("tie") / 2) / 6)
+    assert (output / "winrate.png").exists() and "win rate" in (output / "report.md").read_text()
+    assert "only in A: 2" in result.output

@@ -1,0 +1,228 @@
+"""Pieces shared by the `fellowship` commands: error reporting, common options, progress, and the
+evaluation runner that `evaluate`, `meta-eval` and `winrate` all use.
+
+One event loop per command: chat clients are bound to the loop that made them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tools.errors import ConfigError, FellowshipError
+
+console = Console()
+errors = Console(stderr=True)
+CommandT = TypeVar("CommandT", bound=Callable[..., Any])
+
+GraphName = Literal["judge", "jury", "debate", "feedback_loop", "pipeline"]
+
+
+def user_errors(command: CommandT) -> CommandT:
+    """Turn FellowshipError into one line on stderr and exit status 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except FellowshipError as error:
+            if os.environ.get("FELLOWSHIP_DEBUG"):
+                raise
+            errors.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+ModelOption = Annotated[
+    list[str] | None,
+    typer.Option("--model", "-m", help="model spec, repeatable: openai:MODEL, together:ORG/MODEL, "
+                 "compat:MODEL@URL, local:smollm2 (default) or local:/path/file.gguf"),
+]
+ConcurrencyOption = Annotated[int, typer.Option("--concurrency", "-c", min=1, help="items in flight at once")]
+MaxTokensOption = Annotated[int, typer.Option("--max-tokens", min=16, help="cap on tokens generated per call")]
+MaxRetriesOption = Annotated[
+    int, typer.Option("--max-retries", min=0, max=20, help="retries of timeouts, 5xx and 429 per call, with backoff")
+]
+TimeoutOption = Annotated[float, typer.Option("--timeout", min=1, help="seconds before a call times out")]
+OutputFormatOption = Annotated[
+    Literal["auto", "text", "json"],
+    typer.Option(
+        "--output-format",
+        help="evaluator answer format: text lines, JSON schema, or auto (JSON for local models)",
+    ),
+]
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=errors,
+        transient=False,
+    )
+
+
+def verdict_table(verdicts: list[dict[str, Any]]) -> Table:
+    table = Table(title="verdicts")
+    for column in ("id", "method", "scores", "winner", "parsed", "tokens in/out", "seconds"):
+        table.add_column(column)
+    for verdict in verdicts:
+        scores = ", ".join("-" if score is None else f"{score:g}" for score in verdict["scores"])
+        usage = verdict.get("usage", {})
+        table.add_row(
+            str(verdict["id"]),
+            verdict["method"],
+            scores,
+            str(verdict["winner"]),
+            "error: " + verdict["error"][:40] if verdict.get("error") else ("yes" if verdict["parse_ok"] else "no"),
+            f"{usage.get('input_tokens', 0)}/{usage.get('output_tokens', 0)}",
+            f"{verdict.get('latency_s', 0):.1f}",
+        )
+    return table
+
+
+def load_items_for(input_path: Path, *, method: str, strategy: str, models: list[str], swap: bool) -> list[Any]:
+    """Read PAIRS.jsonl and check that its items and the flags fit together, before any model call."""
+    from tools.items import load_eval_items
+
+    items = load_eval_items(input_path)
+    check_evaluation_flags(items, method=method, strategy=strategy, models=models, swap=swap, source=str(input_path))
+    return items
+
+
+def check_evaluation_flags(
+    items: list[Any], *, method: str, strategy: str, models: list[str], swap: bool, source: str
+) -> None:
+    """One line naming the flag when the evaluator cannot judge these items as asked."""
+    from agents.models import check_model_spec
+    from agents.referees import DEFAULT_ROLES
+
+    for spec in models:
+        check_model_spec(spec)
+    if method == "judge" and len(models) != 1:
+        raise ConfigError(f"--model: the judge takes one model, got {len(models)} (use --method jury for several)")
+    if method == "debate" and len(models) not in (1, len(DEFAULT_ROLES)):
+        raise ConfigError(
+            f"--model: a debate takes one model for all referees or one per referee ({len(DEFAULT_ROLES)}), "
+            f"got {len(models)}"
+        )
+    if method == "judge" and strategy == "direct":
+        for item in items:
+            if len(item.responses) != 2:
+                raise ConfigError(f"--strategy direct: item {item.id!r} of {source} has "
+                                  f"{len(item.responses)} responses; direct comparison takes two")
+    if swap and method != "debate" and any(len(item.responses) != 2 for item in items):
+        raise ConfigError(f"--swap: every item of {source} must have exactly two responses")
+
+
+def run_evaluation(
+    *,
+    items: list[Any],
+    output_path: Path,
+    method: str,
+    strategy: str,
+    scale: int,
+    models: list[str],
+    rounds: int,
+    swap: bool,
+    concurrency: int,
+    jury_rule: str,
+    max_tokens: int,
+    output_format: str,
+    trace_dir: Path | None,
+    reuse_output: bool = False,
+) -> list[dict[str, Any]]:
+    """Evaluate checked items with a progress bar, resuming from a partial output file.
+
+    With `reuse_output`, verdicts already in `output_path` (the same settings, no error) are kept too:
+    the meta-evaluation cache, where an output file belongs to one evaluator.
+    """
+    from agents.models import ModelRegistry, ModelSettings
+    from graphs.context import EvaluationContext
+    from graphs.evaluation import evaluate_items
+    from tools.jsonl import JsonlAppender, read_jsonl_tolerant, write_jsonl_atomic
+
+    settings = ModelSettings(max_tokens=max_tokens, output_format=output_format)  # type: ignore[arg-type]
+    registry = ModelRegistry(settings)
+    context = EvaluationContext(
+        models=models,
+        strategy=strategy,  # type: ignore[arg-type]
+        scale=scale,
+        swap=swap,
+        jury_rule=jury_rule,  # type: ignore[arg-type]
+        rounds=rounds,
+        model_source=registry,
+    )
+    # Verdicts already written by an interrupted run with the same settings are kept, not paid for again.
+    partial_path = output_path.with_name(output_path.name + ".partial")
+    settings_key: dict[str, Any] = {"method": method, "models": models, "swapped": swap and strategy != "independent"}
+    if method == "judge":
+        settings_key |= {"strategy": strategy, "scale": None if strategy == "direct" else scale}
+    earlier = read_jsonl_tolerant(output_path) if reuse_output else []
+    wanted = {item.id for item in items}
+    done = {
+        str(record["id"]): record
+        for record in earlier + read_jsonl_tolerant(partial_path)
+        if str(record.get("id")) in wanted
+        if all(record.get(key) == value for key, value in settings_key.items()) and not record.get("error")
+    }
+    pending = [item for item in items if item.id not in done]
+    if done:
+        errors.print(f"reusing {len(items) - len(pending)} of {len(items)} verdicts already made with these settings")
+
+    appender = JsonlAppender(partial_path)
+    try:
+        with progress_bar() as progress:
+            task = progress.add_task(f"{method}", total=len(items), completed=len(items) - len(pending), status="")
+            failures = 0
+
+            def on_verdict(verdict: dict[str, Any]) -> None:
+                nonlocal failures
+                appender.append(verdict)
+                failures += bool(verdict.get("error")) or not verdict["parse_ok"]
+                progress.update(task, advance=1, status=f"unparsed/failed: {failures}")
+
+            fresh = asyncio.run(
+                run_then_close(
+                    evaluate_items(
+                        pending,
+                        method=method,  # type: ignore[arg-type]
+                        context=context,
+                        concurrency=concurrency,
+                        trace_dir=trace_dir,
+                        on_verdict=on_verdict,
+                    ),
+                    registry,
+                )
+            )
+    finally:
+        appender.close()
+    by_id = {**done, **{str(verdict["id"]): verdict for verdict in fresh}}
+    verdicts = [by_id[item.id] for item in items]
+    # The cache keeps verdicts of items outside this run (an earlier, larger --limit) as well.
+    kept = [record for record in earlier if str(record.get("id")) not in wanted] if reuse_output else []
+    write_jsonl_atomic(output_path, kept + verdicts)
+    partial_path.unlink(missing_ok=True)
+    return verdicts
+
+
+async def run_then_close(work: Any, registry: Any) -> Any:
+    """Await the work, then close the model registry inside the same event loop."""
+    try:
+        return await work
+    finally:
+        await registry.aclose()
+

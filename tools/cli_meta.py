@@ -1,0 +1,394 @@
+"""Meta-evaluation commands: `meta-eval` (run and `score`), `jury-search` and `winrate`.
+
+Each prints its table and writes `report.md`, PNG charts and a JSON of the figures into its output
+folder. Live runs keep every verdict in a cache file per evaluator, so a rerun (or a larger --limit)
+pays only for items not judged yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from rich.table import Table
+
+from tools.cli_common import (
+    ConcurrencyOption,
+    MaxTokensOption,
+    ModelOption,
+    OutputFormatOption,
+    check_evaluation_flags,
+    console,
+    run_evaluation,
+    user_errors,
+)
+from tools.errors import ConfigError, InputError
+from tools.jsonl import write_jsonl_atomic
+
+meta_app = typer.Typer(
+    help="Agreement of an evaluator with human labels: run it on a benchmark, or score recorded verdicts "
+    "(`meta-eval score`).",
+    invoke_without_command=True,
+)
+
+StrategyOption = Annotated[
+    Literal["direct", "independent", "combined"], typer.Option(help="judge prompting strategy")
+]
+ScaleOption = Annotated[Literal["5", "10", "100"], typer.Option(help="score scale for scoring strategies")]
+BenchmarkOption = Annotated[
+    str | None,
+    typer.Option("--benchmark", "-b", help="pandalm, faireval, llmbar-natural, llmbar-adversarial-*, or a path "
+                 "(PandaLM, LLMBar, MT-Bench human judgments, AlpacaEval cross-annotations, {prompt, responses, "
+                 "label} JSONL, or FairEval's folder)"),
+]
+VerdictsOption = Annotated[
+    list[Path] | None, typer.Option("--verdicts", "-v", help="verdict file (JSONL), repeatable; format in README")
+]
+PaperCompatOption = Annotated[
+    bool,
+    typer.Option(help="the paper's rules: unparsed score = -1, unparsed direct = tie, score A not re-read after "
+                 "a follow-up"),
+]
+
+
+def _slug(text: str) -> str:
+    return "".join(character if character.isalnum() or character in "-." else "-" for character in text).strip("-")
+
+
+def benchmark_label(name_or_path: str) -> str:
+    return _slug(Path(name_or_path).stem if "/" in name_or_path or "\\" in name_or_path else name_or_path)
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _require(value: Any, flag: str) -> Any:
+    if value is None or value == []:
+        raise ConfigError(f"{flag} is required")
+    return value
+
+
+def _distinct_names(files: Sequence[Any]) -> None:
+    """Two files naming the same evaluator are told apart by their file names."""
+    names = [verdict_file.name for verdict_file in files]
+    for verdict_file in files:
+        if names.count(verdict_file.name) > 1:
+            verdict_file.name = f"{verdict_file.name} ({verdict_file.path.name})"
+
+
+def write_kappa_outputs(
+    output: Path, rows: Sequence[Any], *, title: str, notes: str, extra: dict[str, Any]
+) -> None:
+    """report.md, kappa.png and scores.json for a kappa table; print the table."""
+    from tools.reports import KAPPA_COLUMNS, kappa_chart, kappa_table_rows, markdown_table, write_report
+
+    output.mkdir(parents=True, exist_ok=True)
+    table_rows = kappa_table_rows(rows)
+    console.print(_table(title, KAPPA_COLUMNS, table_rows))
+    chart = kappa_chart(rows, output / "kappa.png", title)
+    report = write_report(output / "report.md", title, [
+        ("Agreement with human labels", markdown_table(KAPPA_COLUMNS, table_rows) + "\n\n![kappa](kappa.png)"),
+        ("How to read this", notes),
+    ])
+    (output / "scores.json").write_text(
+        json.dumps({**extra, "rows": [asdict(row) for row in rows]}, indent=2), encoding="utf-8"
+    )
+    console.print(f"wrote {report}, {chart} and {output / 'scores.json'}")
+
+
+READING_NOTES = (
+    "Kappa is scikit-learn's unweighted Cohen's kappa over {A, B, tie} with every item kept; a verdict that "
+    "could not be parsed counts as a tie. The interval is a percentile bootstrap (1000 resamples of items). "
+    "Position consistency: share of items judged in both orders whose two verdicts agree. P(first): share of "
+    "decisive verdicts that picked the answer shown first. P(longer): share of decisive verdicts, on items "
+    "whose answers differ in length, that picked the longer one. An evaluator is worth using only where it "
+    "beats the baselines."
+)
+
+
+def evaluator_name(method: str, strategy: str, scale: int, models: Sequence[str], swap: bool, jury_rule: str) -> str:
+    if method == "judge":
+        how = strategy if strategy == "direct" else f"{strategy}/{scale}"
+        name = f"judge {how} {models[0]}"
+    elif method == "jury":
+        name = f"jury {jury_rule} {' + '.join(models)}"
+    else:
+        name = f"debate {' + '.join(models)}"
+    return name + (" (both orders)" if swap else "")
+
+
+@meta_app.callback()
+@user_errors
+def meta_eval(
+    context: typer.Context,
+    benchmark: BenchmarkOption = None,
+    method: Annotated[Literal["judge", "jury", "debate"], typer.Option(help="evaluation workflow")] = "judge",
+    model: ModelOption = None,
+    strategy: StrategyOption = "combined",
+    scale: ScaleOption = "10",
+    swap: Annotated[bool, typer.Option(help="judge both answer orders; disagreement becomes a tie")] = False,
+    limit: Annotated[int | None, typer.Option(min=1, help="only the first N items of the benchmark")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="report folder (default "
+                                                "runs/meta-eval/BENCHMARK)")] = None,
+    rounds: Annotated[int, typer.Option(min=1, max=20, help="debate rounds")] = 2,
+    jury_rule: Annotated[Literal["plurality", "mean"], typer.Option(help="jury aggregation rule")] = "plurality",
+    concurrency: ConcurrencyOption = 4,
+    max_tokens: MaxTokensOption = 512,
+    output_format: OutputFormatOption = "auto",
+) -> None:
+    """Run an evaluator over a human-labelled benchmark and report its agreement with the humans."""
+    if context.invoked_subcommand is not None:
+        return
+    from agents.models import DEFAULT_MODEL
+    from tools.benchmarks import load_benchmark
+    from tools.meta_eval import baseline_scores, score_evaluator
+    from tools.verdict_files import ItemVerdict, verdict_from_record
+
+    benchmark = _require(benchmark, "--benchmark")
+    models = list(model or [DEFAULT_MODEL])
+    labelled = load_benchmark(benchmark)[:limit]
+    items = [item.as_eval_item() for item in labelled]
+    check_evaluation_flags(items, method=method, strategy=strategy, models=models, swap=swap, source=benchmark)
+    output = output or Path("runs/meta-eval") / benchmark_label(benchmark)
+    settings = {"method": method, "strategy": strategy, "scale": int(scale), "models": models, "swap": swap,
+                "rounds": rounds, "jury_rule": jury_rule, "max_tokens": max_tokens, "output_format": output_format}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    cache = output / "verdicts" / f"{method}-{_slug('+'.join(models))[:60]}-{digest}.jsonl"
+    records = run_evaluation(
+        items=items, output_path=cache, method=method, strategy=strategy, scale=int(scale), models=models,
+        rounds=rounds, swap=swap, concurrency=concurrency, jury_rule=jury_rule, max_tokens=max_tokens,
+        output_format=output_format, trace_dir=None, reuse_output=True,
+    )
+    name = evaluator_name(method, strategy, int(scale), models, swap, jury_rule)
+    verdicts = [verdict_from_record(record, paper_compat=False, path=cache, line=None) for record in records]
+    rows = [score_evaluator(name, list(zip(labelled, verdicts, strict=True)))]
+    if method == "jury":
+        for seat, spec in enumerate(models):
+            votes = [(record.get("juror_votes") or [None] * len(models))[seat] for record in records]
+            juror = [ItemVerdict(winner=vote) for vote in votes]
+            rows.append(score_evaluator(f"juror {seat + 1}: {spec}", list(zip(labelled, juror, strict=True))))
+    rows += baseline_scores(labelled)
+    title = f"{name} on {benchmark_label(benchmark)} ({len(labelled)} items)"
+    write_kappa_outputs(output, rows, title=title, notes=READING_NOTES + f"\n\nVerdicts (reused by reruns): `{cache}`.",
+                        extra={"benchmark": benchmark, "settings": settings, "verdicts": str(cache)})
+
+
+@meta_app.command("score")
+@user_errors
+def meta_eval_score(
+    benchmark: BenchmarkOption = None,
+    verdicts: VerdictsOption = None,
+    paper_compat: PaperCompatOption = False,
+    strategy: Annotated[
+        Literal["direct", "independent", "combined"] | None,
+        typer.Option(help="strategy of raw-text lines that do not name one"),
+    ] = None,
+    scale: Annotated[int, typer.Option(min=1, help="scale of raw-text lines that do not name one")] = 10,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="report folder (default "
+                                                "runs/meta-eval-score/BENCHMARK)")] = None,
+) -> None:
+    """Score recorded verdicts against the human labels, without any model call."""
+    from tools.benchmarks import load_benchmark
+    from tools.meta_eval import align, baseline_scores, score_evaluator
+    from tools.verdict_files import read_verdict_file
+
+    benchmark = _require(benchmark, "--benchmark")
+    paths = _require(verdicts, "--verdicts")
+    items = load_benchmark(benchmark)
+    files = [read_verdict_file(path, paper_compat=paper_compat, default_strategy=strategy, default_scale=scale)
+             for path in paths]
+    _distinct_names(files)
+    rows = []
+    covered: set[str] = set()
+    for verdict_file in files:
+        pairs = align(verdict_file, items)
+        covered |= {item.id for item, _ in pairs}
+        rows.append(score_evaluator(verdict_file.name, pairs))
+    rows += baseline_scores([item for item in items if item.id in covered])
+    output = output or Path("runs/meta-eval-score") / benchmark_label(benchmark)
+    rules = "paper-compatible rules" if paper_compat else "default rules"
+    write_kappa_outputs(
+        output, rows, title=f"verdicts on {benchmark_label(benchmark)} ({rules})", notes=READING_NOTES,
+        extra={"benchmark": benchmark, "paper_compat": paper_compat, "verdicts": [str(path) for path in paths]},
+    )
+
+
+def jury_search_command(
+    benchmark: BenchmarkOption = None,
+    verdicts: VerdictsOption = None,
+    min_size: Annotated[int, typer.Option(min=1, help="smallest jury")] = 2,
+    rule: Annotated[Literal["plurality", "mean"], typer.Option(help="jury aggregation rule")] = "plurality",
+    paper_compat: PaperCompatOption = False,
+    strategy: Annotated[
+        Literal["direct", "independent", "combined"] | None,
+        typer.Option(help="strategy of raw-text lines that do not name one"),
+    ] = None,
+    scale: Annotated[int, typer.Option(min=1, help="scale of raw-text lines that do not name one")] = 10,
+    top: Annotated[int, typer.Option(min=1, help="juries shown in the printed table")] = 10,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="report folder (default "
+                                                "runs/jury-search/BENCHMARK)")] = None,
+) -> None:
+    """Rank every subset of single-model verdict files as a jury, without any model call."""
+    from tools.benchmarks import load_benchmark
+    from tools.meta_eval import jury_search
+    from tools.reports import JURY_COLUMNS, jury_chart, jury_table_rows, markdown_table, write_report
+    from tools.verdict_files import read_verdict_file
+
+    benchmark = _require(benchmark, "--benchmark")
+    paths = _require(verdicts, "--verdicts")
+    items = load_benchmark(benchmark)
+    files = [read_verdict_file(path, paper_compat=paper_compat, default_strategy=strategy, default_scale=scale)
+             for path in paths]
+    _distinct_names(files)
+    ranking, n = jury_search(items, files, min_size=min_size, rule=rule)
+    singles, _ = jury_search(items, files, min_size=1, rule=rule) if min_size > 1 else (ranking, n)
+    singles = [jury for jury in singles if len(jury.members) == 1]
+    output = output or Path("runs/jury-search") / benchmark_label(benchmark)
+    output.mkdir(parents=True, exist_ok=True)
+    title = f"{len(ranking)} juries on {benchmark_label(benchmark)} ({n} items, {rule} rule)"
+    console.print(_table(title, JURY_COLUMNS, jury_table_rows(ranking[:top])))
+    console.print(_table("each evaluator alone", JURY_COLUMNS, jury_table_rows(singles)))
+    chart = jury_chart(ranking, output / "juries.png", title)
+    rules = "paper-compatible rules" if paper_compat else "default rules"
+    report = write_report(output / "report.md", title, [
+        ("Every jury, best first",
+         markdown_table(JURY_COLUMNS, jury_table_rows(ranking)) + "\n\n![juries](juries.png)"),
+        ("Each evaluator alone", markdown_table(JURY_COLUMNS, jury_table_rows(singles))),
+        ("How to read this", f"Verdicts read with the {rules}. Plurality: each juror votes A, B or tie from its "
+         "own verdict; the unique most frequent vote wins, a shared top count is a tie; unparsed jurors abstain. "
+         "Mean: the winner of the jurors' mean scores. Juries are compared on the items every file covers. "
+         + READING_NOTES.split(". ", 2)[0] + "."),
+    ])
+    (output / "juries.json").write_text(json.dumps(
+        {"benchmark": benchmark, "rule": rule, "paper_compat": paper_compat, "n": n,
+         "juries": [asdict(jury) for jury in ranking], "singles": [asdict(jury) for jury in singles]}, indent=2,
+    ), encoding="utf-8")
+    console.print(f"wrote {report}, {chart} and {output / 'juries.json'}")
+
+
+# Fields that hold the answer in a plain prompt/answer file (AlpacaEval outputs use `output`).
+_ANSWER_FIELDS = ("response", "output", "answer", "completion")
+_PROMPT_FIELDS = ("prompt", "instruction")
+
+
+def load_side(source: Path, answer: str) -> dict[str, tuple[Any, str]]:
+    """Prompt key -> (prompt, answer) for one side of a win-rate comparison.
+
+    A `generate` output folder (or its records.jsonl) gives each prompt's final, first or best answer;
+    any other JSON/JSONL file gives rows with a prompt (`prompt` or `instruction`) and an answer
+    (`response`, `output`, `answer` or `completion`).
+    """
+    from graphs.pipeline import prompt_id_for
+    from tools.items import check_prompt, read_jsonl
+    from tools.prompt_sets import as_messages
+    from tools.verdicts import label_index
+
+    path = source / "records.jsonl" if source.is_dir() else source
+    if not path.is_file():
+        raise ConfigError(f"{source}: neither a generate output folder nor a file")
+    rows: list[tuple[int | None, dict[str, Any]]]
+    if path.suffix == ".json":
+        try:
+            rows = [(None, row) for row in json.loads(path.read_text(encoding="utf-8"))]
+        except json.JSONDecodeError as error:
+            raise InputError(path, error.lineno, f"not valid JSON ({error.msg})") from None
+    else:
+        rows = [(number, row) for number, row in read_jsonl(path)]
+    sides: dict[str, tuple[Any, str]] = {}
+    for number, row in rows:
+        if "answers" in row and "prompt_id" in row:
+            answers = [entry["text"] for entry in row["answers"]]
+            if not answers:
+                continue
+            if answer == "best":
+                winner = (row.get("verdict") or {}).get("winner")
+                if winner is None or winner == "tie":
+                    continue
+                text = answers[label_index(winner)]
+            else:
+                text = answers[-1] if answer == "final" else answers[0]
+            prompt = row["prompt"]
+        else:
+            prompt_field = next((field for field in _PROMPT_FIELDS if field in row), None)
+            answer_field = next((field for field in _ANSWER_FIELDS if field in row), None)
+            if prompt_field is None or answer_field is None:
+                raise InputError(path, number, f"needs a prompt ({' or '.join(_PROMPT_FIELDS)}) and an answer "
+                                 f"({', '.join(_ANSWER_FIELDS)})")
+            prompt = check_prompt(row[prompt_field], path, number or 0, prompt_field)
+            text = str(row[answer_field])
+        sides[prompt_id_for(as_messages(prompt))] = (prompt, text)
+    return sides
+
+
+def winrate_command(
+    a: Annotated[Path, typer.Option("--a", help="generate output folder, or a prompt/answer JSON(L) file")],
+    b: Annotated[Path, typer.Option("--b", help="the baseline, in the same forms as --a")],
+    judge: Annotated[str, typer.Option(help="judge model spec")] = "local:smollm2",
+    swap: Annotated[bool, typer.Option(help="judge both orders; disagreement becomes a tie")] = False,
+    answer: Annotated[
+        Literal["final", "best", "first"],
+        typer.Option(help="which answer of a generate output speaks for it: the loop's final answer, the "
+                     "evaluator's pick, or the first draft"),
+    ] = "final",
+    strategy: StrategyOption = "combined",
+    scale: ScaleOption = "10",
+    limit: Annotated[int | None, typer.Option(min=1, help="only the first N shared prompts")] = None,
+    concurrency: ConcurrencyOption = 4,
+    max_tokens: MaxTokensOption = 512,
+    output_format: OutputFormatOption = "auto",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="report folder (default "
+                                                "runs/winrate/A-vs-B)")] = None,
+) -> None:
+    """Compare two generation outputs on their shared prompts: wins, ties and losses of A against B."""
+    from tools.items import EvalItem
+    from tools.reports import WINRATE_COLUMNS, WinRate, markdown_table, winrate_chart, winrate_table_rows, write_report
+
+    check_evaluation_flags([], method="judge", strategy=strategy, models=[judge], swap=swap, source="")
+    side_a, side_b = load_side(a, answer), load_side(b, answer)
+    shared = [key for key in side_a if key in side_b][:limit]
+    if not shared:
+        raise ConfigError(f"--a {a} and --b {b} share no prompt")
+    items = [EvalItem(id=key, prompt=side_a[key][0], responses=[side_a[key][1], side_b[key][1]]) for key in shared]
+    name_a, name_b = _slug(a.name) or "a", _slug(b.name) or "b"
+    output = output or Path("runs/winrate") / f"{name_a}-vs-{name_b}"
+    settings = {"judge": judge, "strategy": strategy, "scale": int(scale), "swap": swap, "max_tokens": max_tokens,
+                "output_format": output_format, "answer": answer}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    records = run_evaluation(
+        items=items, output_path=output / f"verdicts-{digest}.jsonl", method="judge", strategy=strategy,
+        scale=int(scale), models=[judge], rounds=2, swap=swap, concurrency=concurrency, jury_rule="plurality",
+        max_tokens=max_tokens, output_format=output_format, trace_dir=None, reuse_output=True,
+    )
+    winners = [record["winner"] for record in records]
+    result = WinRate(a=name_a, b=name_b, wins=winners.count("A"), ties=winners.count("tie"),
+                     losses=winners.count("B"), unparsed=winners.count(None))
+    title = f"{name_a} against {name_b}, judged by {judge}"
+    table_rows = winrate_table_rows([result])
+    console.print(_table(title, WINRATE_COLUMNS, table_rows))
+    console.print(f"prompts only in A: {len(side_a) - len(shared)}, only in B: {len(side_b) - len(shared)}")
+    chart = winrate_chart([result], output / "winrate.png", title)
+    report = write_report(output / "report.md", title, [
+        ("Result", markdown_table(WINRATE_COLUMNS, table_rows) + "\n\n![win rate](winrate.png)"),
+        ("How to read this", "Win rate = wins / n, ties and unparsed verdicts counted as non-wins (as the "
+         "paper). (wins + ties/2) / n counts a tie or an unparsed verdict as half a win. A is shown first to the "
+         f"judge{' and, with --swap, second too' if swap else ''}. Answer used for generate outputs: {answer}."),
+    ])
+    write_jsonl_atomic(output / "pairs.jsonl", [
+        {"prompt_id": item.id, "a": item.responses[0], "b": item.responses[1], "winner": record["winner"]}
+        for item, record in zip(items, records, strict=True)
+    ])
+    (output / "winrate.json").write_text(json.dumps(
+        {**asdict(result), "n": result.n, "win_rate": result.win_rate,
+         "win_rate_half_ties": result.win_rate_half_ties, "settings": settings}, indent=2), encoding="utf-8")
+    console.print(f"wrote {report}, {chart} and {output / 'winrate.json'}")

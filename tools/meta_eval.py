@@ -1,0 +1,186 @@
+"""Meta-evaluation: how far an evaluator agrees with humans, its biases, and which jury agrees best.
+
+Everything here works on verdicts already made (live or read from files), so scoring never calls a
+model. Definitions, stated once:
+
+- kappa, agreement, bootstrap interval: `tools.metrics` (every item kept; unparsed counts as a tie);
+- unparsed rate: share of items without a verdict;
+- position consistency: over items judged in both answer orders with both orders parsed, the share
+  whose two verdicts agree;
+- P(first): over every decisive verdict (not a tie, not unparsed) of every order judged, the share that
+  picked the answer shown first;
+- P(longer): over decisive verdicts on items whose two answers differ in length (characters), the share
+  that picked the longer answer.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from tools.benchmarks import LabelledItem
+from tools.errors import ConfigError, InputError
+from tools.metrics import CLASSES, agreement_with_humans, filled_predictions, kappa, kappas_of_resamples
+from tools.verdict_files import ItemVerdict, VerdictFile
+from tools.verdicts import TIE, mean_scores, plurality_verdict, winner_from_scores
+
+BOOTSTRAP_RESAMPLES = 1000
+
+
+@dataclass(frozen=True)
+class EvaluatorScore:
+    """One row of the kappa table."""
+
+    name: str
+    n: int
+    kappa: float
+    kappa_low: float
+    kappa_high: float
+    agreement: float
+    unparsed_rate: float
+    position_consistency: float | None
+    p_first: float | None
+    p_longer: float | None
+    baseline: bool = False
+
+
+@dataclass(frozen=True)
+class JuryScore:
+    members: tuple[str, ...]
+    n: int
+    kappa: float
+    kappa_low: float
+    kappa_high: float
+    agreement: float
+
+
+def align(verdicts: VerdictFile, items: Sequence[LabelledItem]) -> list[tuple[LabelledItem, ItemVerdict]]:
+    """Pair each verdict with its benchmark item, in benchmark order; an unknown id is an error."""
+    known = {item.id: item for item in items}
+    for item_id in verdicts.by_id:
+        if item_id not in known:
+            raise InputError(verdicts.path, verdicts.lines[item_id], f"id {item_id!r} is not in the benchmark")
+    for position in verdicts.by_position:
+        if position >= len(items):
+            raise InputError(verdicts.path, None, f"{len(verdicts.by_id) + len(verdicts.by_position)} lines without "
+                             f"id, but the benchmark has {len(items)} items")
+    pairs = []
+    for position, item in enumerate(items):
+        verdict = verdicts.by_id.get(item.id) or verdicts.by_position.get(position)
+        if verdict is not None:
+            pairs.append((item, verdict))
+    return pairs
+
+
+def _share(hits: int, total: int) -> float | None:
+    return hits / total if total else None
+
+
+def bias_figures(pairs: Sequence[tuple[LabelledItem, ItemVerdict]]) -> tuple[float | None, float | None, float | None]:
+    """(position consistency, P(first), P(longer)) as defined in the module docstring."""
+    both = [verdict.order_winners for _, verdict in pairs
+            if len(verdict.order_winners) == 2 and None not in verdict.order_winners]
+    consistency = _share(sum(first == second for first, second in both), len(both))
+    first_hits = first_total = 0
+    longer_hits = longer_total = 0
+    for item, verdict in pairs:
+        # In original labels the first answer shown is A in the forward order and B in the reversed one.
+        shown_first = ["A", "B"] if len(verdict.order_winners) == 2 else ["A"]
+        winners = verdict.order_winners if len(verdict.order_winners) == 2 else [verdict.winner]
+        for winner, first_label in zip(winners, shown_first, strict=True):
+            if winner in ("A", "B"):
+                first_total += 1
+                first_hits += winner == first_label
+        lengths = [len(response) for response in item.responses[:2]]
+        if verdict.winner in ("A", "B") and len(item.responses) == 2 and lengths[0] != lengths[1]:
+            longer_total += 1
+            longer_hits += verdict.winner == ("A" if lengths[0] > lengths[1] else "B")
+    return consistency, _share(first_hits, first_total), _share(longer_hits, longer_total)
+
+
+def score_evaluator(name: str, pairs: Sequence[tuple[LabelledItem, ItemVerdict]], *, seed: int = 0) -> EvaluatorScore:
+    if not pairs:
+        raise ConfigError(f"{name}: no verdict matches an item of the benchmark")
+    predicted = [verdict.winner for _, verdict in pairs]
+    result = agreement_with_humans(predicted, [item.label for item, _ in pairs],
+                                   resamples=BOOTSTRAP_RESAMPLES, seed=seed)
+    consistency, p_first, p_longer = bias_figures(pairs)
+    return EvaluatorScore(
+        name=name, n=result.n, kappa=result.kappa, kappa_low=result.kappa_low, kappa_high=result.kappa_high,
+        agreement=result.agreement, unparsed_rate=sum(winner is None for winner in predicted) / len(predicted),
+        position_consistency=consistency, p_first=p_first, p_longer=p_longer,
+    )
+
+
+def longer_answer_label(item: LabelledItem) -> str:
+    lengths = [len(response) for response in item.responses[:2]]
+    if lengths[0] == lengths[1]:
+        return TIE
+    return "A" if lengths[0] > lengths[1] else "B"
+
+
+def baseline_scores(items: Sequence[LabelledItem], *, seed: int = 0) -> list[EvaluatorScore]:
+    """The trivial evaluators an LLM must beat: always the longer answer, and always A."""
+    rows = []
+    for name, pick in (("baseline: always the longer answer", longer_answer_label), ("baseline: always A",
+                                                                                      lambda item: "A")):
+        pairs = [(item, ItemVerdict(winner=pick(item))) for item in items]
+        rows.append(EvaluatorScore(**{**score_evaluator(name, pairs, seed=seed).__dict__, "baseline": True}))
+    return rows
+
+
+def jury_verdict(members: Sequence[ItemVerdict], rule: str) -> str | None:
+    """The plurality rule of the paper (a shared top vote is a tie) or the winner of the mean scores."""
+    if rule == "plurality":
+        return plurality_verdict(member.winner for member in members)
+    return winner_from_scores(mean_scores([member.scores for member in members]))
+
+
+def jury_search(
+    items: Sequence[LabelledItem],
+    files: Sequence[VerdictFile],
+    *,
+    min_size: int = 2,
+    rule: str = "plurality",
+    seed: int = 0,
+) -> tuple[list[JuryScore], int]:
+    """Score every subset of at least `min_size` evaluators as a jury, best kappa first.
+
+    Juries are compared on the same items: those every file has a verdict for. Returns the ranking and
+    that item count. Each juror's verdict is read once; a jury only re-aggregates them.
+    """
+    if len(files) < min_size:
+        raise ConfigError(f"--verdicts: {len(files)} files cannot form a jury of --min-size {min_size}")
+    names = [verdict_file.name for verdict_file in files]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--verdicts: evaluator names repeat ({', '.join(names)}); give files distinct names")
+    aligned = [{item.id: verdict for item, verdict in align(verdict_file, items)} for verdict_file in files]
+    common = [item for item in items if all(item.id in by_id for by_id in aligned)]
+    if not common:
+        raise ConfigError("--verdicts: no benchmark item has a verdict in every file")
+    if rule == "mean":
+        for verdict_file, by_id in zip(files, aligned, strict=True):
+            if any(len(by_id[item.id].scores) < 2 for item in common):
+                raise ConfigError(f"--rule mean needs scores, and {verdict_file.path} has winners only")
+    index = {label: position for position, label in enumerate(CLASSES)}
+    human = [item.label for item in common]
+    human_codes = np.array([index[label] for label in human])
+    picks = np.random.default_rng(seed).integers(0, len(common), size=(BOOTSTRAP_RESAMPLES, len(common)))
+    ranking = []
+    for size in range(min_size, len(files) + 1):
+        for members in itertools.combinations(range(len(files)), size):
+            predicted = filled_predictions(
+                [jury_verdict([aligned[member][item.id] for member in members], rule) for item in common]
+            )
+            samples = kappas_of_resamples(np.array([index[label] for label in predicted]), human_codes, picks)
+            low, high = np.percentile(samples, [2.5, 97.5])
+            ranking.append(JuryScore(
+                members=tuple(names[member] for member in members), n=len(common), kappa=kappa(predicted, human),
+                kappa_low=float(low), kappa_high=float(high),
+                agreement=sum(p == h for p, h in zip(predicted, human, strict=True)) / len(common),
+            ))
+    ranking.sort(key=lambda jury: (-jury.kappa, len(jury.members), jury.members))
+    return ranking, len(common)

@@ -1,0 +1,160 @@
+"""Markdown reports and PNG charts for meta-evaluation, jury search and win rates.
+
+Charts are drawn with matplotlib's non-interactive Agg backend, so they work on machines without a
+display. Every writer returns the paths it wrote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+# The backend is chosen before pyplot loads, so no display is ever needed.
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from tools.meta_eval import EvaluatorScore, JuryScore
+
+JURY_CHART_LIMIT = 20
+
+
+@dataclass(frozen=True)
+class WinRate:
+    """A against B on the same prompts, as judged; ties counted as non-wins in `win_rate` (as the paper)."""
+
+    a: str
+    b: str
+    wins: int
+    ties: int
+    losses: int
+    unparsed: int
+
+    @property
+    def n(self) -> int:
+        return self.wins + self.ties + self.losses + self.unparsed
+
+    @property
+    def win_rate(self) -> float:
+        return self.wins / self.n if self.n else 0.0
+
+    @property
+    def win_rate_half_ties(self) -> float:
+        return (self.wins + (self.ties + self.unparsed) / 2) / self.n if self.n else 0.0
+
+
+def _figure_or_blank(value: float | None, pattern: str = "{:.3f}") -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+def kappa_table_rows(rows: Sequence[EvaluatorScore]) -> list[list[str]]:
+    return [
+        [
+            row.name, str(row.n), f"{row.kappa:.3f}", f"[{row.kappa_low:.3f}, {row.kappa_high:.3f}]",
+            f"{row.agreement:.3f}", f"{row.unparsed_rate:.3f}", _figure_or_blank(row.position_consistency),
+            _figure_or_blank(row.p_longer), _figure_or_blank(row.p_first),
+        ]
+        for row in rows
+    ]
+
+
+KAPPA_COLUMNS = ["evaluator", "n", "kappa", "95% CI", "agreement", "unparsed", "position consistency",
+                 "P(longer)", "P(first)"]
+JURY_COLUMNS = ["rank", "jury", "size", "n", "kappa", "95% CI", "agreement"]
+WINRATE_COLUMNS = ["A", "B", "n", "wins", "ties", "losses", "unparsed", "win rate", "(wins + ties/2) / n"]
+
+
+def jury_table_rows(juries: Sequence[JuryScore]) -> list[list[str]]:
+    return [
+        [str(rank), " + ".join(jury.members), str(len(jury.members)), str(jury.n), f"{jury.kappa:.3f}",
+         f"[{jury.kappa_low:.3f}, {jury.kappa_high:.3f}]", f"{jury.agreement:.3f}"]
+        for rank, jury in enumerate(juries, start=1)
+    ]
+
+
+def winrate_table_rows(results: Sequence[WinRate]) -> list[list[str]]:
+    return [
+        [result.a, result.b, str(result.n), str(result.wins), str(result.ties), str(result.losses),
+         str(result.unparsed), f"{result.win_rate:.3f}", f"{result.win_rate_half_ties:.3f}"]
+        for result in results
+    ]
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def kappa_chart(rows: Sequence[EvaluatorScore], path: Path, title: str) -> Path:
+    """Horizontal bars of kappa per evaluator with the bootstrap interval; baselines in grey."""
+    figure, axes = plt.subplots(figsize=(8, 1.2 + 0.45 * len(rows)))
+    positions = list(range(len(rows)))[::-1]
+    errors = [[row.kappa - row.kappa_low for row in rows], [row.kappa_high - row.kappa for row in rows]]
+    colours = ["#9e9e9e" if row.baseline else "#3f6fb5" for row in rows]
+    axes.barh(positions, [row.kappa for row in rows], xerr=errors, color=colours, capsize=3)
+    axes.set_yticks(positions, [row.name for row in rows])
+    axes.axvline(0, color="black", linewidth=0.8)
+    axes.set_xlabel("Cohen's kappa with human labels (95% bootstrap interval)")
+    axes.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def jury_chart(juries: Sequence[JuryScore], path: Path, title: str) -> Path:
+    shown = list(juries[:JURY_CHART_LIMIT])
+    figure, axes = plt.subplots(figsize=(9, 1.2 + 0.4 * len(shown)))
+    positions = list(range(len(shown)))[::-1]
+    errors = [[jury.kappa - jury.kappa_low for jury in shown], [jury.kappa_high - jury.kappa for jury in shown]]
+    axes.barh(positions, [jury.kappa for jury in shown], xerr=errors, color="#5a9e6f", capsize=3)
+    axes.set_yticks(positions, [" + ".join(jury.members) for jury in shown], fontsize=8)
+    axes.set_xlabel("Cohen's kappa with human labels (95% bootstrap interval)")
+    axes.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def winrate_chart(results: Sequence[WinRate], path: Path, title: str) -> Path:
+    """Stacked bars: wins, ties, losses and unparsed verdicts, as shares of n."""
+    figure, axes = plt.subplots(figsize=(8, 1.5 + 0.5 * len(results)))
+    positions = list(range(len(results)))[::-1]
+    left = [0.0] * len(results)
+    for label, colour, counts in (
+        ("wins", "#3f8f4f", [result.wins for result in results]),
+        ("ties", "#bdbdbd", [result.ties for result in results]),
+        ("losses", "#c0504d", [result.losses for result in results]),
+        ("unparsed", "#7f7f7f", [result.unparsed for result in results]),
+    ):
+        shares = [count / result.n if result.n else 0.0 for count, result in zip(counts, results, strict=True)]
+        axes.barh(positions, shares, left=left, color=colour, label=label)
+        left = [start + share for start, share in zip(left, shares, strict=True)]
+    axes.set_yticks(positions, [f"{result.a} vs {result.b}" for result in results])
+    axes.set_xlim(0, 1)
+    axes.set_xlabel("share of prompts")
+    axes.legend(loc="lower right", fontsize=8)
+    axes.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def write_report(path: Path, title: str, sections: Sequence[tuple[str, str]]) -> Path:
+    """A Markdown file: a title, then (heading, body) sections."""
+    parts = [f"# {title}", ""]
+    for heading, body in sections:
+        parts += [f"## {heading}", "", body.rstrip(), ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("\n".join(parts), encoding="utf-8")
+    temporary.replace(path)
+    return path
