@@ -117,3 +117,41 @@ def test_embedded_generate_two_prompts_two_iterations(tmp_path: Path) -> None:
         check_trl_rows(list(datasets.load_from_disk(str(output / "dpo"))), "dpo")
     kto_lines = (output / "kto.jsonl").read_text().splitlines()
     assert all(isinstance(json.loads(line)["label"], bool) for line in kto_lines)
+
+
+def test_embedded_meta_eval_ten_pandalm_items(tmp_path: Path, benchmarks_dir: Path) -> None:
+    from sklearn.metrics import cohen_kappa_score
+
+    from tools.benchmarks import load_benchmark
+
+    output = tmp_path / "report"
+    command = [sys.executable, "-m", "tools.cli", "meta-eval", "--benchmark", "pandalm", "--method", "judge",
+               "--limit", "10", "--swap", "--max-tokens", "160", "--output", str(output)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert "baseline: always A" in completed.stdout
+    scores = json.loads((output / "scores.json").read_text())
+    judge_row = scores["rows"][0]
+    assert judge_row["n"] == 10 and not judge_row["baseline"]
+    [cache] = (output / "verdicts").glob("*.jsonl")
+    records = [json.loads(line) for line in cache.read_text().splitlines()]
+    humans = [item.label for item in load_benchmark("pandalm")[:10]]
+    predicted = [record["winner"] or "tie" for record in records]
+    assert judge_row["kappa"] == pytest.approx(cohen_kappa_score(humans, predicted, labels=["A", "B", "tie"]))
+    assert all(len(record["order_winners"]) == 2 for record in records)
+    assert (output / "kappa.png").stat().st_size > 1000
+
+    # Scoring the recorded verdicts again, from their raw texts, gives the live run's figures.
+    rescored = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "meta-eval", "score", "--benchmark", "pandalm", "--verdicts", str(cache),
+         "--output", str(tmp_path / "rescored")], capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert rescored.returncode == 0, rescored.stderr
+    again = json.loads((tmp_path / "rescored" / "scores.json").read_text())["rows"][0]
+    assert again["n"] == 10
+    assert again["kappa"] == pytest.approx(judge_row["kappa"])
+    assert again["position_consistency"] == judge_row["position_consistency"]
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "reusing 10 of 10 verdicts" in rerun.stderr

@@ -6,6 +6,7 @@ display. Every writer returns the paths it wrote.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,15 +46,25 @@ class WinRate:
         return (self.wins + (self.ties + self.unparsed) / 2) / self.n if self.n else 0.0
 
 
-def _figure_or_blank(value: float | None, pattern: str = "{:.3f}") -> str:
-    return "-" if value is None else pattern.format(value)
+def fixed(value: float) -> str:
+    """Three decimals, without the '-0.000' that a tiny negative float would print."""
+    return f"{round(value, 3) + 0.0:.3f}"
+
+
+def _figure_or_blank(value: float | None) -> str:
+    return "-" if value is None else fixed(value)
+
+
+def _wrapped(label: str) -> str:
+    # Long evaluator names (model specs with URLs) would squeeze the bars off the figure.
+    return textwrap.fill(label, 42)
 
 
 def kappa_table_rows(rows: Sequence[EvaluatorScore]) -> list[list[str]]:
     return [
         [
-            row.name, str(row.n), f"{row.kappa:.3f}", f"[{row.kappa_low:.3f}, {row.kappa_high:.3f}]",
-            f"{row.agreement:.3f}", f"{row.unparsed_rate:.3f}", _figure_or_blank(row.position_consistency),
+            row.name, str(row.n), fixed(row.kappa), f"[{fixed(row.kappa_low)}, {fixed(row.kappa_high)}]",
+            fixed(row.agreement), fixed(row.unparsed_rate), _figure_or_blank(row.position_consistency),
             _figure_or_blank(row.p_longer), _figure_or_blank(row.p_first),
         ]
         for row in rows
@@ -68,8 +79,8 @@ WINRATE_COLUMNS = ["A", "B", "n", "wins", "ties", "losses", "unparsed", "win rat
 
 def jury_table_rows(juries: Sequence[JuryScore]) -> list[list[str]]:
     return [
-        [str(rank), " + ".join(jury.members), str(len(jury.members)), str(jury.n), f"{jury.kappa:.3f}",
-         f"[{jury.kappa_low:.3f}, {jury.kappa_high:.3f}]", f"{jury.agreement:.3f}"]
+        [str(rank), " + ".join(jury.members), str(len(jury.members)), str(jury.n), fixed(jury.kappa),
+         f"[{fixed(jury.kappa_low)}, {fixed(jury.kappa_high)}]", fixed(jury.agreement)]
         for rank, jury in enumerate(juries, start=1)
     ]
 
@@ -77,7 +88,7 @@ def jury_table_rows(juries: Sequence[JuryScore]) -> list[list[str]]:
 def winrate_table_rows(results: Sequence[WinRate]) -> list[list[str]]:
     return [
         [result.a, result.b, str(result.n), str(result.wins), str(result.ties), str(result.losses),
-         str(result.unparsed), f"{result.win_rate:.3f}", f"{result.win_rate_half_ties:.3f}"]
+         str(result.unparsed), fixed(result.win_rate), fixed(result.win_rate_half_ties)]
         for result in results
     ]
 
@@ -93,15 +104,15 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 
 def kappa_chart(rows: Sequence[EvaluatorScore], path: Path, title: str) -> Path:
     """Horizontal bars of kappa per evaluator with the bootstrap interval; baselines in grey."""
-    figure, axes = plt.subplots(figsize=(8, 1.2 + 0.45 * len(rows)))
+    figure, axes = plt.subplots(figsize=(9, 1.4 + 0.6 * len(rows)))
     positions = list(range(len(rows)))[::-1]
     errors = [[row.kappa - row.kappa_low for row in rows], [row.kappa_high - row.kappa for row in rows]]
     colours = ["#9e9e9e" if row.baseline else "#3f6fb5" for row in rows]
     axes.barh(positions, [row.kappa for row in rows], xerr=errors, color=colours, capsize=3)
-    axes.set_yticks(positions, [row.name for row in rows])
+    axes.set_yticks(positions, [_wrapped(row.name) for row in rows], fontsize=8)
     axes.axvline(0, color="black", linewidth=0.8)
     axes.set_xlabel("Cohen's kappa with human labels (95% bootstrap interval)")
-    axes.set_title(title)
+    axes.set_title(textwrap.fill(title, 80), fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -110,13 +121,13 @@ def kappa_chart(rows: Sequence[EvaluatorScore], path: Path, title: str) -> Path:
 
 def jury_chart(juries: Sequence[JuryScore], path: Path, title: str) -> Path:
     shown = list(juries[:JURY_CHART_LIMIT])
-    figure, axes = plt.subplots(figsize=(9, 1.2 + 0.4 * len(shown)))
+    figure, axes = plt.subplots(figsize=(10, 1.4 + 0.55 * len(shown)))
     positions = list(range(len(shown)))[::-1]
     errors = [[jury.kappa - jury.kappa_low for jury in shown], [jury.kappa_high - jury.kappa for jury in shown]]
     axes.barh(positions, [jury.kappa for jury in shown], xerr=errors, color="#5a9e6f", capsize=3)
-    axes.set_yticks(positions, [" + ".join(jury.members) for jury in shown], fontsize=8)
+    axes.set_yticks(positions, [_wrapped(" + ".join(jury.members)) for jury in shown], fontsize=8)
     axes.set_xlabel("Cohen's kappa with human labels (95% bootstrap interval)")
-    axes.set_title(title)
+    axes.set_title(textwrap.fill(title, 80), fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -137,11 +148,11 @@ def winrate_chart(results: Sequence[WinRate], path: Path, title: str) -> Path:
         shares = [count / result.n if result.n else 0.0 for count, result in zip(counts, results, strict=True)]
         axes.barh(positions, shares, left=left, color=colour, label=label)
         left = [start + share for start, share in zip(left, shares, strict=True)]
-    axes.set_yticks(positions, [f"{result.a} vs {result.b}" for result in results])
+    axes.set_yticks(positions, [_wrapped(f"{result.a} vs {result.b}") for result in results], fontsize=8)
     axes.set_xlim(0, 1)
     axes.set_xlabel("share of prompts")
     axes.legend(loc="lower right", fontsize=8)
-    axes.set_title(title)
+    axes.set_title(textwrap.fill(title, 80), fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

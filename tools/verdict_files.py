@@ -168,7 +168,8 @@ def _from_raw_text(row: dict[str, Any], defaults: tuple[str | None, int], paper_
         if not isinstance(row.get("text"), str):
             raise InputError(path, line, f"{strategy} scoring needs 'text': the judge's reply")
         texts, followups = [row["text"]], [row.get("followup_text")]
-    count = int(row.get("answers", 2))
+    # Meta-evaluation compares two answers; independent scoring has one text per answer.
+    count = len(texts) if strategy == "independent" else 2
     return verdict_from_text(strategy=strategy, scale=scale, texts=texts, followups=followups, count=count,
                              paper_compat=paper_compat)
 
