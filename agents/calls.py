@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import openai
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
@@ -53,9 +54,14 @@ async def complete(
         bound["max_tokens"] = max_tokens
     runnable: Any = model.bind(**bound) if bound else model
     started = time.perf_counter()
-    message = await runnable.ainvoke(
-        list(messages), config={"run_name": run_name, "metadata": metadata or {}, "tags": [run_name]}
-    )
+    try:
+        message = await runnable.ainvoke(
+            list(messages), config={"run_name": run_name, "metadata": metadata or {}, "tags": [run_name]}
+        )
+    except openai.LengthFinishReasonError as error:
+        # In JSON-schema mode the client refuses a reply cut off by max_tokens. The cut-off text is still
+        # the model's answer: keep it, so the parser records it as unparsed and the follow-up can ask again.
+        return truncated_reply(error, time.perf_counter() - started)
     latency = time.perf_counter() - started
     usage = getattr(message, "usage_metadata", None) or {}
     return Reply(
@@ -63,6 +69,18 @@ async def complete(
         input_tokens=int(usage.get("input_tokens", 0)),
         output_tokens=int(usage.get("output_tokens", 0)),
         latency_s=latency,
+    )
+
+
+def truncated_reply(error: openai.LengthFinishReasonError, latency_s: float) -> Reply:
+    completion = error.completion
+    text = completion.choices[0].message.content or "" if completion.choices else ""
+    usage = completion.usage
+    return Reply(
+        text=text,
+        input_tokens=usage.prompt_tokens if usage else 0,
+        output_tokens=usage.completion_tokens if usage else 0,
+        latency_s=latency_s,
     )
 
 

@@ -113,8 +113,7 @@ def test_embedded_generate_two_prompts_two_iterations(tmp_path: Path) -> None:
 
     from tools.export import check_trl_rows
 
-    if (output / "dpo").exists():
-        check_trl_rows(list(datasets.load_from_disk(str(output / "dpo"))), "dpo")
+    check_trl_rows(list(datasets.load_from_disk(str(output / "dpo"))), "dpo")
     kto_lines = (output / "kto.jsonl").read_text().splitlines()
     assert all(isinstance(json.loads(line)["label"], bool) for line in kto_lines)
 

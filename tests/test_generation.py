@@ -119,6 +119,20 @@ def test_preference_rows_ties_and_identical_answers_give_no_rows() -> None:
     assert [row["rejected"][0]["content"] for row in dpo] == ["y"]
 
 
+def test_export_without_pairs_still_writes_empty_trl_datasets(tmp_path: Path) -> None:
+    from tools.export import export_records
+
+    export_records([record_with(["one", "two"], "B", [3, 8])], tmp_path)
+    assert len(datasets.load_from_disk(str(tmp_path / "dpo"))) == 1
+    # A later export where every prompt tied replaces the earlier datasets with empty ones, not stale rows.
+    summary, _, _ = export_records([record_with(["one", "two"], "tie", [8, 8])], tmp_path)
+    assert summary.dpo_rows == 0 and summary.kto_rows == 0
+    dpo = datasets.load_from_disk(str(tmp_path / "dpo"))
+    kto = datasets.load_from_disk(str(tmp_path / "kto"))
+    assert len(dpo) == 0 and {"prompt", "chosen", "rejected"} <= set(dpo.column_names)
+    assert len(kto) == 0 and {"prompt", "completion", "label"} <= set(kto.column_names)
+
+
 def test_trl_check_catches_bad_rows() -> None:
     good = {"prompt": [{"role": "user", "content": "Q"}], "chosen": [{"role": "assistant", "content": "a"}],
             "rejected": [{"role": "assistant", "content": "b"}]}
@@ -312,3 +326,24 @@ def test_evaluate_resumes_from_partial_output(tmp_path: Path, stub: StubServer) 
     assert stub.stats.completions == 5  # only the two missing items were judged again
     assert [json.loads(line)["id"] for line in output.read_text().splitlines()] == ["q0", "q1", "q2"]
     assert not (tmp_path / "verdicts.jsonl.partial").exists()
+
+
+async def test_reply_cut_off_by_max_tokens_in_json_mode_is_unparsed_not_a_failure(stub: StubServer) -> None:
+    from agents.models import ModelRegistry, ModelSettings
+    from graphs.context import EvaluationContext
+    from graphs.evaluation import evaluate_items
+    from tools.items import EvalItem
+
+    # Three "tokens" cut the stub's JSON scores short; the OpenAI client then refuses to parse the reply.
+    registry = ModelRegistry(ModelSettings(max_tokens=3, output_format="json"))
+    try:
+        context = EvaluationContext(models=[f"compat:stub@{stub.base_url}"], model_source=registry)
+        item = EvalItem(id="cut", prompt="Question?", responses=["one answer", "another answer"])
+        [verdict] = await evaluate_items([item], method="judge", context=context)
+    finally:
+        await registry.aclose()
+    assert verdict["error"] is None
+    assert verdict["winner"] is None and verdict["parse_ok"] is False
+    [exchange] = verdict["exchanges"]
+    assert exchange["text"].startswith("{") and len(exchange["text"].split()) == 3
+    assert exchange["followup_text"] is not None and stub.stats.completions == 2

@@ -42,14 +42,18 @@ def test_raw_combined_text_default_and_paper_rules(tmp_path: Path) -> None:
         {"id": "2", "strategy": "combined", "scale": 10, "text": COMBINED_MISSING_A},
         {"id": "3", "strategy": "combined", "scale": 10, "text": COMBINED_MISSING_A, "followup_text": FOLLOWUP_BOTH},
         {"id": "4", "strategy": "combined", "scale": 10, "text": "no scores at all"},
+        # The published parser failed on this first reply (a follow-up was asked) although ours reads it.
+        {"id": "5", "strategy": "combined", "scale": 10, "text": "Score Assistant A: 6\nScore Assistant B: 5",
+         "followup_text": "### Score Assistant A: 6/10\n### Score Assistant B: 7/10"},
     ])
     default = read_verdict_file(path)
-    assert [default.by_id[key].winner for key in "1234"] == ["A", None, "A", None]
+    assert [default.by_id[key].winner for key in "12345"] == ["A", None, "A", None, "A"]
     assert default.by_id["3"].scores == [9.0, 7.0]
     paper = read_verdict_file(path, paper_compat=True)
-    # Unparsed A counts as -1 and loses; after the follow-up the paper never re-read score A.
-    assert [paper.by_id[key].winner for key in "1234"] == ["A", "B", "B", "tie"]
+    # Unparsed A counts as -1 and loses; after a follow-up the paper read B from it and never re-read A.
+    assert [paper.by_id[key].winner for key in "12345"] == ["A", "B", "B", "tie", "B"]
     assert paper.by_id["3"].scores == [-1.0, 7.0]
+    assert paper.by_id["5"].scores == [6.0, 7.0]
 
 
 def test_raw_direct_and_independent_text(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from pathlib import Path
@@ -129,3 +130,14 @@ def test_graph_command_ascii_and_png(tmp_path: Path) -> None:
     result = runner.invoke(app, ["graph", "jury", "--format", "png", "--output", str(png)])
     assert result.exit_code == 0, result.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_commands_run_inside_a_running_event_loop_as_in_jupyter() -> None:
+    from tools.cli_common import run_coroutine
+
+    async def answer() -> int:
+        await asyncio.sleep(0)
+        return 7
+
+    # A Jupyter kernel already runs a loop in its main thread; plain asyncio.run would refuse.
+    assert run_coroutine(answer()) == 7

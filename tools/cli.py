@@ -7,7 +7,6 @@ shows the traceback). One event loop per command: chat clients are bound to the 
 
 from __future__ import annotations
 
-import asyncio
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,6 +24,7 @@ from tools.cli_common import (
     errors,
     load_items_for,
     progress_bar,
+    run_coroutine,
     run_evaluation,
     run_then_close,
     user_errors,
@@ -210,7 +210,7 @@ def run_generate(
             cost = f", ${totals['cost']:.4f}" if totals["priced"] else ""
             progress.update(task, advance=1, status=f"failed {totals['failed']}, tokens {totals['tokens']}{cost}")
 
-        result = asyncio.run(
+        result = run_coroutine(
             run_then_close(
                 run_generation(
                     prompts, context=context, output_dir=output, settings=settings,

@@ -7,9 +7,11 @@ One event loop per command: chat clients are bound to the loop that made them.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -20,9 +22,12 @@ from rich.table import Table
 
 from tools.errors import ConfigError, FellowshipError
 
-console = Console()
-errors = Console(stderr=True)
+# Piped or captured output gets wide tables rather than the 80 columns rich assumes off a terminal.
+console = Console(width=None if sys.stdout.isatty() else 160)
+# Not the Jupyter renderer: progress bars would need ipywidgets there; plain stderr text works everywhere.
+errors = Console(stderr=True, force_jupyter=False)
 CommandT = TypeVar("CommandT", bound=Callable[..., Any])
+ResultT = TypeVar("ResultT")
 
 GraphName = Literal["judge", "jury", "debate", "feedback_loop", "pipeline"]
 
@@ -195,7 +200,7 @@ def run_evaluation(
                 failures += bool(verdict.get("error")) or not verdict["parse_ok"]
                 progress.update(task, advance=1, status=f"unparsed/failed: {failures}")
 
-            fresh = asyncio.run(
+            fresh = run_coroutine(
                 run_then_close(
                     evaluate_items(
                         pending,
@@ -217,6 +222,16 @@ def run_evaluation(
     write_jsonl_atomic(output_path, kept + verdicts)
     partial_path.unlink(missing_ok=True)
     return verdicts
+
+
+def run_coroutine(work: Coroutine[Any, Any, ResultT]) -> ResultT:
+    """asyncio.run, also from inside Jupyter, whose kernel already runs an event loop in this thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, work).result()
 
 
 async def run_then_close(work: Any, registry: Any) -> Any:

@@ -97,13 +97,30 @@ def check_trl_rows(rows: Iterable[dict[str, Any]], kind: str) -> None:
             raise ValueError(f"kto row {number}: label must be a bool")
 
 
-def _save_dataset(rows: list[dict[str, Any]], target: Path) -> None:
+def _empty_dataset(kind: str) -> Any:
+    """A dataset with no rows but TRL's columns, so a run without preference pairs still loads and trains as 0 rows."""
+    import datasets
+
+    messages = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
+    columns: dict[str, Any] = {"prompt": messages, "prompt_id": datasets.Value("string")}
+    if kind == "dpo":
+        columns |= {"chosen": messages, "rejected": messages}
+    else:
+        columns |= {"completion": messages, "label": datasets.Value("bool")}
+    return datasets.Dataset.from_dict({name: [] for name in columns}, features=datasets.Features(columns))
+
+
+def _save_dataset(rows: list[dict[str, Any]], target: Path, kind: str) -> None:
     import datasets
 
     datasets.disable_progress_bars()  # the CLI has its own progress display
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    datasets.Dataset.from_list(rows).save_to_disk(str(staging))
+    if rows:
+        datasets.Dataset.from_list(rows).save_to_disk(str(staging))
+    else:
+        # datasets 5.2 writes no shard for zero rows unless told to, and then cannot load what it wrote.
+        _empty_dataset(kind).save_to_disk(str(staging), num_shards=1)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
 
@@ -124,10 +141,9 @@ def export_records(records: list[dict[str, Any]], output_dir: Path) -> tuple[Exp
     write_jsonl_atomic(output_dir / "records.jsonl", records)
     write_jsonl_atomic(output_dir / "dpo.jsonl", dpo_rows)
     write_jsonl_atomic(output_dir / "kto.jsonl", kto_rows)
-    if dpo_rows:
-        _save_dataset(dpo_rows, output_dir / "dpo")
-    if kto_rows:
-        _save_dataset(kto_rows, output_dir / "kto")
+    # Saved even when empty: a stale dataset from an earlier export must not survive, and loaders expect one.
+    _save_dataset(dpo_rows, output_dir / "dpo", "dpo")
+    _save_dataset(kto_rows, output_dir / "kto", "kto")
     return summary, dpo_rows, kto_rows
 
 

@@ -241,13 +241,20 @@ class StubServer:
             text = "I would rather not say."
         self.stats.completions += 1
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+        # A word stands for a token: a reply longer than max_tokens is cut off, as real servers do.
+        limit = request.get("max_completion_tokens") or request.get("max_tokens")
+        finish_reason = "stop"
+        if isinstance(limit, int) and len(text.split()) > limit:
+            text, finish_reason = " ".join(text.split()[:limit]), "length"
         completion_tokens = len(text.split())
         return 200, {
             "id": f"stub-{key[:12]}-{attempt}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": request.get("model", "stub"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
+            ],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }, []

@@ -16,7 +16,7 @@ One JSON object per line. Accepted forms, tried in this order:
 
 With `paper_compat` the paper's rules apply (SPEC.md 2.1): an unparsed score is -1 and compared
 numerically, an unparsed direct comparison is a tie, and after a follow-up only the scores after the
-first (B, C, ...) are read again: score A keeps what the first reply gave.
+first (B, C, ...) are read from the follow-up reply: score A keeps what the first reply gave.
 """
 
 from __future__ import annotations
@@ -96,12 +96,14 @@ def combined_scores(
     """Scores of a combined-scoring reply, reading the follow-up reply when the first lacks any score."""
     labels = candidate_labels(count)
     first = parse_assistant_scores(text, labels, scale)
+    if paper_compat and followup:
+        # A recorded follow-up means the published code failed to parse the first reply; it then read
+        # scores B, C, ... from the follow-up reply and never re-read score A.
+        second = parse_assistant_scores(followup, labels, scale)
+        return [first[labels[0]]] + [second[label] for label in labels[1:]]
     if all(first[label] is not None for label in labels) or not followup:
         return [first[label] for label in labels]
     second = parse_assistant_scores(followup, labels, scale)
-    if paper_compat:
-        # The published code never re-read score A after its follow-up question.
-        return [first[labels[0]]] + [second[label] for label in labels[1:]]
     return [second[label] if second[label] is not None else first[label] for label in labels]
 
 
@@ -203,6 +205,15 @@ def verdict_from_record(row: dict[str, Any], *, paper_compat: bool, path: Path, 
     return ItemVerdict(winner=winner, scores=scores if strategy == "combined" else [], order_winners=order_winners)
 
 
+def record_evaluator_name(row: dict[str, Any]) -> str:
+    """'judge combined/10 openai:gpt-4o', 'jury combined/plurality a + b', ... from an evaluate record."""
+    how = row.get("strategy") or ""
+    if row.get("method") == "judge" and row.get("scale"):
+        how = f"{how}/{row['scale']}"
+    parts = [str(row["method"]), how, " + ".join(map(str, row["models"]))]
+    return " ".join(part for part in parts if part) + (" (both orders)" if row.get("swapped") else "")
+
+
 def read_verdict_file(
     path: Path,
     *,
@@ -229,7 +240,7 @@ def read_verdict_file(
         if isinstance(row.get("model"), str) and row["model"]:
             result.name = row["model"]
         elif isinstance(row.get("models"), list) and row["models"] and "method" in row:
-            result.name = f"{row['method']}:{'+'.join(map(str, row['models']))}"
+            result.name = record_evaluator_name(row)
         if row.get("id") is None:
             result.by_position[position] = verdict
             continue
