@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from tools.benchmarks import LabelledItem, load_benchmark
 from tools.cli import app
-from tools.errors import InputError
+from tools.errors import ConfigError, InputError
 from tools.meta_eval import align, baseline_scores, bias_figures, jury_search, score_evaluator
 from tools.stub_server import StubServer, StubSettings, _score
 from tools.verdict_files import ItemVerdict, VerdictFile, read_verdict_file
@@ -187,7 +187,7 @@ def test_jury_search_finds_known_best_jury() -> None:
 def test_jury_mean_rule_needs_scores() -> None:
     labels = ["A", "B", "A"]
     items = [item(str(position), label) for position, label in enumerate(labels)]
-    with pytest.raises(Exception, match="--rule mean needs scores"):
+    with pytest.raises(ConfigError, match="--rule mean needs scores"):
         jury_search(items, synthetic_files(labels)[:2], rule="mean")
 
 
@@ -221,6 +221,7 @@ def test_meta_eval_score_and_jury_search_commands(tmp_path: Path, benchmarks_dir
     assert result.exit_code == 0, result.output
     ranking = json.loads((juries / "juries.json").read_text())
     assert len(ranking["juries"]) == 4  # three pairs and the trio
+    assert sorted(single["members"][0] for single in ranking["singles"]) == ["judge0", "judge1", "judge2"]
     assert ranking["juries"][0]["members"] == ["judge0", "judge1", "judge2"]
     assert ranking["juries"][0]["kappa"] == pytest.approx(1.0)
     assert (juries / "juries.png").exists() and (juries / "report.md").exists()

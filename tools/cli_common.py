@@ -29,8 +29,6 @@ errors = Console(stderr=True, force_jupyter=False)
 CommandT = TypeVar("CommandT", bound=Callable[..., Any])
 ResultT = TypeVar("ResultT")
 
-GraphName = Literal["judge", "jury", "debate", "feedback_loop", "pipeline"]
-
 
 def user_errors(command: CommandT) -> CommandT:
     """Turn FellowshipError into one line on stderr and exit status 1."""

@@ -46,6 +46,11 @@ BenchmarkOption = Annotated[
                  "(PandaLM, LLMBar, MT-Bench human judgments, AlpacaEval cross-annotations, {prompt, responses, "
                  "label} JSONL, or FairEval's folder)"),
 ]
+RawStrategyOption = Annotated[
+    Literal["direct", "independent", "combined"] | None,
+    typer.Option(help="strategy of raw-text verdict lines that do not name one"),
+]
+RawScaleOption = Annotated[int, typer.Option(min=1, help="scale of raw-text verdict lines that do not name one")]
 VerdictsOption = Annotated[
     list[Path] | None, typer.Option("--verdicts", "-v", help="verdict file (JSONL), repeatable; format in README")
 ]
@@ -58,6 +63,11 @@ PaperCompatOption = Annotated[
 
 def _slug(text: str) -> str:
     return "".join(character if character.isalnum() or character in "-." else "-" for character in text).strip("-")
+
+
+def settings_digest(settings: dict[str, Any]) -> str:
+    """Names a verdict cache after everything that shapes a verdict, so other settings never reuse it."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def benchmark_label(name_or_path: str) -> str:
@@ -163,8 +173,7 @@ def meta_eval(
     output = output or Path("runs/meta-eval") / benchmark_label(benchmark)
     settings = {"method": method, "strategy": strategy, "scale": int(scale), "models": models, "swap": swap,
                 "rounds": rounds, "jury_rule": jury_rule, "max_tokens": max_tokens, "output_format": output_format}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    cache = output / "verdicts" / f"{method}-{_slug('+'.join(models))[:60]}-{digest}.jsonl"
+    cache = output / "verdicts" / f"{method}-{_slug('+'.join(models))[:60]}-{settings_digest(settings)}.jsonl"
     records = run_evaluation(
         items=items, output_path=cache, method=method, strategy=strategy, scale=int(scale), models=models,
         rounds=rounds, swap=swap, concurrency=concurrency, jury_rule=jury_rule, max_tokens=max_tokens,
@@ -190,11 +199,8 @@ def meta_eval_score(
     benchmark: BenchmarkOption = None,
     verdicts: VerdictsOption = None,
     paper_compat: PaperCompatOption = False,
-    strategy: Annotated[
-        Literal["direct", "independent", "combined"] | None,
-        typer.Option(help="strategy of raw-text lines that do not name one"),
-    ] = None,
-    scale: Annotated[int, typer.Option(min=1, help="scale of raw-text lines that do not name one")] = 10,
+    strategy: RawStrategyOption = None,
+    scale: RawScaleOption = 10,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="report folder (default "
                                                 "runs/meta-eval-score/BENCHMARK)")] = None,
 ) -> None:
@@ -230,11 +236,8 @@ def jury_search_command(
     min_size: Annotated[int, typer.Option(min=1, help="smallest jury")] = 2,
     rule: Annotated[Literal["plurality", "mean"], typer.Option(help="jury aggregation rule")] = "plurality",
     paper_compat: PaperCompatOption = False,
-    strategy: Annotated[
-        Literal["direct", "independent", "combined"] | None,
-        typer.Option(help="strategy of raw-text lines that do not name one"),
-    ] = None,
-    scale: Annotated[int, typer.Option(min=1, help="scale of raw-text lines that do not name one")] = 10,
+    strategy: RawStrategyOption = None,
+    scale: RawScaleOption = 10,
     top: Annotated[int, typer.Option(min=1, help="juries shown in the printed table")] = 10,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="report folder (default "
                                                 "runs/jury-search/BENCHMARK)")] = None,
@@ -251,9 +254,12 @@ def jury_search_command(
     files = [read_verdict_file(path, paper_compat=paper_compat, default_strategy=strategy, default_scale=scale)
              for path in paths]
     _distinct_names(files)
-    ranking, n = jury_search(items, files, min_size=min_size, rule=rule)
-    singles, _ = jury_search(items, files, min_size=1, rule=rule) if min_size > 1 else (ranking, n)
-    singles = [jury for jury in singles if len(jury.members) == 1]
+    if len(files) < min_size:
+        raise ConfigError(f"--verdicts: {len(files)} files cannot form a jury of --min-size {min_size}")
+    # One pass over every subset, singles included: each evaluator alone is the yardstick for its juries.
+    everything, n = jury_search(items, files, min_size=1, rule=rule)
+    ranking = [jury for jury in everything if len(jury.members) >= min_size]
+    singles = [jury for jury in everything if len(jury.members) == 1]
     output = output or Path("runs/jury-search") / benchmark_label(benchmark)
     output.mkdir(parents=True, exist_ok=True)
     title = f"{len(ranking)} juries on {benchmark_label(benchmark)} ({n} items, {rule} rule)"
@@ -364,11 +370,10 @@ def winrate_command(
     output = output or Path("runs/winrate") / f"{name_a}-vs-{name_b}"
     settings = {"judge": judge, "strategy": strategy, "scale": int(scale), "swap": swap, "max_tokens": max_tokens,
                 "output_format": output_format, "answer": answer}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     records = run_evaluation(
-        items=items, output_path=output / f"verdicts-{digest}.jsonl", method="judge", strategy=strategy,
-        scale=int(scale), models=[judge], rounds=2, swap=swap, concurrency=concurrency, jury_rule="plurality",
-        max_tokens=max_tokens, output_format=output_format, trace_dir=None, reuse_output=True,
+        items=items, output_path=output / f"verdicts-{settings_digest(settings)}.jsonl", method="judge",
+        strategy=strategy, scale=int(scale), models=[judge], rounds=2, swap=swap, concurrency=concurrency,
+        jury_rule="plurality", max_tokens=max_tokens, output_format=output_format, trace_dir=None, reuse_output=True,
     )
     winners = [record["winner"] for record in records]
     result = WinRate(a=name_a, b=name_b, wins=winners.count("A"), ties=winners.count("tie"),
