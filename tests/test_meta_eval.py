@@ -45,15 +45,47 @@ def test_raw_combined_text_default_and_paper_rules(tmp_path: Path) -> None:
         # The published parser failed on this first reply (a follow-up was asked) although ours reads it.
         {"id": "5", "strategy": "combined", "scale": 10, "text": "Score Assistant A: 6\nScore Assistant B: 5",
          "followup_text": "### Score Assistant A: 6/10\n### Score Assistant B: 7/10"},
+        {"id": "6", "strategy": "combined", "scale": 10,
+         "text": "### Score Assistant A:\n10/10\n### Score Assistant B: 9.5/10\n### Score Assistant A: 1/10"},
     ])
     default = read_verdict_file(path)
-    assert [default.by_id[key].winner for key in "12345"] == ["A", None, "A", None, "A"]
+    assert [default.by_id[key].winner for key in "123456"] == ["A", None, "A", None, "A", "B"]
     assert default.by_id["3"].scores == [9.0, 7.0]
     paper = read_verdict_file(path, paper_compat=True)
-    # Unparsed A counts as -1 and loses; after a follow-up the paper read B from it and never re-read A.
-    assert [paper.by_id[key].winner for key in "12345"] == ["A", "B", "B", "tie", "B"]
-    assert paper.by_id["3"].scores == [-1.0, 7.0]
-    assert paper.by_id["5"].scores == [6.0, 7.0]
+    # The published code's strict lines: `**8.5 / 10**` is not read, so A counts as -1 and loses; after a
+    # follow-up it read B from the whole exchange and never re-read A; the first of repeated lines counts.
+    assert [paper.by_id[key].winner for key in "123456"] == ["B", "B", "B", "tie", "B", "A"]
+    assert paper.by_id["1"].scores == [-1.0, 8.0]
+    assert paper.by_id["3"].scores == [-1.0, 6.0]  # B: the first readable B line of the exchange
+    assert paper.by_id["5"].scores == [-1.0, 7.0]
+    assert paper.by_id["6"].scores == [10.0, 9.5]
+
+
+FOLLOWUP_REPLY = "### Score Assistant A:\n9/10\n\n### Score Assistant B:\n6/10"
+
+
+def test_published_records_joined_replies_and_turns(tmp_path: Path) -> None:
+    """Lines as the published code wrote them: every reply joined in `response`, and `turns_to_answer`."""
+    path = write_lines(tmp_path / "published.jsonl", [
+        # First reply: B readable, A not (spaced) -> a follow-up; A was never read again: -1.
+        {"id": "1", "response": "### Score Assistant A: 9 / 10\n### Score Assistant B: 6/10\n\n" + FOLLOWUP_REPLY,
+         "turns_to_answer": 2},
+        # First reply: A readable, B missing -> follow-up; A kept from the first reply.
+        {"id": "2", "response": "### Score Assistant A: 4/10\nB is fine.\n\n" + FOLLOWUP_REPLY,
+         "turns_to_answer": 2},
+        # First reply: nothing readable -> follow-up; A still -1 although the follow-up gives it.
+        {"id": "3", "response": "Both are good.\n\n" + FOLLOWUP_REPLY, "turns_to_answer": 2},
+        # One call: both read from it.
+        {"id": "4", "response": FOLLOWUP_REPLY, "turns_to_answer": 1},
+        # The published code's own scores win over re-reading its text.
+        {"id": "5", "response": FOLLOWUP_REPLY, "score_1": -1, "score_2": 3, "turns_to_answer": 2},
+    ])
+    paper = read_verdict_file(path, paper_compat=True, default_strategy="combined")
+    assert [paper.by_id[key].scores for key in "12345"] == [
+        [-1.0, 6.0], [4.0, 6.0], [-1.0, 6.0], [9.0, 6.0], [-1.0, 3.0]]
+    default = read_verdict_file(path, default_strategy="combined")
+    # The project's parsers read the final (follow-up) lines; the recorded -1 is an unparsed score.
+    assert [default.by_id[key].winner for key in "12345"] == ["A", "A", "A", "A", "A"]
 
 
 def test_raw_direct_and_independent_text(tmp_path: Path) -> None:
@@ -61,17 +93,27 @@ def test_raw_direct_and_independent_text(tmp_path: Path) -> None:
         {"id": "a", "text": "Both fine.\n### Answer: C"},
         {"id": "b", "text": "I cannot decide", "followup_text": "### answer: **B**"},
         {"id": "c", "text": "I cannot decide"},
+        {"id": "d", "text": "A is better.\n### Answer:\nA"},
     ])
     default = read_verdict_file(path, default_strategy="direct")
-    assert [default.by_id[key].winner for key in "abc"] == ["tie", "B", None]
-    assert read_verdict_file(path, default_strategy="direct", paper_compat=True).by_id["c"].winner == "tie"
+    assert [default.by_id[key].winner for key in "abcd"] == ["tie", "B", None, "A"]
+    # The published code wanted the letter on the line after `### answer:`; anything else was a tie.
+    paper = read_verdict_file(path, default_strategy="direct", paper_compat=True)
+    assert [paper.by_id[key].winner for key in "abcd"] == ["tie", "tie", "tie", "A"]
+    picks = write_lines(tmp_path / "picks.jsonl", [{"id": "p", "response": "### Answer: B", "pick": "model_a"}])
+    assert read_verdict_file(picks, default_strategy="direct", paper_compat=True).by_id["p"].winner == "A"
+    assert read_verdict_file(picks, default_strategy="direct").by_id["p"].winner == "B"
     independent = write_lines(tmp_path / "independent.jsonl", [
         {"id": "x", "strategy": "independent", "texts": ["### Overall Score: 7/10", "### Overall Score: 8.5/10"]},
         {"id": "y", "strategy": "independent", "texts": ["### Overall Score: 7/10", "no score"]},
+        {"id": "z", "strategy": "independent", "response_1": "### Overall Score: 7/10",
+         "response_2": "### Overall Score: 7 / 10"},
     ])
     assert read_verdict_file(independent).by_id["x"].winner == "B"
     assert read_verdict_file(independent).by_id["y"].winner is None
     assert read_verdict_file(independent, paper_compat=True).by_id["y"].winner == "A"
+    assert read_verdict_file(independent).by_id["z"].winner == "tie"
+    assert read_verdict_file(independent, paper_compat=True).by_id["z"].winner == "A"
 
 
 def test_evaluate_records_are_parsed_again_from_their_exchanges(tmp_path: Path) -> None:

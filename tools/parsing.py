@@ -118,3 +118,39 @@ def parse_feedback(text: str) -> str:
     if match and match.group(1).strip():
         return match.group(1).strip()
     return text.strip()
+
+
+# --- The published code's parsers, for paper-compatible re-scoring only --------------------------------
+# The paper's code searched the lower-cased reply for `### score assistant a:` (optionally a line break)
+# followed directly by `X/10` (so `8 / 10` or `**8/10**` did not count), took the first match, and for
+# direct comparison required the letter on the line after `### answer:`. Reproducing published figures
+# from recorded replies needs exactly this strictness.
+
+_PUBLISHED_NUMBER = {
+    5: r"([0-5](?:\.\d+)?)",
+    10: r"(10|[0-9](?:\.\d+)?)",
+    100: r"([0-9]?\d(?:\.\d+)?|100(?:\.0+)?)",
+}
+
+
+def _published_value_pattern(scale: int) -> str:
+    return _PUBLISHED_NUMBER.get(scale, r"(\d+(?:\.\d+)?)") + rf"/{scale}\b"
+
+
+def published_score_positions(text: str, name: str, scale: int) -> list[tuple[int, float]]:
+    """(position, value) of every `### score assistant NAME: X/scale` the published code would match."""
+    pattern = re.compile(rf"###\s*score\s*assistant\s*{re.escape(name.lower())}\s*:\s*\n?\s*"
+                         + _published_value_pattern(scale))
+    return [(match.start(), float(match.group(1))) for match in pattern.finditer(text.lower())]
+
+
+def published_overall_score(text: str, scale: int = 10) -> float | None:
+    match = re.search(r"###\s*overall\s*score\s*:\s*\n?\s*" + _published_value_pattern(scale), text.lower())
+    return float(match.group(1)) if match else None
+
+
+def published_direct_answer(text: str) -> str | None:
+    match = re.search(r"###\s*answer\s*:\s*\n\s*([abc])\b", text.lower())
+    if match is None:
+        return None
+    return {"a": "A", "b": "B", "c": "tie"}[match.group(1)]

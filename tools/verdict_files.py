@@ -11,12 +11,17 @@ One JSON object per line. Accepted forms, tried in this order:
 - parsed scores: `{"id", "scores": [a, b]}`;
 - a parsed winner: `{"id", "winner": "A"|"B"|"C"|"tie"|null}` (C is a tie, null is unparsed).
 
+Lines written by the published code are read too: `response` (its replies joined) is the raw text,
+`response_1`/`response_2` the independent texts, `turns_to_answer` the number of calls, `score_1`/
+`score_2` its scores (-1 = unparsed) and `pick` (model_a, model_b, tie) its direct verdict.
+
 `id` is the benchmark's own id; a line without one is the item at the same position (from 0).
 `model` (optional) names the evaluator; otherwise the file name does.
 
-With `paper_compat` the paper's rules apply (SPEC.md 2.1): an unparsed score is -1 and compared
-numerically, an unparsed direct comparison is a tie, and after a follow-up only the scores after the
-first (B, C, ...) are read from the follow-up reply: score A keeps what the first reply gave.
+With `paper_compat` the paper's rules apply (SPEC.md 2.1): the published code's own scores and picks are
+taken as they are; raw text is read with the published code's strict parsers (see `tools.parsing`), an
+unparsed score is -1 and compared numerically, an unparsed direct comparison is a tie, and score A is
+only ever read from the first reply, while B is the first B line of the whole exchange.
 """
 
 from __future__ import annotations
@@ -28,7 +33,14 @@ from typing import Any
 
 from tools.errors import InputError
 from tools.items import read_jsonl
-from tools.parsing import parse_assistant_scores, parse_direct_answer, parse_overall_score
+from tools.parsing import (
+    parse_assistant_scores,
+    parse_direct_answer,
+    parse_overall_score,
+    published_direct_answer,
+    published_overall_score,
+    published_score_positions,
+)
 from tools.verdicts import (
     PAPER_UNPARSED_SCORE,
     TIE,
@@ -90,21 +102,43 @@ def _from_scores(scores: list[float | None], paper_compat: bool) -> ItemVerdict:
     return ItemVerdict(winner=winner_from_scores(scores), scores=scores)
 
 
-def combined_scores(
-    text: str, followup: str | None, *, count: int, scale: int, paper_compat: bool
-) -> list[float | None]:
+def combined_scores(text: str, followup: str | None, *, count: int, scale: int) -> list[float | None]:
     """Scores of a combined-scoring reply, reading the follow-up reply when the first lacks any score."""
     labels = candidate_labels(count)
     first = parse_assistant_scores(text, labels, scale)
-    if paper_compat and followup:
-        # A recorded follow-up means the published code failed to parse the first reply; it then read
-        # scores B, C, ... from the follow-up reply and never re-read score A.
-        second = parse_assistant_scores(followup, labels, scale)
-        return [first[labels[0]]] + [second[label] for label in labels[1:]]
     if all(first[label] is not None for label in labels) or not followup:
         return [first[label] for label in labels]
     second = parse_assistant_scores(followup, labels, scale)
     return [second[label] if second[label] is not None else first[label] for label in labels]
+
+
+def _first_value(found: list[tuple[int, float]]) -> float | None:
+    return found[0][1] if found else None
+
+
+def published_combined_scores(
+    text: str, followup: str | None, *, count: int, scale: int, turns: int | None
+) -> list[float | None]:
+    """Scores as the published code read them (SPEC.md 2.1): strict lines, first match, and score A only
+    ever read from the first reply, while B, C, ... are read from the whole exchange after a follow-up.
+
+    Recorded outputs often hold the first reply and the follow-up replies joined in one text, with the
+    number of calls (`turns`). Then the first reply's end is not marked; a follow-up reply restates every
+    score, so score A came from the first reply exactly when two A lines precede the first B line.
+    """
+    labels = candidate_labels(count)
+    whole = text if not followup else f"{text}\n\n{followup}"
+    others = [_first_value(published_score_positions(whole, label, scale)) for label in labels[1:]]
+    if followup:
+        score_a = _first_value(published_score_positions(text, labels[0], scale))
+    elif turns is not None and turns > 1:
+        a_lines = published_score_positions(whole, labels[0], scale)
+        b_lines = published_score_positions(whole, labels[1], scale)
+        before_b = [line for line in a_lines if not b_lines or line[0] < b_lines[0][0]]
+        score_a = a_lines[0][1] if len(before_b) >= 2 else None
+    else:
+        score_a = _first_value(published_score_positions(whole, labels[0], scale))
+    return [score_a, *others]
 
 
 def direct_winner(text: str, followup: str | None) -> str | None:
@@ -121,6 +155,10 @@ def independent_score(text: str, followup: str | None, scale: int) -> float | No
     return score
 
 
+def _joined(text: str, followup: str | None) -> str:
+    return text if not followup else f"{text}\n\n{followup}"
+
+
 def verdict_from_text(
     *,
     strategy: str,
@@ -129,17 +167,28 @@ def verdict_from_text(
     followups: Sequence[str | None],
     count: int,
     paper_compat: bool,
+    turns: int | None = None,
 ) -> ItemVerdict:
-    """Parse raw judge output into a verdict (one text, or one per answer for independent scoring)."""
+    """Parse raw judge output into a verdict (one text, or one per answer for independent scoring).
+
+    By default the project's tolerant parsers read it; with `paper_compat`, the published code's strict
+    ones, with its rules for what could not be read (-1 scores, ties).
+    """
     if strategy == "direct":
-        winner = direct_winner(texts[0], followups[0])
-        if winner is None and paper_compat:
-            winner = TIE
-        return ItemVerdict(winner=winner)
+        if paper_compat:
+            return ItemVerdict(winner=published_direct_answer(_joined(texts[0], followups[0])) or TIE)
+        return ItemVerdict(winner=direct_winner(texts[0], followups[0]))
     if strategy == "combined":
-        scores = combined_scores(texts[0], followups[0], count=count, scale=scale, paper_compat=paper_compat)
+        if paper_compat:
+            scores = published_combined_scores(texts[0], followups[0], count=count, scale=scale, turns=turns)
+        else:
+            scores = combined_scores(texts[0], followups[0], count=count, scale=scale)
         return _from_scores(scores, paper_compat)
-    scores = [independent_score(text, followup, scale) for text, followup in zip(texts, followups, strict=True)]
+    if paper_compat:
+        scores = [published_overall_score(_joined(text, followup), scale)
+                  for text, followup in zip(texts, followups, strict=True)]
+    else:
+        scores = [independent_score(text, followup, scale) for text, followup in zip(texts, followups, strict=True)]
     return _from_scores(scores, paper_compat)
 
 
@@ -172,8 +221,43 @@ def _from_raw_text(row: dict[str, Any], defaults: tuple[str | None, int], paper_
         texts, followups = [row["text"]], [row.get("followup_text")]
     # Meta-evaluation compares two answers; independent scoring has one text per answer.
     count = len(texts) if strategy == "independent" else 2
+    turns = row.get("turns")
     return verdict_from_text(strategy=strategy, scale=scale, texts=texts, followups=followups, count=count,
-                             paper_compat=paper_compat)
+                             paper_compat=paper_compat, turns=turns if isinstance(turns, int) else None)
+
+
+_PICKS = {"model_a": "A", "model_b": "B"}
+
+
+def _published_fields(row: dict[str, Any], default_strategy: str | None) -> dict[str, Any]:
+    """Read a line written by the published code under this format's names.
+
+    Its judge wrote `response` (every reply joined), `pick` (model_a, model_b or tie) and
+    `turns_to_answer`; its raters `score_1`, `score_2` and, scoring alone, `response_1`, `response_2`.
+    """
+    row = dict(row)
+    strategy = row.get("strategy") or default_strategy
+    if "text" not in row and "texts" not in row:
+        if strategy == "independent" and isinstance(row.get("response_1"), str) and "response_2" in row:
+            row["texts"] = [row["response_1"], row["response_2"]]
+        elif isinstance(row.get("response"), str):
+            row["text"] = row["response"]
+    if "turns" not in row and "turns_to_answer" in row:
+        row["turns"] = row["turns_to_answer"]
+    return row
+
+
+def _recorded_by_published_code(row: dict[str, Any], paper_compat: bool, path: Path, line: int) -> ItemVerdict | None:
+    """What the published code concluded itself: its `score_1`/`score_2` (-1 = unparsed) or its `pick`."""
+    if "score_1" in row and "score_2" in row:
+        scores = _scores_value([row["score_1"], row["score_2"]], path, line)
+        if not paper_compat:
+            scores = [None if score == PAPER_UNPARSED_SCORE else score for score in scores]
+        return _from_scores(scores, paper_compat)
+    if "pick" in row:
+        winner = _PICKS.get(str(row["pick"]).strip().lower(), TIE)
+        return ItemVerdict(winner=winner)
+    return None
 
 
 def verdict_from_record(row: dict[str, Any], *, paper_compat: bool, path: Path, line: int | None) -> ItemVerdict:
@@ -225,9 +309,16 @@ def read_verdict_file(
     if not path.is_file():
         raise InputError(path, None, "verdict file not found")
     result = VerdictFile(name=path.stem, path=path)
-    for position, (line, row) in enumerate(read_jsonl(path)):
-        if "text" in row or "texts" in row:
+    for position, (line, raw_row) in enumerate(read_jsonl(path)):
+        row = _published_fields(raw_row, default_strategy)
+        recorded = _recorded_by_published_code(row, paper_compat, path, line)
+        if paper_compat and recorded is not None:
+            # The published code's own scores already carry its parsing and its quirks.
+            verdict = recorded
+        elif "text" in row or "texts" in row:
             verdict = _from_raw_text(row, (default_strategy, default_scale), paper_compat, path, line)
+        elif recorded is not None:
+            verdict = recorded
         elif "exchanges" in row and "method" in row:
             verdict = verdict_from_record(row, paper_compat=paper_compat, path=path, line=line)
         elif row.get("scores") is not None:
