@@ -113,6 +113,7 @@ def test_preference_rows_dpo_and_kto() -> None:
 
 def test_preference_rows_ties_and_identical_answers_give_no_rows() -> None:
     assert preference_rows(record_with(["a", "b", "c"], "tie", [8, 8, 3]))[2] == "tied_top"
+    assert preference_rows(record_with(["only"], "A", [7]))[:3] == ([], [], "single_answer")
     assert preference_rows(record_with(["a", "b", "c"], None, [None, None, None]))[2] == "no_verdict"
     assert preference_rows(record_with(["same", "same ", "same"], "A", [9, 4, 4]))[:2] == ([], [])
     dpo, _, _ = preference_rows(record_with(["x", "x", "y"], "A", [9, 9, 4]))  # B is A's twin: no pair with it

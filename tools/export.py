@@ -45,6 +45,8 @@ def best_answer_index(record: dict[str, Any]) -> tuple[int | None, str]:
 def preference_rows(record: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
     """DPO rows (N-1: best against each other answer) and KTO rows (N: best True, others False)."""
     answers = [answer["text"] for answer in record["answers"]]
+    if len(answers) < 2:
+        return [], [], "single_answer"  # --iterations 1: a baseline for winrate, nothing to prefer
     best, outcome = best_answer_index(record)
     if best is None:
         return [], [], outcome
@@ -172,7 +174,8 @@ def dataset_card(
         f"- prompts failed: {len(failures)}",
         "",
         "Prompts whose top answers tied (`tied_top`), that got no verdict (`no_verdict`) or whose answers",
-        "were identical (`identical_answers`) give no rows.",
+        "were identical (`identical_answers`) give no rows, nor does a run with one answer per prompt",
+        "(`single_answer`).",
         "",
         "## Tokens",
         "",
