@@ -17,6 +17,7 @@ from typing import Any
 
 from agents.prices import total_cost
 from agents.records import Exchange, Usage
+from graphs.checkpoints import InlineSqliteSaver
 from graphs.context import GenerationContext
 from graphs.pipeline import build_pipeline_graph, prompt_id_for
 from tools.items import Prompt
@@ -87,9 +88,6 @@ async def run_generation(
     on_outcome: Callable[[PromptOutcome], None] | None = None,
 ) -> GenerationResult:
     """Run every prompt that is not finished yet, at most `concurrency` at a time."""
-    import aiosqlite
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
     output_dir.mkdir(parents=True, exist_ok=True)
     store = RunStore(output_dir / "progress.sqlite")
     try:
@@ -104,13 +102,8 @@ async def run_generation(
         gate = asyncio.Semaphore(max(1, concurrency))
         outcomes: list[PromptOutcome] = []
 
-        async with aiosqlite.connect(output_dir / "checkpoints.sqlite") as connection:
-            # WAL with synchronous=NORMAL: a committed step survives a killed process (SIGKILL included);
-            # only a power loss could drop the last steps. FULL would fsync every step, one at a time,
-            # and throttle a concurrent run to the disk's fsync rate.
-            await connection.execute("PRAGMA journal_mode=WAL")
-            await connection.execute("PRAGMA synchronous=NORMAL")
-            saver = AsyncSqliteSaver(connection)
+        saver = InlineSqliteSaver.open(output_dir / "checkpoints.sqlite")
+        try:
             graph = build_pipeline_graph().compile(checkpointer=saver, name="pipeline")
 
             async def run_one(prompt_id: str, prompt: Prompt) -> None:
@@ -121,6 +114,8 @@ async def run_generation(
                     on_outcome(outcome)
 
             await asyncio.gather(*(run_one(pid, prompt) for pid, prompt in pending))
+        finally:
+            saver.close()
 
         return GenerationResult(
             prompt_ids=prompt_ids,
