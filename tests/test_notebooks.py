@@ -34,7 +34,9 @@ def test_generate_notebook_builds_and_checks_a_dataset() -> None:
     assert "subgraph feedback_loop" in output  # the pipeline graph drawn as Mermaid text
 
 
-def test_evaluator_notebook_reports_kappa_and_juries() -> None:
+def test_evaluator_notebook_reports_kappa_and_juries(benchmarks_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The kernel inherits this process's environment: point it at the benchmarks the tests use.
+    monkeypatch.setenv("FELLOWSHIP_BENCHMARKS", str(benchmarks_dir))
     output = run_notebook("02_choose_an_evaluator.ipynb")
     assert "80 items; human labels: Counter({'B': 41, 'A': 25, 'tie': 14})" in output
     assert "baseline: always A" in output
