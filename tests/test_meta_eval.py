@@ -345,3 +345,15 @@ def test_winrate_compares_final_answers_on_shared_prompts(tmp_path: Path, stub: 
     assert figures["win_rate_half_ties"] == pytest.approx((expected.count("A") + expected.count("tie") / 2) / 6)
     assert (output / "winrate.png").exists() and "win rate" in (output / "report.md").read_text()
     assert "only in A: 2" in result.output
+
+
+def test_chart_draws_an_interval_that_misses_its_point(tmp_path: Path) -> None:
+    from tools.meta_eval import EvaluatorScore
+    from tools.reports import interval_bars, kappa_chart
+
+    # Seen on two items: the bootstrap interval [0, 0] lies above a point estimate of -0.5.
+    row = EvaluatorScore(name="tiny", n=2, kappa=-0.5, kappa_low=0.0, kappa_high=0.0, agreement=0.0,
+                         unparsed_rate=0.0, position_consistency=None, p_first=None, p_longer=None)
+    assert interval_bars([(-0.5, 0.0, 0.0), (0.2, 0.1, 0.4)]) == [[0.0, pytest.approx(0.1)],
+                                                                  [0.5, pytest.approx(0.2)]]
+    assert kappa_chart([row], tmp_path / "k.png", "tiny").stat().st_size > 1000

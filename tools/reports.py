@@ -102,11 +102,18 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join(lines)
 
 
+def interval_bars(intervals: Sequence[tuple[float, float, float]]) -> list[list[float]]:
+    """Error-bar lengths below and above each point. On a few items a percentile bootstrap interval can
+    miss its own point estimate; the bar then stops at the point rather than going negative."""
+    return [[max(0.0, point - low) for point, low, _ in intervals],
+            [max(0.0, high - point) for point, _, high in intervals]]
+
+
 def kappa_chart(rows: Sequence[EvaluatorScore], path: Path, title: str) -> Path:
     """Horizontal bars of kappa per evaluator with the bootstrap interval; baselines in grey."""
     figure, axes = plt.subplots(figsize=(9, 1.4 + 0.6 * len(rows)))
     positions = list(range(len(rows)))[::-1]
-    errors = [[row.kappa - row.kappa_low for row in rows], [row.kappa_high - row.kappa for row in rows]]
+    errors = interval_bars([(row.kappa, row.kappa_low, row.kappa_high) for row in rows])
     colours = ["#9e9e9e" if row.baseline else "#3f6fb5" for row in rows]
     axes.barh(positions, [row.kappa for row in rows], xerr=errors, color=colours, capsize=3)
     axes.set_yticks(positions, [_wrapped(row.name) for row in rows], fontsize=8)
@@ -123,7 +130,7 @@ def jury_chart(juries: Sequence[JuryScore], path: Path, title: str) -> Path:
     shown = list(juries[:JURY_CHART_LIMIT])
     figure, axes = plt.subplots(figsize=(10, 1.4 + 0.55 * len(shown)))
     positions = list(range(len(shown)))[::-1]
-    errors = [[jury.kappa - jury.kappa_low for jury in shown], [jury.kappa_high - jury.kappa for jury in shown]]
+    errors = interval_bars([(jury.kappa, jury.kappa_low, jury.kappa_high) for jury in shown])
     axes.barh(positions, [jury.kappa for jury in shown], xerr=errors, color="#5a9e6f", capsize=3)
     axes.set_yticks(positions, [_wrapped(" + ".join(jury.members)) for jury in shown], fontsize=8)
     axes.set_xlabel("Cohen's kappa with human labels (95% bootstrap interval)")
