@@ -89,6 +89,20 @@ def _require(value: Any, flag: str) -> Any:
     return value
 
 
+def read_benchmark_and_verdicts(
+    benchmark: str, paths: Sequence[Path], paper_compat: bool, strategy: str | None, scale: int
+) -> tuple[list[Any], list[Any]]:
+    """The benchmark's items and every verdict file, each file's evaluator under a distinct name."""
+    from tools.benchmarks import load_benchmark
+    from tools.verdict_files import read_verdict_file
+
+    items = load_benchmark(benchmark)
+    files = [read_verdict_file(path, paper_compat=paper_compat, default_strategy=strategy, default_scale=scale)
+             for path in paths]
+    _distinct_names(files)
+    return items, files
+
+
 def _distinct_names(files: Sequence[Any]) -> None:
     """Two files naming the same evaluator are told apart by their file names."""
     names = [verdict_file.name for verdict_file in files]
@@ -205,16 +219,11 @@ def meta_eval_score(
                                                 "runs/meta-eval-score/BENCHMARK)")] = None,
 ) -> None:
     """Score recorded verdicts against the human labels, without any model call."""
-    from tools.benchmarks import load_benchmark
     from tools.meta_eval import align, baseline_scores, score_evaluator
-    from tools.verdict_files import read_verdict_file
 
     benchmark = _require(benchmark, "--benchmark")
     paths = _require(verdicts, "--verdicts")
-    items = load_benchmark(benchmark)
-    files = [read_verdict_file(path, paper_compat=paper_compat, default_strategy=strategy, default_scale=scale)
-             for path in paths]
-    _distinct_names(files)
+    items, files = read_benchmark_and_verdicts(benchmark, paths, paper_compat, strategy, scale)
     rows = []
     covered: set[str] = set()
     for verdict_file in files:
@@ -243,17 +252,12 @@ def jury_search_command(
                                                 "runs/jury-search/BENCHMARK)")] = None,
 ) -> None:
     """Rank every subset of single-model verdict files as a jury, without any model call."""
-    from tools.benchmarks import load_benchmark
     from tools.meta_eval import jury_search
     from tools.reports import JURY_COLUMNS, jury_chart, jury_table_rows, markdown_table, write_report
-    from tools.verdict_files import read_verdict_file
 
     benchmark = _require(benchmark, "--benchmark")
     paths = _require(verdicts, "--verdicts")
-    items = load_benchmark(benchmark)
-    files = [read_verdict_file(path, paper_compat=paper_compat, default_strategy=strategy, default_scale=scale)
-             for path in paths]
-    _distinct_names(files)
+    items, files = read_benchmark_and_verdicts(benchmark, paths, paper_compat, strategy, scale)
     if len(files) < min_size:
         raise ConfigError(f"--verdicts: {len(files)} files cannot form a jury of --min-size {min_size}")
     # One pass over every subset, singles included: each evaluator alone is the yardstick for its juries.

@@ -109,14 +109,16 @@ def interval_bars(intervals: Sequence[tuple[float, float, float]]) -> list[list[
             [max(0.0, high - point) for point, _, high in intervals]]
 
 
-def kappa_chart(rows: Sequence[EvaluatorScore], path: Path, title: str) -> Path:
-    """Horizontal bars of kappa per evaluator with the bootstrap interval; baselines in grey."""
-    figure, axes = plt.subplots(figsize=(9, 1.4 + 0.6 * len(rows)))
-    positions = list(range(len(rows)))[::-1]
-    errors = interval_bars([(row.kappa, row.kappa_low, row.kappa_high) for row in rows])
-    colours = ["#9e9e9e" if row.baseline else "#3f6fb5" for row in rows]
-    axes.barh(positions, [row.kappa for row in rows], xerr=errors, color=colours, capsize=3)
-    axes.set_yticks(positions, [_wrapped(row.name) for row in rows], fontsize=8)
+def _kappa_bars(
+    labels: Sequence[str], intervals: Sequence[tuple[float, float, float]], colours: Sequence[str],
+    path: Path, title: str,
+) -> Path:
+    """Horizontal bars of kappa, first label on top, each with its bootstrap interval."""
+    figure, axes = plt.subplots(figsize=(10, 1.4 + 0.6 * len(labels)))
+    positions = list(range(len(labels)))[::-1]
+    axes.barh(positions, [point for point, _, _ in intervals], xerr=interval_bars(intervals), color=list(colours),
+              capsize=3)
+    axes.set_yticks(positions, [_wrapped(label) for label in labels], fontsize=8)
     axes.axvline(0, color="black", linewidth=0.8)
     axes.set_xlabel("Cohen's kappa with human labels (95% bootstrap interval)")
     axes.set_title(textwrap.fill(title, 80), fontsize=10)
@@ -126,19 +128,21 @@ def kappa_chart(rows: Sequence[EvaluatorScore], path: Path, title: str) -> Path:
     return path
 
 
+def kappa_chart(rows: Sequence[EvaluatorScore], path: Path, title: str) -> Path:
+    """Kappa per evaluator with the bootstrap interval; baselines in grey."""
+    return _kappa_bars(
+        [row.name for row in rows], [(row.kappa, row.kappa_low, row.kappa_high) for row in rows],
+        ["#9e9e9e" if row.baseline else "#3f6fb5" for row in rows], path, title,
+    )
+
+
 def jury_chart(juries: Sequence[JuryScore], path: Path, title: str) -> Path:
+    """The best juries (at most JURY_CHART_LIMIT), best on top."""
     shown = list(juries[:JURY_CHART_LIMIT])
-    figure, axes = plt.subplots(figsize=(10, 1.4 + 0.55 * len(shown)))
-    positions = list(range(len(shown)))[::-1]
-    errors = interval_bars([(jury.kappa, jury.kappa_low, jury.kappa_high) for jury in shown])
-    axes.barh(positions, [jury.kappa for jury in shown], xerr=errors, color="#5a9e6f", capsize=3)
-    axes.set_yticks(positions, [_wrapped(" + ".join(jury.members)) for jury in shown], fontsize=8)
-    axes.set_xlabel("Cohen's kappa with human labels (95% bootstrap interval)")
-    axes.set_title(textwrap.fill(title, 80), fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _kappa_bars(
+        [" + ".join(jury.members) for jury in shown], [(jury.kappa, jury.kappa_low, jury.kappa_high) for jury in shown],
+        ["#5a9e6f"] * len(shown), path, title,
+    )
 
 
 def winrate_chart(results: Sequence[WinRate], path: Path, title: str) -> Path:
