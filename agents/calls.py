@@ -13,6 +13,8 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 import prompts
 from agents.records import Exchange
+from tools.errors import EndpointError
+from tools.tracing import mask_secrets
 
 ParsedT = TypeVar("ParsedT")
 
@@ -30,6 +32,26 @@ def response_format(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
 
 
+_FATAL_STATUS = {401: "the API key was refused", 403: "access denied", 404: "model or endpoint not found"}
+
+
+def fatal_call_reason(error: BaseException) -> str | None:
+    """Why a call failed for good, when no retry can help (bad key, no access, unknown model, endpoint
+    down after the client's own retries); None for errors worth retrying or local to one prompt."""
+    if isinstance(error, openai.APIStatusError) and error.status_code in _FATAL_STATUS:
+        url = error.request.url if error.request is not None else None
+        where = f" from {url.scheme}://{url.netloc.decode()}" if url is not None else ""
+        body = error.body if isinstance(error.body, dict) else {}
+        detail = body.get("error", body).get("message") if isinstance(body.get("error", body), dict) else None
+        said = f": {mask_secrets(str(detail))[:160]}" if detail else ""
+        return f"HTTP {error.status_code} {_FATAL_STATUS[error.status_code]}{where}{said}"
+    if isinstance(error, openai.APIConnectionError) and not isinstance(error, openai.APITimeoutError):
+        request = getattr(error, "request", None)
+        where = f"{request.url.scheme}://{request.url.netloc.decode()}" if request is not None else "the endpoint"
+        return f"cannot connect to {where} (after the client's retries)"
+    return None
+
+
 def message_text(message: BaseMessage) -> str:
     content = message.content
     if isinstance(content, str):
@@ -44,9 +66,14 @@ async def complete(
     json_schema: tuple[str, dict[str, Any]] | None = None,
     max_tokens: int | None = None,
     run_name: str,
+    model_spec: str,
     metadata: dict[str, Any] | None = None,
 ) -> Reply:
-    """Call the model once; the run name and metadata make the call readable in traces."""
+    """Call the model once; the run name and metadata make the call readable in traces.
+
+    A failure no retry can fix is raised as EndpointError naming `model_spec`, so a run can stop at once
+    instead of failing every prompt the same way.
+    """
     bound: dict[str, Any] = {}
     if json_schema is not None:
         bound["response_format"] = response_format(*json_schema)
@@ -62,6 +89,11 @@ async def complete(
         # In JSON-schema mode the client refuses a reply cut off by max_tokens. The cut-off text is still
         # the model's answer: keep it, so the parser records it as unparsed and the follow-up can ask again.
         return truncated_reply(error, time.perf_counter() - started)
+    except openai.APIError as error:
+        reason = fatal_call_reason(error)
+        if reason is None:
+            raise
+        raise EndpointError(model_spec, reason) from error
     latency = time.perf_counter() - started
     usage = getattr(message, "usage_metadata", None) or {}
     return Reply(
@@ -100,7 +132,9 @@ async def complete_with_followup(
 
     The exchange keeps both raw texts, so a failure stays visible and can be re-parsed later.
     """
-    first = await complete(model, messages, json_schema=json_schema, run_name=role, metadata=metadata)
+    first = await complete(
+        model, messages, json_schema=json_schema, run_name=role, model_spec=model_spec, metadata=metadata
+    )
     parsed = parse(first.text)
     exchange = Exchange(
         model=model_spec,
@@ -118,7 +152,8 @@ async def complete_with_followup(
         HumanMessage(content=prompts.render("followup", required_format=required_format)),
     ]
     second = await complete(
-        model, followup_messages, json_schema=json_schema, run_name=f"{role}/followup", metadata=metadata
+        model, followup_messages, json_schema=json_schema, run_name=f"{role}/followup", model_spec=model_spec,
+        metadata=metadata,
     )
     parsed = parse(second.text)
     exchange.followup_text = second.text

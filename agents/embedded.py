@@ -17,10 +17,13 @@ from typing import Any
 from tools.errors import ConfigError
 
 SMOLLM2_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# Concurrent requests the embedded server decodes together (continuous batching), and the context each
-# of them gets: debate prompts carry the whole discussion and need more than llama.cpp's default.
-DEFAULT_PARALLEL_SLOTS = 4
-DEFAULT_CONTEXT_PER_SLOT = 4096
+# One request decoded at a time, each from a clean slate: llama.cpp's results depend on which requests
+# share a batch and on how much of a prompt is reused from its cache (the arithmetic differs by batch
+# size), so batched or cached decoding makes the same command give other verdicts from run to run.
+# Reproducible runs cost throughput: requests queue instead of sharing the cores (see README).
+DEFAULT_PARALLEL_SLOTS = 1
+# Debate prompts carry the whole discussion and need more context than llama.cpp's default.
+DEFAULT_CONTEXT_PER_SLOT = 8192
 
 
 def smollm2_path() -> Path:
@@ -84,6 +87,10 @@ class EmbeddedServer:
         params.port = 0  # a free port, read back from listening_address
         params.n_parallel = self.parallel_slots
         params.n_ctx = self.parallel_slots * self.context_per_slot
+        # Every prompt is processed whole: a reused prefix is computed in other batch sizes than a fresh one.
+        params.cache_prompt = False
+        params.n_cache_reuse = 0
+        params.cache_ram_mib = 0
         params.cpuparams.n_threads = self.threads
         params.cpuparams_batch.n_threads = self.threads
         params.verbosity = -1  # llama.cpp logs every request to stderr otherwise

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import urlparse
@@ -28,6 +30,10 @@ from tools.errors import ConfigError
 DEFAULT_MODEL = "local:smollm2"
 PROVIDERS = ("openai", "together", "compat", "local")
 API_KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "together": "TOGETHER_API_KEY", "compat": "COMPAT_API_KEY"}
+# Where a cloud provider's calls go: the first variable set wins (the ones its own client reads), else its host.
+BASE_URL_VARIABLES = {"openai": ("OPENAI_API_BASE", "OPENAI_BASE_URL"), "together": ("TOGETHER_API_BASE",)}
+DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1", "together": "https://api.together.xyz/v1"}
+PREFLIGHT_TIMEOUT_S = 3.0
 
 OutputFormat = Literal["auto", "text", "json"]
 
@@ -61,30 +67,83 @@ def parse_model_spec(spec: str, *, flag: str = "--model") -> ModelSpec:
     return ModelSpec(provider, rest)
 
 
-def _endpoint_reachable(base_url: str, timeout: float = 3.0) -> bool:
-    parsed = urlparse(base_url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+def base_url_of(spec: ModelSpec) -> str | None:
+    """The base URL a spec's calls go to; None for `local:` models, whose server this process starts."""
+    if spec.provider == "compat":
+        return spec.base_url
+    if spec.provider in BASE_URL_VARIABLES:
+        variables = BASE_URL_VARIABLES[spec.provider]
+        configured = next((os.environ[name] for name in variables if os.environ.get(name)), None)
+        return (configured or DEFAULT_BASE_URLS[spec.provider]).rstrip("/")
+    return None
+
+
+def _connect_problem(host: str, port: int, timeout: float) -> str | None:
+    """None when a TCP connection to host:port opens within `timeout`, else why not, in a few words."""
     try:
-        with socket.create_connection((parsed.hostname or "localhost", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return "host not found"
+    except OSError as error:
+        return f"cannot resolve the host ({error.strerror or error})"
+    problem = "no address to connect to"
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.settimeout(timeout)
+            try:
+                probe.connect(address)
+                return None
+            except TimeoutError:
+                problem = f"no answer within {timeout:g} s"
+            except ConnectionRefusedError:
+                problem = "connection refused"
+            except OSError as error:
+                problem = error.strerror or str(error)
+    return problem
+
+
+def preflight_endpoints(roles: Sequence[tuple[str, str]], *, timeout: float = PREFLIGHT_TIMEOUT_S) -> None:
+    """Connect to every endpoint the run will call, once each and all at once, before any work.
+
+    `roles` are (flag, spec) pairs. An endpoint that cannot be resolved or connected to within `timeout`
+    raises ConfigError naming the flag, the spec and the host, so a wrong URL, a typo in a host name or a
+    machine without network costs seconds, not one failed prompt after another.
+    """
+    endpoints: dict[tuple[str, int], tuple[str, str]] = {}
+    for flag, spec in roles:
+        base_url = base_url_of(parse_model_spec(spec, flag=flag))
+        if base_url is None:
+            continue
+        parsed = urlparse(base_url)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        endpoints.setdefault((parsed.hostname or "localhost", port), (flag, spec))
+    if not endpoints:
+        return
+    with ThreadPoolExecutor(max_workers=min(8, len(endpoints))) as pool:
+        problems = list(pool.map(lambda endpoint: _connect_problem(endpoint[0], endpoint[1], timeout), endpoints))
+    for (host, port), problem in zip(endpoints, problems, strict=True):
+        if problem is not None:
+            flag, spec = endpoints[(host, port)]
+            raise ConfigError(f"{flag} {spec}: cannot reach {host}:{port} ({problem})")
 
 
 def check_model_spec(spec: str, *, flag: str = "--model") -> ModelSpec:
-    """Everything that can be checked before any work starts: provider, key, endpoint, GGUF file."""
+    """What can be checked without the network: provider, key, GGUF file (endpoints: `preflight_endpoints`)."""
     parsed = parse_model_spec(spec, flag=flag)
     if parsed.provider in ("openai", "together"):
         variable = API_KEY_VARIABLES[parsed.provider]
         if not os.environ.get(variable):
             raise ConfigError(f"{flag} {spec}: the environment variable {variable} is not set")
-    elif parsed.provider == "compat":
-        assert parsed.base_url is not None
-        if not _endpoint_reachable(parsed.base_url):
-            raise ConfigError(f"{flag} {spec}: nothing answers at {parsed.base_url}")
     elif parsed.provider == "local":
         resolve_gguf(parsed.model)
     return parsed
+
+
+def check_model_roles(roles: Sequence[tuple[str, str]]) -> None:
+    """Check every (flag, spec) of a command, then connect to each endpoint: the whole up-front check."""
+    for flag, spec in roles:
+        check_model_spec(spec, flag=flag)
+    preflight_endpoints(roles)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,12 +214,14 @@ class ModelRegistry:
             from langchain_together import ChatTogether
 
             key = os.environ.get(API_KEY_VARIABLES["together"], "")
-            return ChatTogether(api_key=SecretStr(key), **common)
+            return ChatTogether(api_key=SecretStr(key), base_url=base_url_of(spec), **common)
 
         from langchain_openai import ChatOpenAI
 
         if spec.provider == "openai":
-            return ChatOpenAI(api_key=SecretStr(os.environ.get(API_KEY_VARIABLES["openai"], "")), **common)
+            key = os.environ.get(API_KEY_VARIABLES["openai"], "")
+            # The base URL is passed explicitly: the preflight checked exactly this endpoint.
+            return ChatOpenAI(api_key=SecretStr(key), base_url=base_url_of(spec), **common)
         if spec.provider == "compat":
             key = os.environ.get(API_KEY_VARIABLES["compat"]) or "not-needed"
             return ChatOpenAI(api_key=SecretStr(key), base_url=spec.base_url, **common)

@@ -42,9 +42,12 @@ class Usage(BaseModel):
 
 
 class Verdict(BaseModel):
-    """The evaluation record of one item, written as one JSON line by `fellowship evaluate`."""
+    """The evaluation record of one item, written as one JSON line by `fellowship evaluate`.
 
-    id: str
+    `id` keeps the JSON type of the input's id (a number stays a number).
+    """
+
+    id: str | int
     method: str
     strategy: str | None = None
     scale: int | None = None

@@ -84,7 +84,8 @@ async def speak(
     )
     run_name = f"debate/{role.key}/round-{round_number}"
     reply = await complete(
-        model, _messages(user_text, len(answers)), max_tokens=max_tokens, run_name=run_name, metadata=metadata
+        model, _messages(user_text, len(answers)), max_tokens=max_tokens, run_name=run_name,
+        model_spec=model_spec, metadata=metadata,
     )
     turn = Turn(role=role.key, speaker=role.name, round=round_number, text=reply.text.strip())
     exchange = Exchange(

@@ -56,7 +56,7 @@ async def write_answer(
 ) -> Exchange:
     """The generator's answer to the conversation so far (the request, or the latest feedback)."""
     run_name = f"generator/iteration-{iteration}"
-    reply = await complete(model, conversation, run_name=run_name, metadata=metadata)
+    reply = await complete(model, conversation, run_name=run_name, model_spec=model_spec, metadata=metadata)
     return Exchange(
         model=model_spec,
         role=run_name,

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from agents.records import Verdict
 from agents.referees import DEFAULT_ROLES, RefereeRole
+from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, run_guarded
 from graphs.context import EvaluationContext
 from graphs.debate import build_debate_graph
 from graphs.judge import build_judge_graph
@@ -51,7 +52,9 @@ async def evaluate_item(
     method: Method,
     context: EvaluationContext,
     trace_dir: Path | None = None,
+    breaker: CircuitBreaker | None = None,
 ) -> dict[str, Any]:
+    """One item's verdict; a failure becomes a verdict with the reason (and is told to the breaker)."""
     recorder = RunTreeRecorder() if trace_dir is not None else None
     config: dict[str, Any] = {
         "run_name": f"{method}:{item.id}",
@@ -63,10 +66,14 @@ async def evaluate_item(
     try:
         result = await graph.ainvoke({"item": item.model_dump()}, config=config, context=context)
         verdict: dict[str, Any] = result["verdict"]
+        if breaker is not None:
+            breaker.record_success()
     except Exception as error:  # one item's failure is recorded; the run goes on
         verdict = failed_verdict(item, method, context, error)
+        if breaker is not None:
+            breaker.record_failure(error)
     if recorder is not None and trace_dir is not None:
-        recorder.write(trace_dir / trace_filename(item.id))
+        recorder.write(trace_dir / trace_filename(item.key))
     return verdict
 
 
@@ -82,16 +89,28 @@ async def evaluate_items(
 ) -> list[dict[str, Any]]:
     """Evaluate every item, at most `concurrency` at a time; verdicts come back in input order.
 
-    `on_verdict` sees each verdict as it completes (for progress and incremental saving).
+    `on_verdict` sees each verdict as it completes (for progress and incremental saving). When the first
+    items all fail the same way for good (bad key, unknown model), the run stops with RunStopped; the
+    verdicts already given to `on_verdict` are kept.
     """
     graph = evaluation_graph(method, roles=roles)
     gate = asyncio.Semaphore(max(1, concurrency))
+    breaker = CircuitBreaker(min(DEFAULT_TRIP_AFTER, len(items)))
+    verdicts: dict[int, dict[str, Any]] = {}
 
-    async def run_one(item: EvalItem) -> dict[str, Any]:
+    async def run_one(position: int, item: EvalItem) -> None:
         async with gate:
-            verdict = await evaluate_item(graph, item, method=method, context=context, trace_dir=trace_dir)
-        if on_verdict is not None:
+            if breaker.tripped:
+                return
+            verdict = await evaluate_item(
+                graph, item, method=method, context=context, trace_dir=trace_dir, breaker=breaker
+            )
+        verdicts[position] = verdict
+        if on_verdict is not None and not breaker.tripped:
             on_verdict(verdict)
-        return verdict
 
-    return list(await asyncio.gather(*(run_one(item) for item in items)))
+    await run_guarded([run_one(position, item) for position, item in enumerate(items)], breaker)
+    if breaker.tripped:
+        kept = sum(1 for verdict in verdicts.values() if not verdict.get("error"))
+        raise breaker.stop_error(kept, "items")
+    return [verdicts[position] for position in range(len(items))]

@@ -17,13 +17,14 @@ from typing import Any
 
 from agents.prices import total_cost
 from agents.records import Exchange, Usage
+from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, run_guarded
 from graphs.checkpoints import InlineSqliteSaver
 from graphs.context import GenerationContext
 from graphs.pipeline import build_pipeline_graph, prompt_id_for
 from tools.items import Prompt
 from tools.prompt_sets import as_messages
-from tools.run_store import RunStore
-from tools.tracing import mask_secrets
+from tools.run_store import PromptSourceId, RunStore
+from tools.tracing import RunTreeRecorder, mask_secrets, trace_filename
 
 
 @dataclass
@@ -39,12 +40,15 @@ class PromptOutcome:
 
 @dataclass
 class GenerationResult:
+    """What a run did: `records` and `failures` cover every prompt of the directory, earlier runs' too."""
+
     prompt_ids: list[str]
     records: list[dict[str, Any]]
     failures: list[tuple[str, str]]
     skipped_done: int
     skipped_failed: int
     outcomes: list[PromptOutcome] = field(default_factory=list)
+    prompt_sources: list[PromptSourceId] = field(default_factory=list)
 
 
 def record_exchanges(record: dict[str, Any]) -> list[Exchange]:
@@ -83,15 +87,25 @@ async def run_generation(
     context: GenerationContext,
     output_dir: Path,
     settings: dict[str, Any],
+    prompt_source: PromptSourceId | None = None,
+    extend: bool = False,
     concurrency: int = 8,
     retry_failed: bool = False,
+    trace_dir: Path | None = None,
     on_outcome: Callable[[PromptOutcome], None] | None = None,
 ) -> GenerationResult:
-    """Run every prompt that is not finished yet, at most `concurrency` at a time."""
+    """Run every prompt that is not finished yet, at most `concurrency` at a time.
+
+    The directory is bound to its settings and its prompt source: other settings are refused, and other
+    prompts only with `extend`. A run whose first calls all fail the same way for good stops at once
+    (RunStopped), keeping what it finished.
+    """
     output_dir.mkdir(parents=True, exist_ok=True)
     store = RunStore(output_dir / "progress.sqlite")
     try:
         store.bind_settings(settings)
+        if prompt_source is not None:
+            store.bind_prompt_source(prompt_source, extend=extend)
         prompt_ids = [prompt_id_for(prompt) for prompt in prompts]
         store.add_prompts(list(zip(prompt_ids, prompts, strict=True)))
         status = store.status_of(prompt_ids)
@@ -101,6 +115,7 @@ async def run_generation(
         skipped_failed = sum(1 for pid in prompt_ids if status[pid] == "failed") if not retry_failed else 0
         gate = asyncio.Semaphore(max(1, concurrency))
         outcomes: list[PromptOutcome] = []
+        breaker = CircuitBreaker(min(DEFAULT_TRIP_AFTER, len(pending)))
 
         saver = InlineSqliteSaver.open(output_dir / "checkpoints.sqlite")
         try:
@@ -108,35 +123,50 @@ async def run_generation(
 
             async def run_one(prompt_id: str, prompt: Prompt) -> None:
                 async with gate:
-                    outcome = await _run_prompt(graph, store, prompt_id, prompt, context)
+                    if breaker.tripped:
+                        return
+                    outcome = await _run_prompt(graph, store, prompt_id, prompt, context, breaker, trace_dir)
                 outcomes.append(outcome)
                 if on_outcome is not None:
                     on_outcome(outcome)
 
-            await asyncio.gather(*(run_one(pid, prompt) for pid, prompt in pending))
+            await run_guarded([run_one(pid, prompt) for pid, prompt in pending], breaker)
         finally:
             saver.close()
 
+        every_id = store.prompt_ids()
+        if breaker.tripped:
+            raise breaker.stop_error(len(store.records(every_id)), "prompts")
         return GenerationResult(
             prompt_ids=prompt_ids,
-            records=store.records(prompt_ids),
-            failures=store.failures(prompt_ids),
+            records=store.records(every_id),
+            failures=store.failures(every_id),
             skipped_done=skipped_done,
             skipped_failed=skipped_failed,
             outcomes=outcomes,
+            prompt_sources=store.prompt_sources(),
         )
     finally:
         store.close()
 
 
 async def _run_prompt(
-    graph: Any, store: RunStore, prompt_id: str, prompt: Prompt, context: GenerationContext
+    graph: Any,
+    store: RunStore,
+    prompt_id: str,
+    prompt: Prompt,
+    context: GenerationContext,
+    breaker: CircuitBreaker,
+    trace_dir: Path | None,
 ) -> PromptOutcome:
     config: dict[str, Any] = {
         "configurable": {"thread_id": prompt_id},
         "run_name": f"pipeline:{prompt_id}",
         "metadata": {"item_id": prompt_id},
     }
+    recorder = RunTreeRecorder() if trace_dir is not None else None
+    if recorder is not None:
+        config["callbacks"] = [recorder]
     try:
         snapshot = await graph.aget_state(config)
         if snapshot.next:
@@ -151,6 +181,7 @@ async def _run_prompt(
             values = await graph.ainvoke(graph_input, config=config, context=context, durability="sync")
         record = make_record(prompt_id, prompt, values, context)
         store.mark_done(prompt_id, record)
+        breaker.record_success()
         usage = record["usage"]
         return PromptOutcome(
             prompt_id, ok=True, calls_made=graph_input != "finished", input_tokens=usage["input_tokens"],
@@ -159,4 +190,8 @@ async def _run_prompt(
     except Exception as error:  # the prompt is recorded as failed with its reason; the run goes on
         reason = mask_secrets(f"{type(error).__name__}: {error}".splitlines()[0])[:500]
         store.mark_failed(prompt_id, reason)
+        breaker.record_failure(error)
         return PromptOutcome(prompt_id, ok=False, calls_made=True, error=reason)
+    finally:
+        if recorder is not None and trace_dir is not None and recorder.roots:
+            recorder.write(trace_dir / trace_filename(prompt_id))

@@ -93,6 +93,16 @@ def aggregate_votes(state: JuryState, runtime: Runtime[EvaluationContext]) -> di
     jury_scores = mean_scores(seat_scores)
     by_plurality = context.jury_rule == "plurality"
     winner = plurality_verdict(seat_votes) if by_plurality else winner_from_scores(jury_scores)
+    # With both orders judged, the jury's verdict on each order alone (original labels): position consistency.
+    order_winners: list[str | None] = []
+    if context.swap:
+        for is_reversed in (False, True):
+            shown = [ballot for ballot in ballots if ballot["reversed"] == is_reversed]
+            merged = [merge_orders([(is_reversed, ballot["scores"], ballot["winner"])]) for ballot in shown]
+            votes = [vote for _, vote, _ in merged]
+            order_winners.append(
+                plurality_verdict(votes) if by_plurality else winner_from_scores(mean_scores([s for s, _, _ in merged]))
+            )
     exchanges = [Exchange(**raw) for ballot in ballots for raw in ballot["exchanges"]]
     verdict = Verdict(
         id=item["id"],
@@ -105,6 +115,7 @@ def aggregate_votes(state: JuryState, runtime: Runtime[EvaluationContext]) -> di
         parse_ok=winner is not None and all(exchange.parse_ok for exchange in exchanges),
         swapped=context.swap,
         juror_votes=seat_votes,
+        order_winners=order_winners,
         exchanges=exchanges,
         usage=Usage.total(exchanges),
         latency_s=time.perf_counter() - state.get("started_at", time.perf_counter()),

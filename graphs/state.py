@@ -8,7 +8,7 @@ from typing import Any, TypedDict
 class ItemState(TypedDict):
     """The item under evaluation, as `EvalItem.model_dump()` gives it."""
 
-    id: str
+    id: str | int
     prompt: Any
     responses: list[str]
 

@@ -29,10 +29,31 @@ def _is_loopback(address: object) -> bool:
     return isinstance(address, str | bytes)  # unix sockets are local
 
 
+LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+
+
+def _is_loopback_name(host: object) -> bool:
+    text = host.decode() if isinstance(host, bytes) else str(host)
+    if text in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(text).is_loopback
+    except ValueError:
+        return False
+
+
 @pytest.fixture(autouse=True)
 def no_real_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sockets may reach loopback only, and names other than loopback's do not resolve (no DNS query leaves
+    the machine): to the code under test, the world beyond 127.0.0.1 does not exist."""
     original_connect = socket.socket.connect
     original_connect_ex = socket.socket.connect_ex
+    original_getaddrinfo = socket.getaddrinfo
+
+    def guarded_getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
+        if host is not None and not _is_loopback_name(host):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known (unit tests resolve loopback only)")
+        return original_getaddrinfo(host, *args, **kwargs)  # type: ignore[arg-type]
 
     def guarded_connect(self: socket.socket, address: object) -> None:
         if not _is_loopback(address):
@@ -44,6 +65,7 @@ def no_real_network(monkeypatch: pytest.MonkeyPatch) -> None:
             raise RealNetworkBlocked(f"unit tests may not connect to {address!r}")
         return original_connect_ex(self, address)  # type: ignore[arg-type]
 
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
     monkeypatch.setattr(socket.socket, "connect", guarded_connect)
     monkeypatch.setattr(socket.socket, "connect_ex", guarded_connect_ex)
     for variable in ("OPENAI_API_KEY", "TOGETHER_API_KEY", "COMPAT_API_KEY", "LANGSMITH_API_KEY",

@@ -233,7 +233,8 @@ def test_failed_prompts_recorded_then_retried_with_flag(tmp_path: Path) -> None:
         result = runner.invoke(app, generate_args(prompts, output, failing.base_url, "--max-retries", "0"))
     finally:
         failing.stop()
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2, result.output  # finished, with failures: scripts can tell
+    assert "2 of 2 prompts failed: run the same command with --retry-failed" in result.output
     assert "failed: 2" in result.output and "Error code: 500 - injected server error" in result.output
     db = sqlite3.connect(output / "progress.sqlite")
     assert db.execute("SELECT COUNT(*) FROM prompts WHERE status = 'failed' AND error LIKE '%500%'").fetchone()[0] == 2
@@ -242,7 +243,7 @@ def test_failed_prompts_recorded_then_retried_with_flag(tmp_path: Path) -> None:
     healthy = StubServer(StubSettings(), port=port).start_in_thread()
     try:
         skipped = runner.invoke(app, generate_args(prompts, output, healthy.base_url))
-        assert skipped.exit_code == 0 and healthy.stats.requests == 0
+        assert skipped.exit_code == 2 and healthy.stats.requests == 0  # still failed: not retried without the flag
         retried = runner.invoke(app, generate_args(prompts, output, healthy.base_url, "--retry-failed"))
         assert retried.exit_code == 0, retried.output
         assert "done: 2  failed: 0" in retried.output

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agents.models import ModelRegistry, ModelSettings, check_model_spec, parse_model_spec
+from agents.models import ModelRegistry, ModelSettings, check_model_spec, parse_model_spec, preflight_endpoints
 from tools.cli import app
 from tools.errors import ConfigError
 
@@ -45,8 +45,9 @@ def test_unreachable_compat_endpoint() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         free_port = probe.getsockname()[1]
-    with pytest.raises(ConfigError, match="nothing answers"):
-        check_model_spec(f"compat:m@http://127.0.0.1:{free_port}/v1")
+    spec = f"compat:m@http://127.0.0.1:{free_port}/v1"
+    with pytest.raises(ConfigError, match=f"--judge {spec}: cannot reach 127.0.0.1:{free_port} .connection refused"):
+        preflight_endpoints([("--generator", "local:smollm2"), ("--judge", spec)])
 
 
 def test_json_mode_defaults_to_local_only() -> None:

@@ -11,16 +11,22 @@ from nbclient import NotebookClient
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 pytestmark = pytest.mark.embedded
+PROGRESS_BAR = "━"  # what rich draws a progress bar with (its tables, on stdout, use it too)
 
 
 def run_notebook(name: str) -> str:
-    """Execute a notebook in a fresh kernel and return all of its text output."""
+    """Execute a notebook in a fresh kernel and return all of its text output.
+
+    Nothing on stderr may draw a progress bar: a saved notebook keeps every redraw of a live display.
+    """
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     NotebookClient(notebook, timeout=900, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     texts = []
     for cell in notebook.cells:
         for output in cell.get("outputs", []):
+            if output.get("name") == "stderr":
+                assert PROGRESS_BAR not in output.get("text", ""), output.get("text", "")[:300]
             texts.append(output.get("text", "") or output.get("data", {}).get("text/plain", ""))
             texts.append(output.get("data", {}).get("text/markdown", ""))
     return "\n".join(texts)
@@ -32,6 +38,7 @@ def test_generate_notebook_builds_and_checks_a_dataset() -> None:
     # Both datasets load with TRL's columns, however many rows the tiny model's verdicts allowed.
     assert "features: ['prompt'" in output and "'chosen', 'rejected'" in output and "'completion', 'label'" in output
     assert "subgraph feedback_loop" in output  # the pipeline graph drawn as Mermaid text
+    assert "models: generator local:smollm2 (default)" in output
 
 
 def test_evaluator_notebook_reports_kappa_and_juries(benchmarks_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

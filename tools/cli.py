@@ -14,14 +14,18 @@ from typing import Annotated, Any, Literal
 import typer
 
 from tools.cli_common import (
+    EXIT_CODES_HELP,
     ConcurrencyOption,
     MaxRetriesOption,
     MaxTokensOption,
     ModelOption,
     OutputFormatOption,
     TimeoutOption,
+    TraceOption,
+    announce_models,
     console,
     errors,
+    exit_if_failed,
     load_items_for,
     progress_bar,
     run_coroutine,
@@ -35,7 +39,8 @@ from tools.errors import ConfigError
 
 app = typer.Typer(
     name="fellowship",
-    help="Preference datasets built and judged by groups of LLMs, and how far those judges can be trusted.",
+    help="Preference datasets built and judged by groups of LLMs, and how far those judges can be trusted. "
+    + EXIT_CODES_HELP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -66,14 +71,16 @@ def evaluate(
     concurrency: ConcurrencyOption = 4,
     max_tokens: MaxTokensOption = 512,
     output_format: OutputFormatOption = "auto",
-    trace: Annotated[Path | None, typer.Option(help="write each item's run tree as JSON into this folder")] = None,
+    trace: TraceOption = None,
 ) -> None:
     """Judge which answer is best for every item, with a judge, a jury or a debate."""
     from agents.models import DEFAULT_MODEL
 
     models = list(model or [DEFAULT_MODEL])
+    items = load_items_for(input_path, method=method, strategy=strategy, models=models, swap=swap)
+    announce_models([(method, spec, "--model" if model else None) for spec in models])
     verdicts = run_evaluation(
-        items=load_items_for(input_path, method=method, strategy=strategy, models=models, swap=swap),
+        items=items,
         output_path=output_path,
         method=method,
         strategy=strategy,
@@ -89,14 +96,34 @@ def evaluate(
     )
     console.print(verdict_table(verdicts))
     console.print(f"wrote {len(verdicts)} verdicts to {output_path}")
+    exit_if_failed(sum(bool(verdict.get("error")) for verdict in verdicts), len(verdicts), "items",
+                   "their calls failed (see `error` in the output); run the same command again to retry them")
 
 
-def draw_graph(name: str, output_format: str, output: Path | None) -> str:
-    """Mermaid or ASCII text of a workflow graph, or a PNG written to `output`."""
+GRAPH_FORMATS_BY_SUFFIX = {".png": "png", ".mmd": "mermaid", ".mermaid": "mermaid", ".md": "mermaid",
+                           ".txt": "ascii"}
+
+
+def graph_format(output_format: str | None, output: Path | None) -> str:
+    """The drawing format: --format when given, else from the --output file's extension, else Mermaid."""
+    if output_format is not None:
+        return output_format
+    if output is None:
+        return "mermaid"
+    found = GRAPH_FORMATS_BY_SUFFIX.get(output.suffix.lower())
+    if found is None:
+        known = ", ".join(GRAPH_FORMATS_BY_SUFFIX)
+        raise ConfigError(f"--output {output}: cannot tell the format from '{output.suffix}' ({known}); pass --format")
+    return found
+
+
+def draw_graph(name: str, output_format: str | None, output: Path | None) -> str:
+    """Mermaid or ASCII text of a workflow graph, or a PNG; with `output`, written there (the line says so)."""
     from graphs.evaluation import evaluation_graph
     from graphs.feedback_loop import build_feedback_loop_graph
     from graphs.pipeline import build_pipeline_graph
 
+    chosen = graph_format(output_format, output)
     if name == "feedback_loop":
         compiled = build_feedback_loop_graph().compile(name=name)
     elif name == "pipeline":
@@ -104,24 +131,29 @@ def draw_graph(name: str, output_format: str, output: Path | None) -> str:
     else:
         compiled = evaluation_graph(name)  # type: ignore[arg-type]
     drawable = compiled.get_graph(xray=name == "pipeline")
-    if output_format == "mermaid":
-        return drawable.draw_mermaid()
-    if output_format == "ascii":
-        return drawable.draw_ascii()
-    target = output or Path(f"{name}.png")
-    try:
-        drawable.draw_png(str(target))
-    except ImportError:
-        raise ConfigError("--format png needs pygraphviz: pip install 'fellowship[png]'") from None
-    return f"wrote {target}"
+    if chosen == "png":
+        target = output or Path(f"{name}.png")
+        try:
+            drawable.draw_png(str(target))
+        except ImportError:
+            raise ConfigError("--format png needs pygraphviz: pip install 'fellowship[png]'") from None
+        return f"wrote {target}"
+    text = drawable.draw_mermaid() if chosen == "mermaid" else drawable.draw_ascii()
+    if output is None:
+        return text
+    output.write_text(text + "\n", encoding="utf-8")
+    return f"wrote {output}"
 
 
 @app.command()
 @user_errors
 def graph(
     name: Annotated[GraphName, typer.Argument(help="workflow to draw")],
-    output_format: Annotated[Literal["mermaid", "ascii", "png"], typer.Option("--format")] = "mermaid",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="PNG file to write")] = None,
+    output_format: Annotated[
+        Literal["mermaid", "ascii", "png"] | None,
+        typer.Option("--format", help="default: from the --output extension (.png, .mmd, .txt), else mermaid"),
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="file to write (.png, .mmd or .txt)")] = None,
 ) -> None:
     """Draw a workflow graph offline: Mermaid text, ASCII art, or a PNG."""
     typer.echo(draw_graph(name, output_format, output))
@@ -129,12 +161,32 @@ def graph(
 
 @trace_app.command("show")
 @user_errors
-def trace_show(file: Annotated[Path, typer.Argument(help="a trace JSON written with --trace")]) -> None:
-    """Print the conversation in a trace: who said what, in which round."""
-    from tools.tracing import conversation_lines, load_trace
+def trace_show(
+    path: Annotated[Path, typer.Argument(help="a trace JSON written with --trace, or the --trace folder")],
+) -> None:
+    """Print the conversation in a trace: who said what, in which round (every trace of a folder, in turn)."""
+    from tools.tracing import conversation_lines, load_trace, trace_files
 
-    for line in conversation_lines(load_trace(file)):
-        console.print(line, markup=False, highlight=False)
+    files = trace_files(path)
+    for number, file in enumerate(files):
+        if len(files) > 1:
+            console.print(f"{'' if number == 0 else chr(10)}=== {file.name}", markup=False, highlight=False)
+        for line in conversation_lines(load_trace(file)):
+            console.print(line, markup=False, highlight=False)
+
+
+def check_run_directory(output: Path, settings: dict[str, Any], source: Any, *, extend: bool) -> None:
+    """Refuse, before any work, an --output that holds a run with other settings or other prompts."""
+    from tools.run_store import RunStore
+
+    if not (output / "progress.sqlite").is_file():
+        return
+    store = RunStore(output / "progress.sqlite")
+    try:
+        store.bind_settings(settings)
+        store.bind_prompt_source(source, extend=extend)
+    finally:
+        store.close()
 
 
 def run_generate(
@@ -158,19 +210,25 @@ def run_generate(
     output_format: str,
     max_retries: int = 6,
     timeout_s: float = 120.0,
+    extend: bool = False,
+    trace_dir: Path | None = None,
+    given_flags: frozenset[str] = frozenset(),
+    chosen_by: str | None = None,
 ) -> dict[str, Any]:
-    """Validate everything, run the pipeline with a progress bar, export the datasets; return a summary."""
-    from agents.models import ModelRegistry, ModelSettings, check_model_spec
+    """Validate everything, run the pipeline with a progress bar, export the datasets; return a summary.
+
+    `given_flags` names the role flags the user set, the others holding defaults; `chosen_by` names who chose
+    every model instead (the demo). The start-up line says which model plays each role and why.
+    """
+    from agents.models import ModelRegistry, ModelSettings, check_model_roles
     from graphs.context import GenerationContext
     from graphs.generation import PromptOutcome, run_generation
     from tools.export import dataset_card, export_records
     from tools.prompt_sets import load_prompts
+    from tools.run_store import PromptSourceId
 
-    check_model_spec(generator, flag="--generator")
-    for spec in reviewers:
-        check_model_spec(spec, flag="--reviewer")
-    for spec in judges:
-        check_model_spec(spec, flag="--judge")
+    roles = [("--generator", generator), *[("--reviewer", spec) for spec in reviewers],
+             *[("--judge", spec) for spec in judges]]
     if evaluator == "judge" and len(judges) != 1:
         raise ConfigError(f"--judge: the judge evaluator takes one model, got {len(judges)} (use --evaluator jury)")
     if evaluator == "judge" and strategy == "direct" and iterations != 2:
@@ -181,12 +239,18 @@ def run_generate(
     prompts = source.prompts[:limit] if limit else source.prompts
     if source.duplicates:
         errors.print(f"note: {source.duplicates} duplicate prompts in {source.origin} are kept once")
-
     settings = {
         "generator": generator, "reviewers": reviewers, "evaluator": evaluator, "judges": judges,
         "strategy": strategy, "scale": scale, "swap": swap, "iterations": iterations, "stop_score": stop_score,
         "max_tokens": max_tokens, "output_format": output_format,
     }
+    prompt_source = PromptSourceId(origin=source.origin, field=source.field, sha256=source.sha256,
+                                   prompts=len(source.prompts))
+    check_run_directory(output, settings, prompt_source, extend=extend)
+    check_model_roles(roles)
+    role_names = {"--generator": "generator", "--reviewer": "reviewer", "--judge": evaluator}
+    announce_models([(role_names[flag], spec, chosen_by or (flag if flag in given_flags else None))
+                     for flag, spec in roles])
     model_settings = ModelSettings(
         max_tokens=max_tokens, output_format=output_format, max_retries=max_retries, timeout_s=timeout_s  # type: ignore[arg-type]
     )
@@ -213,8 +277,9 @@ def run_generate(
         result = run_coroutine(
             run_then_close(
                 run_generation(
-                    prompts, context=context, output_dir=output, settings=settings,
-                    concurrency=concurrency, retry_failed=retry_failed, on_outcome=on_outcome,
+                    prompts, context=context, output_dir=output, settings=settings, prompt_source=prompt_source,
+                    extend=extend, concurrency=concurrency, retry_failed=retry_failed, trace_dir=trace_dir,
+                    on_outcome=on_outcome,
                 ),
                 registry,
             )
@@ -228,10 +293,13 @@ def run_generate(
         "cost_usd": None if any(record["usage"]["cost_usd"] is None for record in result.records)
         else sum(record["usage"]["cost_usd"] for record in result.records),
     }
-    card = dataset_card(settings=settings, summary=summary, failures=result.failures, usage=usage)
+    card = dataset_card(settings=settings, summary=summary, failures=result.failures, usage=usage,
+                        prompt_sources=result.prompt_sources)
     (output / "README.md").write_text(card, encoding="utf-8")
+    failed_now = {prompt_id for prompt_id, _ in result.failures} & set(result.prompt_ids)
     return {
         "prompts": len(prompts), "done": len(result.records), "failed": len(result.failures),
+        "failed_now": len(failed_now), "in_directory": len(result.records) + len(result.failures),
         "reused": result.skipped_done, "failed_skipped": result.skipped_failed,
         "calls_made": sum(outcome.calls_made for outcome in result.outcomes),
         "dpo_rows": summary.dpo_rows, "kto_rows": summary.kto_rows, "outcomes": dict(summary.outcomes),
@@ -244,6 +312,9 @@ def _print_generate_summary(output: Path, report: dict[str, Any]) -> None:
         f"prompts: {report['prompts']}  done: {report['done']}  failed: {report['failed']}  "
         f"reused from earlier runs: {report['reused']}  outcomes: {report['outcomes']}"
     )
+    if report["in_directory"] > report["prompts"]:
+        console.print(f"the directory holds {report['in_directory']} prompts in all (earlier runs, larger --limit "
+                      "or --extend); the files below cover them all")
     cost = report["usage"]["cost_usd"]
     console.print(
         f"tokens in/out: {report['usage']['input_tokens']}/{report['usage']['output_tokens']}  "
@@ -254,8 +325,24 @@ def _print_generate_summary(output: Path, report: dict[str, Any]) -> None:
     console.print(f"records: {output / 'records.jsonl'}  card: {output / 'README.md'}")
     for prompt_id, reason in report["failures"][:5]:
         console.print(f"failed {prompt_id}: {reason}", markup=False)
-    if report["failures"]:
-        console.print("run again with --retry-failed to retry the failed prompts")
+
+
+def why_no_rows(report: dict[str, Any]) -> str:
+    """One line saying why a run produced no DPO row, from the per-prompt outcomes."""
+    reasons = {
+        "tied_top": "the evaluator tied the top answers", "no_verdict": "the evaluator gave no verdict",
+        "identical_answers": "the answers were identical", "single_answer": "there was one answer per prompt",
+    }
+    found = [f"{count} prompts: {reasons.get(outcome, outcome)}" for outcome, count in report["outcomes"].items()
+             if outcome != "ok" and count]
+    if report["failed"]:
+        found.append(f"{report['failed']} prompts failed")
+    return "no DPO row: " + ("; ".join(found) if found else "no prompt finished")
+
+
+def _exit_for(report: dict[str, Any]) -> None:
+    exit_if_failed(report["failed_now"], report["prompts"], "prompts",
+                   "run the same command with --retry-failed to retry them")
 
 
 @app.command()
@@ -264,11 +351,14 @@ def generate(
     prompts: Annotated[str, typer.Option("--prompts", "-p", help="JSONL with a prompt field, alpaca_eval, mt_bench, "
                                          "or a saved Hugging Face dataset folder")],
     output: Annotated[Path, typer.Option("--output", "-o", help="output directory (holds progress; rerun resumes)")],
-    generator: Annotated[str, typer.Option(help="model spec that writes answers")] = "local:smollm2",
+    generator: Annotated[str | None, typer.Option(help="model spec that writes answers [default: local:smollm2]")]
+    = None,
     reviewer: Annotated[
-        list[str] | None, typer.Option(help="reviewer model spec, repeatable (two: both feedbacks)")
+        list[str] | None, typer.Option(help="reviewer model spec, repeatable (two: both feedbacks) "
+                                       "[default: local:smollm2]")
     ] = None,
-    judge: Annotated[list[str] | None, typer.Option(help="evaluator model spec, repeatable for a jury")] = None,
+    judge: Annotated[list[str] | None, typer.Option(help="evaluator model spec, repeatable for a jury "
+                                                    "[default: local:smollm2]")] = None,
     evaluator: Annotated[Literal["judge", "jury", "debate"], typer.Option(help="evaluation workflow")] = "judge",
     strategy: Annotated[Literal["direct", "independent", "combined"], typer.Option()] = "combined",
     scale: Annotated[Literal["5", "10", "100"], typer.Option()] = "10",
@@ -281,20 +371,30 @@ def generate(
     limit: Annotated[int | None, typer.Option(min=1, help="only the first N prompts")] = None,
     prompt_field: Annotated[str | None, typer.Option(help="field or column holding the prompt")] = None,
     retry_failed: Annotated[bool, typer.Option(help="retry prompts that failed in an earlier run")] = False,
+    extend: Annotated[
+        bool, typer.Option(help="add prompts from another source (or an edited file) to the run in --output")
+    ] = False,
     max_tokens: MaxTokensOption = 512,
     output_format: OutputFormatOption = "auto",
     max_retries: MaxRetriesOption = 6,
     timeout: TimeoutOption = 120.0,
+    trace: TraceOption = None,
 ) -> None:
     """Write N answers per prompt with a feedback loop, rank them, and export DPO and KTO datasets."""
+    from agents.models import DEFAULT_MODEL
+
+    given = {flag for flag, value in (("--generator", generator), ("--reviewer", reviewer), ("--judge", judge))
+             if value}
     report = run_generate(
-        prompts_source=prompts, output=output, generator=generator, reviewers=list(reviewer or ["local:smollm2"]),
-        judges=list(judge or ["local:smollm2"]), evaluator=evaluator, strategy=strategy, scale=int(scale), swap=swap,
-        iterations=iterations, stop_score=stop_score, concurrency=concurrency, limit=limit,
-        prompt_field=prompt_field, retry_failed=retry_failed, max_tokens=max_tokens, output_format=output_format,
-        max_retries=max_retries, timeout_s=timeout,
+        prompts_source=prompts, output=output, generator=generator or DEFAULT_MODEL,
+        reviewers=list(reviewer or [DEFAULT_MODEL]), judges=list(judge or [DEFAULT_MODEL]), evaluator=evaluator,
+        strategy=strategy, scale=int(scale), swap=swap, iterations=iterations, stop_score=stop_score,
+        concurrency=concurrency, limit=limit, prompt_field=prompt_field, retry_failed=retry_failed,
+        max_tokens=max_tokens, output_format=output_format, max_retries=max_retries, timeout_s=timeout,
+        extend=extend, trace_dir=trace, given_flags=frozenset(given),
     )
     _print_generate_summary(output, report)
+    _exit_for(report)
 
 
 @app.command()
@@ -310,12 +410,15 @@ def demo(
         prompts_source=prompts_file, output=output, generator="local:smollm2", reviewers=["local:smollm2"],
         judges=["local:smollm2"], evaluator="judge", strategy="combined", scale=10, swap=False, iterations=3,
         stop_score=None, concurrency=3, limit=None, prompt_field=None, retry_failed=False, max_tokens=256,
-        output_format="auto",
+        output_format="auto", chosen_by="demo",
     )
     _print_generate_summary(output, report)
     if report["first_dpo_row"] is not None:
         console.print("one DPO row:")
         console.print_json(json.dumps(report["first_dpo_row"], ensure_ascii=False))
+    else:
+        console.print(why_no_rows(report), markup=False)
+    _exit_for(report)
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tools.errors import ConfigError, FellowshipError
+from tools.errors import EXIT_CONFIG, EXIT_FAILURES, EXIT_INTERRUPTED, ConfigError, FellowshipError
 
 # Piped or captured output gets wide tables rather than the 80 columns rich assumes off a terminal.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -31,7 +31,7 @@ ResultT = TypeVar("ResultT")
 
 
 def user_errors(command: CommandT) -> CommandT:
-    """Turn FellowshipError into one line on stderr and exit status 1."""
+    """Turn FellowshipError into one line on stderr and exit status 1, and Ctrl-C into exit status 130."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -41,9 +41,37 @@ def user_errors(command: CommandT) -> CommandT:
             if os.environ.get("FELLOWSHIP_DEBUG"):
                 raise
             errors.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(EXIT_CONFIG) from None
+        except KeyboardInterrupt:
+            errors.print("interrupted: finished work is kept; run the same command again to resume",
+                         markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def exit_if_failed(failed: int, total: int, unit: str, retry_hint: str) -> None:
+    """Exit status 2 with one line when a finished run has failures, so scripts can tell."""
+    if failed:
+        errors.print(f"{failed} of {total} {unit} failed: {retry_hint}", markup=False, highlight=False,
+                     soft_wrap=True)
+        raise typer.Exit(EXIT_FAILURES)
+
+
+def announce_models(roles: list[tuple[str, str, str | None]]) -> None:
+    """Say on stderr which model plays each role: (role, spec, what chose it: a flag, "demo", or None for the
+    default), and warn when a role falls back to the embedded model while others were chosen."""
+    from agents.models import DEFAULT_MODEL
+
+    parts = [f"{role} {spec} ({flag or 'default'})" for role, spec, flag in roles]
+    errors.print("models: " + ", ".join(parts), markup=False, highlight=False, soft_wrap=True)
+    defaulted = sorted({role for role, spec, flag in roles if flag is None and spec == DEFAULT_MODEL})
+    if defaulted and any(flag is not None for _, _, flag in roles):
+        errors.print(
+            f"warning: {', '.join(defaulted)} fall back to the embedded {DEFAULT_MODEL} (135M parameters, for "
+            "trying the machinery, not for real data); name a model for each role",
+            markup=False, highlight=False, soft_wrap=True,
+        )
 
 
 ModelOption = Annotated[
@@ -66,7 +94,26 @@ OutputFormatOption = Annotated[
 ]
 
 
+TraceOption = Annotated[
+    Path | None,
+    typer.Option("--trace", help="write each item's run tree as JSON into this folder (read with `fellowship "
+                 "trace show`)"),
+]
+EXIT_CODES_HELP = (
+    "Exit status: 0 all done; 1 bad input or configuration (nothing done); 2 finished with failures "
+    "(retry them); 3 reserved for a budget stop; 130 interrupted (run the same command to resume)."
+)
+
+
+def interactive() -> bool:
+    """True in a terminal: not piped, not in CI logs, not in a notebook (whose saved outputs would keep
+    every redraw of a progress bar)."""
+    in_kernel = "ipykernel" in sys.modules
+    return errors.is_terminal and not in_kernel
+
+
 def progress_bar() -> Progress:
+    """The live progress display on stderr; off where nobody watches it redraw (see `interactive`)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -75,6 +122,7 @@ def progress_bar() -> Progress:
         TimeElapsedColumn(),
         console=errors,
         transient=False,
+        disable=not interactive(),
     )
 
 
@@ -107,14 +155,16 @@ def load_items_for(input_path: Path, *, method: str, strategy: str, models: list
 
 
 def check_evaluation_flags(
-    items: list[Any], *, method: str, strategy: str, models: list[str], swap: bool, source: str
+    items: list[Any], *, method: str, strategy: str, models: list[str], swap: bool, source: str,
+    flag: str = "--model",
 ) -> None:
-    """One line naming the flag when the evaluator cannot judge these items as asked."""
-    from agents.models import check_model_spec
+    """One line naming the flag when the evaluator cannot judge these items as asked, or when a model's
+    endpoint cannot be reached; checked before any work."""
+    from agents.models import check_model_spec, preflight_endpoints
     from agents.referees import DEFAULT_ROLES
 
     for spec in models:
-        check_model_spec(spec)
+        check_model_spec(spec, flag=flag)
     if method == "judge" and len(models) != 1:
         raise ConfigError(f"--model: the judge takes one model, got {len(models)} (use --method jury for several)")
     if method == "debate" and len(models) not in (1, len(DEFAULT_ROLES)):
@@ -129,6 +179,7 @@ def check_evaluation_flags(
                                   f"{len(item.responses)} responses; direct comparison takes two")
     if swap and method != "debate" and any(len(item.responses) != 2 for item in items):
         raise ConfigError(f"--swap: every item of {source} must have exactly two responses")
+    preflight_endpoints([(flag, spec) for spec in models])
 
 
 def run_evaluation(
@@ -175,14 +226,14 @@ def run_evaluation(
     if method == "judge":
         settings_key |= {"strategy": strategy, "scale": None if strategy == "direct" else scale}
     earlier = read_jsonl_tolerant(output_path) if reuse_output else []
-    wanted = {item.id for item in items}
+    wanted = {item.key for item in items}
     done = {
         str(record["id"]): record
         for record in earlier + read_jsonl_tolerant(partial_path)
         if str(record.get("id")) in wanted
         if all(record.get(key) == value for key, value in settings_key.items()) and not record.get("error")
     }
-    pending = [item for item in items if item.id not in done]
+    pending = [item for item in items if item.key not in done]
     if done:
         errors.print(f"reusing {len(items) - len(pending)} of {len(items)} verdicts already made with these settings")
 
@@ -214,7 +265,7 @@ def run_evaluation(
     finally:
         appender.close()
     by_id = {**done, **{str(verdict["id"]): verdict for verdict in fresh}}
-    verdicts = [by_id[item.id] for item in items]
+    verdicts = [by_id[item.key] for item in items]
     # The cache keeps verdicts of items outside this run (an earlier, larger --limit) as well.
     kept = [record for record in earlier if str(record.get("id")) not in wanted] if reuse_output else []
     write_jsonl_atomic(output_path, kept + verdicts)

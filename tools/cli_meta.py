@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,8 +22,11 @@ from tools.cli_common import (
     MaxTokensOption,
     ModelOption,
     OutputFormatOption,
+    TraceOption,
+    announce_models,
     check_evaluation_flags,
     console,
+    exit_if_failed,
     run_evaluation,
     user_errors,
 )
@@ -170,6 +173,7 @@ def meta_eval(
     concurrency: ConcurrencyOption = 4,
     max_tokens: MaxTokensOption = 512,
     output_format: OutputFormatOption = "auto",
+    trace: TraceOption = None,
 ) -> None:
     """Run an evaluator over a human-labelled benchmark and report its agreement with the humans."""
     if context.invoked_subcommand is not None:
@@ -184,6 +188,7 @@ def meta_eval(
     labelled = load_benchmark(benchmark)[:limit]
     items = [item.as_eval_item() for item in labelled]
     check_evaluation_flags(items, method=method, strategy=strategy, models=models, swap=swap, source=benchmark)
+    announce_models([(method, spec, "--model" if model else None) for spec in models])
     output = output or Path("runs/meta-eval") / benchmark_label(benchmark)
     settings = {"method": method, "strategy": strategy, "scale": int(scale), "models": models, "swap": swap,
                 "rounds": rounds, "jury_rule": jury_rule, "max_tokens": max_tokens, "output_format": output_format}
@@ -191,7 +196,7 @@ def meta_eval(
     records = run_evaluation(
         items=items, output_path=cache, method=method, strategy=strategy, scale=int(scale), models=models,
         rounds=rounds, swap=swap, concurrency=concurrency, jury_rule=jury_rule, max_tokens=max_tokens,
-        output_format=output_format, trace_dir=None, reuse_output=True,
+        output_format=output_format, trace_dir=trace, reuse_output=True,
     )
     name = evaluator_name(method, strategy, int(scale), models, swap, jury_rule)
     verdicts = [verdict_from_record(record, paper_compat=False, path=cache, line=None) for record in records]
@@ -205,6 +210,8 @@ def meta_eval(
     title = f"{name} on {benchmark_label(benchmark)} ({len(labelled)} items)"
     write_kappa_outputs(output, rows, title=title, notes=READING_NOTES + f"\n\nVerdicts (reused by reruns): `{cache}`.",
                         extra={"benchmark": benchmark, "settings": settings, "verdicts": str(cache)})
+    exit_if_failed(sum(bool(record.get("error")) for record in records), len(records), "items",
+                   "their calls failed (counted as unparsed above); run the same command again to retry them")
 
 
 @meta_app.command("score")
@@ -292,7 +299,29 @@ _ANSWER_FIELDS = ("response", "output", "answer", "completion")
 _PROMPT_FIELDS = ("prompt", "instruction")
 
 
-def load_side(source: Path, answer: str) -> dict[str, tuple[Any, str]]:
+@dataclass
+class Side:
+    """One side of a win-rate comparison: prompt key -> (prompt, answer), and the keys of its prompts that
+    have no answer to speak for them (with `--answer best`: no pick, because the evaluator tied or failed)."""
+
+    answers: dict[str, tuple[Any, str]]
+    without_answer: set[str]
+
+
+def side_coverage(side_a: Side, side_b: Side, answer: str) -> str:
+    """One line: prompts only one side has, and prompts a side has but without an answer to compare."""
+    only_a = sum(1 for key in side_a.answers.keys() | side_a.without_answer
+                 if key not in side_b.answers and key not in side_b.without_answer)
+    only_b = sum(1 for key in side_b.answers.keys() | side_b.without_answer
+                 if key not in side_a.answers and key not in side_a.without_answer)
+    line = f"prompts only in A: {only_a}, only in B: {only_b}"
+    if side_a.without_answer or side_b.without_answer:
+        why = "no pick (tie or no verdict)" if answer == "best" else "no answer"
+        line += f"; left out, {why}: {len(side_a.without_answer)} in A, {len(side_b.without_answer)} in B"
+    return line
+
+
+def load_side(source: Path, answer: str) -> Side:
     """Prompt key -> (prompt, answer) for one side of a win-rate comparison.
 
     A `generate` output folder (or its records.jsonl) gives each prompt's final, first or best answer;
@@ -315,30 +344,32 @@ def load_side(source: Path, answer: str) -> dict[str, tuple[Any, str]]:
             raise InputError(path, error.lineno, f"not valid JSON ({error.msg})") from None
     else:
         rows = [(number, row) for number, row in read_jsonl(path)]
-    sides: dict[str, tuple[Any, str]] = {}
+    side = Side(answers={}, without_answer=set())
     for number, row in rows:
         if "answers" in row and "prompt_id" in row:
             answers = [entry["text"] for entry in row["answers"]]
+            key = prompt_id_for(as_messages(row["prompt"]))
             if not answers:
+                side.without_answer.add(key)
                 continue
             if answer == "best":
                 winner = (row.get("verdict") or {}).get("winner")
                 if winner is None or winner == "tie":
+                    side.without_answer.add(key)
                     continue
                 text = answers[label_index(winner)]
             else:
                 text = answers[-1] if answer == "final" else answers[0]
-            prompt = row["prompt"]
-        else:
-            prompt_field = next((field for field in _PROMPT_FIELDS if field in row), None)
-            answer_field = next((field for field in _ANSWER_FIELDS if field in row), None)
-            if prompt_field is None or answer_field is None:
-                raise InputError(path, number, f"needs a prompt ({' or '.join(_PROMPT_FIELDS)}) and an answer "
-                                 f"({', '.join(_ANSWER_FIELDS)})")
-            prompt = check_prompt(row[prompt_field], path, number or 0, prompt_field)
-            text = str(row[answer_field])
-        sides[prompt_id_for(as_messages(prompt))] = (prompt, text)
-    return sides
+            side.answers[key] = (row["prompt"], text)
+            continue
+        prompt_field = next((field for field in _PROMPT_FIELDS if field in row), None)
+        answer_field = next((field for field in _ANSWER_FIELDS if field in row), None)
+        if prompt_field is None or answer_field is None:
+            raise InputError(path, number, f"needs a prompt ({' or '.join(_PROMPT_FIELDS)}) and an answer "
+                             f"({', '.join(_ANSWER_FIELDS)})")
+        prompt = check_prompt(row[prompt_field], path, number or 0, prompt_field)
+        side.answers[prompt_id_for(as_messages(prompt))] = (prompt, str(row[answer_field]))
+    return side
 
 
 def winrate_command(
@@ -359,17 +390,20 @@ def winrate_command(
     output_format: OutputFormatOption = "auto",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="report folder (default "
                                                 "runs/winrate/A-vs-B)")] = None,
+    trace: TraceOption = None,
 ) -> None:
     """Compare two generation outputs on their shared prompts: wins, ties and losses of A against B."""
     from tools.items import EvalItem
     from tools.reports import WINRATE_COLUMNS, WinRate, markdown_table, winrate_chart, winrate_table_rows, write_report
 
-    check_evaluation_flags([], method="judge", strategy=strategy, models=[judge], swap=swap, source="")
     side_a, side_b = load_side(a, answer), load_side(b, answer)
-    shared = [key for key in side_a if key in side_b][:limit]
+    check_evaluation_flags([], method="judge", strategy=strategy, models=[judge], swap=swap, source="", flag="--judge")
+    announce_models([("judge", judge, "--judge")])
+    shared = [key for key in side_a.answers if key in side_b.answers][:limit]
     if not shared:
-        raise ConfigError(f"--a {a} and --b {b} share no prompt")
-    items = [EvalItem(id=key, prompt=side_a[key][0], responses=[side_a[key][1], side_b[key][1]]) for key in shared]
+        raise ConfigError(f"--a {a} and --b {b} share no prompt with an answer to compare")
+    items = [EvalItem(id=key, prompt=side_a.answers[key][0], responses=[side_a.answers[key][1], side_b.answers[key][1]])
+             for key in shared]
     name_a, name_b = _slug(a.name) or "a", _slug(b.name) or "b"
     output = output or Path("runs/winrate") / f"{name_a}-vs-{name_b}"
     settings = {"judge": judge, "strategy": strategy, "scale": int(scale), "swap": swap, "max_tokens": max_tokens,
@@ -377,7 +411,7 @@ def winrate_command(
     records = run_evaluation(
         items=items, output_path=output / f"verdicts-{settings_digest(settings)}.jsonl", method="judge",
         strategy=strategy, scale=int(scale), models=[judge], rounds=2, swap=swap, concurrency=concurrency,
-        jury_rule="plurality", max_tokens=max_tokens, output_format=output_format, trace_dir=None, reuse_output=True,
+        jury_rule="plurality", max_tokens=max_tokens, output_format=output_format, trace_dir=trace, reuse_output=True,
     )
     winners = [record["winner"] for record in records]
     result = WinRate(a=name_a, b=name_b, wins=winners.count("A"), ties=winners.count("tie"),
@@ -385,7 +419,7 @@ def winrate_command(
     title = f"{name_a} against {name_b}, judged by {judge}"
     table_rows = winrate_table_rows([result])
     console.print(_table(title, WINRATE_COLUMNS, table_rows))
-    console.print(f"prompts only in A: {len(side_a) - len(shared)}, only in B: {len(side_b) - len(shared)}")
+    console.print(side_coverage(side_a, side_b, answer), markup=False)
     chart = winrate_chart([result], output / "winrate.png", title)
     report = write_report(output / "report.md", title, [
         ("Result", markdown_table(WINRATE_COLUMNS, table_rows) + "\n\n![win rate](winrate.png)"),
@@ -401,3 +435,5 @@ def winrate_command(
         {**asdict(result), "n": result.n, "win_rate": result.win_rate,
          "win_rate_half_ties": result.win_rate_half_ties, "settings": settings}, indent=2), encoding="utf-8")
     console.print(f"wrote {report}, {chart} and {output / 'winrate.json'}")
+    exit_if_failed(sum(bool(record.get("error")) for record in records), len(records), "prompts",
+                   "their calls failed (counted as unparsed above); run the same command again to retry them")

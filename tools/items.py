@@ -17,12 +17,23 @@ from tools.errors import InputError
 Prompt = str | list[dict[str, str]]
 
 
-class EvalItem(BaseModel):
-    """One thing to judge: a prompt and two or more candidate answers."""
+ItemId = str | int
 
-    id: str
+
+class EvalItem(BaseModel):
+    """One thing to judge: a prompt and two or more candidate answers.
+
+    `id` keeps the JSON type it was given (a number stays a number in the output); `key` is its text,
+    for matching ids across files.
+    """
+
+    id: ItemId
     prompt: Prompt
     responses: list[str] = Field(min_length=2)
+
+    @property
+    def key(self) -> str:
+        return str(self.id)
 
     @property
     def question(self) -> str:
@@ -101,9 +112,11 @@ def load_eval_items(path: Path) -> list[EvalItem]:
             raise InputError(path, number, "every entry of 'responses' must be a string")
         if len(responses) > 26:
             raise InputError(path, number, "at most 26 responses per item are supported")
-        item_id = str(row.get("id", number))
-        if item_id in seen:
-            raise InputError(path, number, f"duplicate id {item_id!r}")
-        seen.add(item_id)
+        item_id = row.get("id", number)
+        if isinstance(item_id, bool) or not isinstance(item_id, str | int):
+            raise InputError(path, number, f"'id' must be a string or a whole number, got {item_id!r}")
+        if str(item_id) in seen:
+            raise InputError(path, number, f"duplicate id {str(item_id)!r}")
+        seen.add(str(item_id))
         items.append(EvalItem(id=item_id, prompt=prompt, responses=responses))
     return items

@@ -4,7 +4,8 @@ Everything here works on verdicts already made (live or read from files), so sco
 model. Definitions, stated once:
 
 - kappa, agreement, bootstrap interval: `tools.metrics` (every item kept; unparsed counts as a tie);
-- unparsed rate: share of items without a verdict;
+- unparsed rate: share of items whose verdict the rules could not read (with the paper's rules too, which
+  fill in -1 scores or a tie for them);
 - position consistency: over items judged in both answer orders with both orders parsed, the share
   whose two verdicts agree;
 - P(first): over every decisive verdict (not a tie, not unparsed) of every order judged, the share that
@@ -110,7 +111,8 @@ def score_evaluator(name: str, pairs: Sequence[tuple[LabelledItem, ItemVerdict]]
     consistency, p_first, p_longer = bias_figures(pairs)
     return EvaluatorScore(
         name=name, n=result.n, kappa=result.kappa, kappa_low=result.kappa_low, kappa_high=result.kappa_high,
-        agreement=result.agreement, unparsed_rate=sum(winner is None for winner in predicted) / len(predicted),
+        agreement=result.agreement,
+        unparsed_rate=sum(verdict.winner is None or verdict.unparsed for _, verdict in pairs) / len(pairs),
         position_consistency=consistency, p_first=p_first, p_longer=p_longer,
     )
 

@@ -6,6 +6,7 @@ and line (or row). Duplicate prompts are kept once (they would share a prompt id
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -23,9 +24,20 @@ PROMPT_SETS = {
 
 @dataclass(frozen=True)
 class PromptSource:
+    """The prompts read from one source, once each, with what identifies the source."""
+
     prompts: list[Prompt]
     duplicates: int
     origin: str
+    field: str
+
+    @property
+    def sha256(self) -> str:
+        """A hash of every prompt, in order: another file or the same file edited gives another hash."""
+        digest = hashlib.sha256()
+        for prompt in self.prompts:
+            digest.update(json.dumps(prompt, ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n")
+        return digest.hexdigest()
 
 
 def benchmarks_root() -> Path:
@@ -40,7 +52,7 @@ def benchmarks_root() -> Path:
     return Path.cwd().parent / "shared" / "benchmarks"
 
 
-def _dedupe(prompts: list[Prompt], origin: str) -> PromptSource:
+def _dedupe(prompts: list[Prompt], origin: str, field: str) -> PromptSource:
     seen: set[str] = set()
     unique: list[Prompt] = []
     for prompt in prompts:
@@ -48,7 +60,7 @@ def _dedupe(prompts: list[Prompt], origin: str) -> PromptSource:
         if key not in seen:
             seen.add(key)
             unique.append(prompt)
-    return PromptSource(prompts=unique, duplicates=len(prompts) - len(unique), origin=origin)
+    return PromptSource(prompts=unique, duplicates=len(prompts) - len(unique), origin=origin, field=field)
 
 
 def _from_jsonl(path: Path, field: str) -> list[Prompt]:
@@ -98,16 +110,19 @@ def load_prompts(source: str, *, prompt_field: str | None = None) -> PromptSourc
         if not path.is_file():
             raise ConfigError(f"--prompts {source}: prompt set not found at {path} (set FELLOWSHIP_BENCHMARKS)")
         if source == "alpaca_eval":
-            return _dedupe(_from_json_array(path, prompt_field or "instruction"), source)
-        return _dedupe(_from_jsonl(path, prompt_field or "turns"), source)
+            field = prompt_field or "instruction"
+            return _dedupe(_from_json_array(path, field), source, field)
+        field = prompt_field or "turns"
+        return _dedupe(_from_jsonl(path, field), source, field)
     path = Path(source)
+    field = prompt_field or "prompt"
     if path.is_dir():
-        return _dedupe(_from_hf_dataset(path, prompt_field or "prompt"), str(path))
+        return _dedupe(_from_hf_dataset(path, field), str(path), field)
     if not path.exists():
         raise InputError(path, None, "file not found")
     if path.suffix == ".json":
-        return _dedupe(_from_json_array(path, prompt_field or "prompt"), str(path))
-    return _dedupe(_from_jsonl(path, prompt_field or "prompt"), str(path))
+        return _dedupe(_from_json_array(path, field), str(path), field)
+    return _dedupe(_from_jsonl(path, field), str(path), field)
 
 
 def as_messages(prompt: Prompt) -> list[dict[str, str]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,22 @@ CREATE TABLE IF NOT EXISTS prompts (
 """
 
 
+@dataclass(frozen=True)
+class PromptSourceId:
+    """What a run's prompts came from: the source as named, the field read, and a hash of every prompt in it."""
+
+    origin: str
+    field: str
+    sha256: str
+    prompts: int
+
+    def describe(self) -> str:
+        return f"{self.origin} (field '{self.field}', {self.prompts} prompts, sha256 {self.sha256[:12]})"
+
+
 class RunStore:
+    """The progress file of one output directory; the only writer of which prompts are done."""
+
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -58,6 +74,37 @@ class RunStore:
                 "use a new --output directory"
             )
 
+    def prompt_sources(self) -> list[PromptSourceId]:
+        """Every prompt source this directory's runs used, first first."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'prompt_sources'").fetchone()
+        return [PromptSourceId(**entry) for entry in json.loads(row[0])] if row else []
+
+    def bind_prompt_source(self, source: PromptSourceId, *, extend: bool = False) -> None:
+        """Record where the prompts come from, or refuse another source unless `extend` says to add it.
+
+        A source is the same when its content is: the same prompts under another path are accepted; the
+        same path with other content is not (its prompts changed since the run began).
+        """
+        known = self.prompt_sources()
+        if any(entry.sha256 == source.sha256 and entry.field == source.field for entry in known):
+            return
+        if known and not extend:
+            first = known[-1]
+            differs = [what for what, differ in (("file or set", first.origin != source.origin),
+                                                 ("field", first.field != source.field),
+                                                 ("content", first.sha256 != source.sha256)) if differ]
+            raise ConfigError(
+                f"--prompts {source.origin}: this --output {self.path.parent} was made from {first.describe()}; "
+                f"the {' and '.join(differs)} differ ({source.describe()}): add --extend to add these prompts "
+                "to the run, or use a new --output directory"
+            )
+        value = json.dumps([asdict(entry) for entry in [*known, source]], ensure_ascii=False)
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('prompt_sources', ?)", (value,))
+
+    def prompt_ids(self) -> list[str]:
+        """Every prompt of the directory, in the order they were first added."""
+        return [row[0] for row in self._db.execute("SELECT prompt_id FROM prompts ORDER BY position")]
+
     def add_prompts(self, prompts: list[tuple[str, Any]]) -> None:
         """Register prompts (id, prompt) in order; ones already known keep their status."""
         now = time.time()
@@ -72,6 +119,7 @@ class RunStore:
                 )
 
     def status_of(self, prompt_ids: list[str]) -> dict[str, str]:
+        """Status (pending, done, failed) of each of these prompts."""
         marks = ",".join("?" * len(prompt_ids))
         rows = self._db.execute(f"SELECT prompt_id, status FROM prompts WHERE prompt_id IN ({marks})", prompt_ids)
         return dict(rows.fetchall())
@@ -100,5 +148,6 @@ class RunStore:
         return [json.loads(rows[prompt_id]) for prompt_id in prompt_ids if prompt_id in rows]
 
     def failures(self, prompt_ids: list[str]) -> list[tuple[str, str]]:
+        """(prompt id, reason) of each failed prompt among these, in the order given."""
         rows = self._column_where("error", "failed", prompt_ids)
         return [(prompt_id, rows[prompt_id]) for prompt_id in prompt_ids if prompt_id in rows]

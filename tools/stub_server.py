@@ -35,6 +35,9 @@ class StubSettings:
     garbage_rate: float = 0.0
     hang_s: float = 30.0
     retry_after_s: float = 0.05
+    # Answer every chat request with this HTTP status (401, 403, 404...) and an OpenAI-style error body that
+    # echoes the start of the API key, as providers do: a broken configuration, not a passing fault.
+    fixed_status: int | None = None
 
 
 @dataclass
@@ -100,6 +103,18 @@ def reply_for(messages: list[dict[str, Any]], response_format: dict[str, Any] | 
         return "I find the first answer more helpful."
     iteration = sum(1 for m in messages if m.get("role") == "assistant") + 1
     return f"Answer draft {iteration} to: {first_user[:60]}"
+
+
+def _status_error(status: int, headers: dict[str, str]) -> dict[str, Any]:
+    """An OpenAI-style error body; a 401 quotes the key it was sent, as OpenAI's own message does."""
+    if status == 401:
+        key = headers.get("authorization", "").removeprefix("Bearer ").strip()
+        return {"error": {"message": f"Incorrect API key provided: {key}.", "type": "invalid_request_error",
+                          "code": "invalid_api_key"}}
+    if status == 404:
+        return {"error": {"message": "The model does not exist or you do not have access to it.",
+                          "type": "invalid_request_error", "code": "model_not_found"}}
+    return {"error": {"message": f"status {status}", "type": "invalid_request_error"}}
 
 
 class StubServer:
@@ -173,7 +188,7 @@ class StubServer:
                     name, _, value = line.decode("latin-1").partition(":")
                     headers[name.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
-                status, payload, extra = await self._respond(method, path, body)
+                status, payload, extra = await self._respond(method, path, body, headers)
                 data = json.dumps(payload).encode("utf-8")
                 head = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}", "Content-Type: application/json",
                         f"Content-Length: {len(data)}", *extra]
@@ -184,7 +199,9 @@ class StubServer:
         finally:
             writer.close()
 
-    async def _respond(self, method: str, path: str, body: bytes) -> tuple[int, Any, list[str]]:
+    async def _respond(
+        self, method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, Any, list[str]]:
         if method == "GET" and path.startswith("/stats"):
             return 200, self.stats.as_dict(), []
         if method == "GET" and path.rstrip("/").endswith("/models"):
@@ -192,6 +209,10 @@ class StubServer:
         if method != "POST" or not path.rstrip("/").endswith("/chat/completions"):
             return 404, {"error": {"message": "not found"}}, []
         request = json.loads(body or b"{}")
+        if self.settings.fixed_status is not None:
+            self.stats.requests += 1
+            self.stats.faults[f"status_{self.settings.fixed_status}"] += 1
+            return self.settings.fixed_status, _status_error(self.settings.fixed_status, headers), []
         key = hashlib.sha256(json.dumps(request.get("messages", []), sort_keys=True).encode()).hexdigest()
         self.stats.requests += 1
         attempt = self._seen[key]

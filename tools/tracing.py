@@ -145,12 +145,27 @@ def conversation_lines(tree: dict[str, Any]) -> list[str]:
 
 
 def load_trace(path: Path) -> dict[str, Any]:
+    """A trace file's run tree; a file that is not one raises InputError naming it."""
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(path, None, "file not found") from None
+    except (IsADirectoryError, UnicodeDecodeError, PermissionError) as error:
+        raise InputError(path, None, f"cannot read a trace from it ({type(error).__name__})") from None
     except json.JSONDecodeError as error:
         raise InputError(path, error.lineno, f"not a trace file ({error.msg})") from None
     if not isinstance(document, dict) or "name" not in document:
         raise InputError(path, None, "not a trace file (expected a run tree object)")
     return document
+
+
+def trace_files(path: Path) -> list[Path]:
+    """The trace files at `path`: the file itself, or every `*.json` in a --trace folder, by name."""
+    if path.is_dir():
+        files = sorted(file for file in path.glob("*.json") if file.is_file())
+        if not files:
+            raise InputError(path, None, "no trace files (*.json) in this folder")
+        return files
+    if not path.exists():
+        raise InputError(path, None, "file not found")
+    return [path]

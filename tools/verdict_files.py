@@ -26,6 +26,7 @@ only ever read from the first reply, while B is the first B line of the whole ex
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,8 +61,12 @@ class ItemVerdict:
 
     winner: str | None
     scores: list[float | None] = field(default_factory=list)
-    # Winner per answer order when the item was judged in both (forward first); empty otherwise.
+    # Winner per answer order when the item was judged in both (forward first); empty otherwise. An order
+    # the rules could not read is None here, even where the paper's rules fill in a tie for the verdict.
     order_winners: list[str | None] = field(default_factory=list)
+    # The rules could not read the verdict. Without --paper-compat the winner is then None; the paper's
+    # rules fill in -1 scores or a tie instead, and this flag keeps the failure countable.
+    unparsed: bool = False
 
 
 @dataclass
@@ -96,10 +101,12 @@ def _scores_value(value: Any, path: Path, line: int) -> list[float | None]:
 
 
 def _from_scores(scores: list[float | None], paper_compat: bool) -> ItemVerdict:
+    unparsed = any(score is None for score in scores)
     if paper_compat:
         filled = [PAPER_UNPARSED_SCORE if score is None else score for score in scores]
-        return ItemVerdict(winner=paper_winner_from_scores(filled), scores=list(filled))
-    return ItemVerdict(winner=winner_from_scores(scores), scores=scores)
+        return ItemVerdict(winner=paper_winner_from_scores(filled), scores=list(filled), unparsed=unparsed)
+    winner = winner_from_scores(scores)
+    return ItemVerdict(winner=winner, scores=scores, unparsed=winner is None)
 
 
 def combined_scores(text: str, followup: str | None, *, count: int, scale: int) -> list[float | None]:
@@ -176,8 +183,10 @@ def verdict_from_text(
     """
     if strategy == "direct":
         if paper_compat:
-            return ItemVerdict(winner=published_direct_answer(_joined(texts[0], followups[0])) or TIE)
-        return ItemVerdict(winner=direct_winner(texts[0], followups[0]))
+            read = published_direct_answer(_joined(texts[0], followups[0]))
+            return ItemVerdict(winner=read or TIE, unparsed=read is None)
+        winner = direct_winner(texts[0], followups[0])
+        return ItemVerdict(winner=winner, unparsed=winner is None)
     if strategy == "combined":
         if paper_compat:
             scores = published_combined_scores(texts[0], followups[0], count=count, scale=scale, turns=turns)
@@ -229,6 +238,19 @@ def _from_raw_text(row: dict[str, Any], defaults: tuple[str | None, int], paper_
 _PICKS = {"model_a": "A", "model_b": "B"}
 
 
+def _published_strategy(row: dict[str, Any]) -> str | None:
+    """The strategy a published-code line was made with, told by its fields: two texts are independent
+    scoring, `score_1`/`score_2` beside one text combined scoring, a `pick` direct comparison."""
+    if isinstance(row.get("response_1"), str) and isinstance(row.get("response_2"), str):
+        return "independent"
+    if isinstance(row.get("response"), str):
+        if "score_1" in row and "score_2" in row:
+            return "combined"
+        if "pick" in row:
+            return "direct"
+    return None
+
+
 def _published_fields(row: dict[str, Any], default_strategy: str | None) -> dict[str, Any]:
     """Read a line written by the published code under this format's names.
 
@@ -236,7 +258,9 @@ def _published_fields(row: dict[str, Any], default_strategy: str | None) -> dict
     `turns_to_answer`; its raters `score_1`, `score_2` and, scoring alone, `response_1`, `response_2`.
     """
     row = dict(row)
-    strategy = row.get("strategy") or default_strategy
+    strategy = row.get("strategy") or default_strategy or _published_strategy(row)
+    if strategy and not row.get("strategy") and ("response" in row or "response_1" in row):
+        row["strategy"] = strategy
     if "text" not in row and "texts" not in row:
         if strategy == "independent" and isinstance(row.get("response_1"), str) and "response_2" in row:
             row["texts"] = [row["response_1"], row["response_2"]]
@@ -251,12 +275,15 @@ def _recorded_by_published_code(row: dict[str, Any], paper_compat: bool, path: P
     """What the published code concluded itself: its `score_1`/`score_2` (-1 = unparsed) or its `pick`."""
     if "score_1" in row and "score_2" in row:
         scores = _scores_value([row["score_1"], row["score_2"]], path, line)
+        unread = any(score == PAPER_UNPARSED_SCORE for score in scores)
         if not paper_compat:
             scores = [None if score == PAPER_UNPARSED_SCORE else score for score in scores]
-        return _from_scores(scores, paper_compat)
+        verdict = _from_scores(scores, paper_compat)
+        verdict.unparsed = verdict.unparsed or unread
+        return verdict
     if "pick" in row:
-        winner = _PICKS.get(str(row["pick"]).strip().lower(), TIE)
-        return ItemVerdict(winner=winner)
+        pick = str(row["pick"]).strip().lower()
+        return ItemVerdict(winner=_PICKS.get(pick, TIE), unparsed=pick not in _PICKS and pick != TIE)
     return None
 
 
@@ -267,10 +294,13 @@ def verdict_from_record(row: dict[str, Any], *, paper_compat: bool, path: Path, 
     strategy = row.get("strategy")
     if row.get("method") != "judge" or strategy not in STRATEGIES or not exchanges or row.get("error"):
         winner = _winner_value(row.get("winner"), path, line)
-        if winner is None and paper_compat:
-            winner = TIE
-        return ItemVerdict(winner=winner, scores=list(row.get("scores") or []),
-                           order_winners=list(row.get("order_winners") or []))
+        return ItemVerdict(winner=TIE if winner is None and paper_compat else winner,
+                           scores=list(row.get("scores") or []), order_winners=list(row.get("order_winners") or []),
+                           unparsed=winner is None)
+    if paper_compat and any(_is_json_reply(exchange.get("text")) for exchange in exchanges):
+        raise InputError(path, line, "--paper-compat: this verdict was made in JSON mode (--output-format json, "
+                         "the default for local: models), which the published code's rules cannot read; "
+                         "score it without --paper-compat")
     scale = int(row.get("scale") or 10)
     if strategy == "independent":
         return verdict_from_text(
@@ -279,14 +309,31 @@ def verdict_from_record(row: dict[str, Any], *, paper_compat: bool, path: Path, 
             paper_compat=paper_compat,
         )
     judged: list[tuple[bool, Sequence[float | None], str | None]] = []
+    unread: dict[bool, bool] = {}
     for exchange in exchanges:
         one = verdict_from_text(strategy=strategy, scale=scale, texts=[exchange["text"]],
                                 followups=[exchange.get("followup_text")], count=count, paper_compat=paper_compat)
-        judged.append(("reversed" in str(exchange.get("role", "")), one.scores or [None] * count, one.winner))
+        is_reversed = "reversed" in str(exchange.get("role", ""))
+        judged.append((is_reversed, one.scores or [None] * count, one.winner))
+        unread[is_reversed] = one.unparsed
     if len(judged) == 1:
-        return ItemVerdict(winner=judged[0][2], scores=list(judged[0][1]))
+        return ItemVerdict(winner=judged[0][2], scores=list(judged[0][1]), unparsed=unread[judged[0][0]])
     scores, winner, order_winners = merge_orders(judged)
-    return ItemVerdict(winner=winner, scores=scores if strategy == "combined" else [], order_winners=order_winners)
+    # Position consistency counts only orders the rules could read, whatever the paper's rules fill in.
+    readable = [None if unread[is_reversed] else order_winner
+                for is_reversed, order_winner in zip(sorted(unread), order_winners, strict=True)]
+    return ItemVerdict(winner=winner, scores=scores if strategy == "combined" else [], order_winners=readable,
+                       unparsed=all(unread.values()))
+
+
+def _is_json_reply(text: Any) -> bool:
+    """A reply made in the structured-output mode: one JSON object, not the paper's `###` lines."""
+    if not isinstance(text, str) or not text.strip().startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 def record_evaluator_name(row: dict[str, Any]) -> str:
@@ -325,7 +372,7 @@ def read_verdict_file(
             verdict = _from_scores(_scores_value(row["scores"], path, line), paper_compat)
         elif "winner" in row:
             winner = _winner_value(row["winner"], path, line)
-            verdict = ItemVerdict(winner=TIE if winner is None and paper_compat else winner)
+            verdict = ItemVerdict(winner=TIE if winner is None and paper_compat else winner, unparsed=winner is None)
         else:
             raise InputError(path, line, "a verdict line needs 'text', 'texts', 'scores' or 'winner'")
         if isinstance(row.get("model"), str) and row["model"]:

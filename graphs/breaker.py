@@ -1,0 +1,91 @@
+"""The circuit breaker of a run: stop at once when calls keep failing the same way for a reason no retry fixes.
+
+A wrong model name, a revoked key or a dead endpoint makes every call fail alike. Without a breaker a
+run of 10,000 prompts would fail them one by one (and retry each); with it, the run stops after a few
+failures in a row with the same `EndpointError` reason, keeps what it finished, and says why in one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from tools.errors import EndpointError, RunStopped
+
+DEFAULT_TRIP_AFTER = 3
+
+
+def endpoint_failure(error: BaseException) -> EndpointError | None:
+    """The EndpointError behind an error, if any (graph runners may wrap the one a node raised)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, EndpointError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+class CircuitBreaker:
+    """Counts failures in a row that share one EndpointError reason; trips after `trip_after` of them.
+
+    Any success, or a failure of another kind (a 500 that outlived its retries, a bad reply), resets the
+    count: the configuration works, and the prompt's own failure is recorded as usual.
+    """
+
+    def __init__(self, trip_after: int = DEFAULT_TRIP_AFTER) -> None:
+        self.trip_after = max(1, trip_after)
+        self._reason: str | None = None
+        self._streak = 0
+        self.tripped: EndpointError | None = None
+        self._tasks: list[asyncio.Task[object]] = []
+
+    def record_success(self) -> None:
+        self._reason, self._streak = None, 0
+
+    def record_failure(self, error: BaseException) -> None:
+        failure = endpoint_failure(error)
+        if failure is None:
+            self.record_success()
+            return
+        reason = str(failure)
+        self._streak = self._streak + 1 if reason == self._reason else 1
+        self._reason = reason
+        if self._streak >= self.trip_after and self.tripped is None:
+            self.tripped = failure
+            self._cancel_others()
+
+    def guard(self, tasks: Iterable[asyncio.Task[object]]) -> None:
+        """The tasks to cancel when the breaker trips (work in flight is resumed by the next run)."""
+        self._tasks = list(tasks)
+
+    def _cancel_others(self) -> None:
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current and not task.done():
+                task.cancel()
+
+    def stop_error(self, finished: int, unit: str) -> RunStopped:
+        """The one line a tripped run ends with; `unit` is what the run counts (prompts, items)."""
+        assert self.tripped is not None
+        return RunStopped(
+            f"stopped: {self.trip_after} {unit} in a row failed the same way ({self.tripped}); "
+            f"{finished} finished {unit} are kept: fix the cause and run the same command to resume"
+        )
+
+
+async def run_guarded(work: Sequence[Any], breaker: CircuitBreaker) -> None:
+    """Run coroutines as tasks the breaker may cancel; any other error propagates."""
+    tasks = [asyncio.ensure_future(coroutine) for coroutine in work]
+    breaker.guard(tasks)
+    try:
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    except asyncio.CancelledError:
+        for task in tasks:
+            task.cancel()
+        raise
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            raise result
