@@ -296,11 +296,13 @@ def main() -> None:
     parser.add_argument("--rate-limit-rate", type=float, default=0.0)
     parser.add_argument("--hang-rate", type=float, default=0.0)
     parser.add_argument("--garbage-rate", type=float, default=0.0)
+    parser.add_argument("--status", type=int, default=None, help="answer every chat request with this HTTP status")
     parser.add_argument("--lifetime", type=float, default=900.0, help="stop by itself after this many seconds")
     args = parser.parse_args()
     settings = StubSettings(
         latency_s=args.latency, max_concurrent=args.max_concurrent, error_rate=args.error_rate,
         rate_limit_rate=args.rate_limit_rate, hang_rate=args.hang_rate, garbage_rate=args.garbage_rate,
+        fixed_status=args.status,
     )
     asyncio.run(_serve_for(StubServer(settings, port=args.port), args.lifetime))
 
