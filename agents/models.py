@@ -248,3 +248,17 @@ class ModelRegistry:
         if self._http is not None:
             await self._http.aclose()
         self.close()
+
+
+_shared_registry: ModelRegistry | None = None
+
+
+def shared_model_source() -> ModelSource:
+    """The process's registry, for graphs built without an injected model source (`langgraph dev`, Studio).
+
+    Created on first use with default settings; a command injects its own configured registry instead.
+    """
+    global _shared_registry
+    if _shared_registry is None:
+        _shared_registry = ModelRegistry()
+    return _shared_registry

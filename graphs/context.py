@@ -1,59 +1,60 @@
-"""What an evaluation run is configured with: passed to every node through `Runtime[EvaluationContext]`."""
+"""What a run is configured with, passed to every node through `Runtime[...]`: configuration data only.
+
+Model spec strings, numbers and names; nothing live. The chat models themselves come from a model source
+injected where a graph is built (`build_*_graph(model_source=...)`), so LangGraph Studio can draw a form
+for the context (`get_context_jsonschema()`), and tests swap in scripted fakes. These pydantic models are
+also the fields the command line and `--config` files set (`tools/run_config.py` builds on them).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Literal
 
-from agents.models import DEFAULT_MODEL, ModelRegistry, ModelSource
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents.models import DEFAULT_MODEL
 
 Strategy = Literal["direct", "independent", "combined"]
 JuryRule = Literal["plurality", "mean"]
+EvaluatorName = Literal["judge", "jury", "debate"]
 
 
-@dataclass(kw_only=True)
-class EvaluationContext:
+class EvaluationContext(BaseModel):
     """Run configuration for the judge, jury and debate graphs. Explicit arguments win over defaults."""
 
-    models: list[str] = field(
+    model_config = ConfigDict(frozen=True)
+
+    models: list[str] = Field(
         default_factory=lambda: [DEFAULT_MODEL],
-        metadata={"description": "model specs: the judge uses the first, a jury seats one juror per spec, "
-                  "a debate gives all referees the one spec or each referee its own"},
+        description="model specs: the judge uses the first, a jury seats one juror per spec, a debate gives all "
+        "referees the one spec or each referee its own",
     )
-    strategy: Strategy = field(default="combined", metadata={"description": "judge prompting strategy"})
-    scale: int = field(default=10, metadata={"description": "score scale for scoring strategies: 5, 10 or 100"})
-    swap: bool = field(
-        default=False,
-        metadata={"description": "judge both answer orders; disagreement becomes a tie (two-answer items)"},
+    strategy: Strategy = Field(default="combined", description="judge prompting strategy")
+    scale: Literal[5, 10, 100] = Field(default=10, description="score scale for scoring strategies")
+    swap: bool = Field(
+        default=False, description="judge both answer orders; disagreement becomes a tie (two-answer items)"
     )
-    jury_rule: JuryRule = field(default="plurality", metadata={"description": "jury aggregation rule"})
-    rounds: int = field(default=2, metadata={"description": "debate rounds before the final scores"})
-    turn_max_tokens: int = field(
-        default=200,
-        metadata={"description": "cap on tokens per debate turn: referees speak briefly, and every turn "
-                  "is re-read by all later speakers"},
-    )
-    model_source: ModelSource = field(
-        default_factory=ModelRegistry,
-        metadata={"description": "loader that turns model specs into chat models (fakes in tests)"},
+    jury_rule: JuryRule = Field(default="plurality", description="jury aggregation rule")
+    rounds: int = Field(default=2, ge=1, le=20, description="debate rounds before the final scores")
+    turn_max_tokens: int = Field(
+        default=200, ge=16,
+        description="cap on tokens per debate turn: referees speak briefly, and every turn is re-read by all "
+        "later speakers",
     )
 
 
-@dataclass(kw_only=True)
 class GenerationContext(EvaluationContext):
     """Run configuration for the feedback loop and the pipeline; `models` etc. configure the evaluator."""
 
-    generator: str = field(default=DEFAULT_MODEL, metadata={"description": "model spec that writes answers"})
-    reviewers: list[str] = field(
+    generator: str = Field(default=DEFAULT_MODEL, description="model spec that writes answers")
+    reviewers: list[str] = Field(
         default_factory=lambda: [DEFAULT_MODEL],
-        metadata={"description": "model specs that review each answer; with several, the generator gets every "
-                  "feedback, labelled"},
+        description="model specs that review each answer; with several, the generator gets every feedback, "
+        "labelled",
     )
-    iterations: int = field(default=3, metadata={"description": "answers written per prompt (N)"})
-    stop_score: float | None = field(
-        default=None,
-        metadata={"description": "stop early once every reviewer scores the latest answer at least this"},
+    iterations: int = Field(default=3, ge=1, le=10, description="answers written per prompt (N)")
+    stop_score: float | None = Field(
+        default=None, ge=0, le=10,
+        description="stop early once every reviewer scores the latest answer at least this",
     )
-    evaluator: Literal["judge", "jury", "debate"] = field(
-        default="judge", metadata={"description": "which evaluation workflow picks the best answer"}
-    )
+    evaluator: EvaluatorName = Field(default="judge", description="which evaluation workflow picks the best answer")

@@ -16,32 +16,46 @@ import itertools
 import operator
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
+from typing_extensions import TypedDict
 
+from agents.models import ModelSource
 from agents.records import Exchange, Turn, Usage, Verdict
 from agents.referees import DEFAULT_ROLES, RefereeRole, final_scores, speak
+from graphs.binding import resolve_model_source
 from graphs.context import EvaluationContext
-from graphs.state import EvaluationInput, EvaluationOutput, ItemState
+from graphs.state import EvaluationInput, EvaluationOutput, ItemState, RefereeScore
 from tools.errors import ConfigError
 from tools.items import prompt_text
 from tools.verdicts import mean_scores, winner_from_scores
 
 
 class DebateState(TypedDict, total=False):
+    """What the debate graph holds while its referees discuss one item."""
+
     item: ItemState
+    """The item under debate."""
     started_at: float
+    """perf_counter() when the debate opened, for the verdict's latency."""
     round: int
+    """The round being spoken (1-based); `close_round` counts it up."""
     transcript: Annotated[list[dict[str, Any]], operator.add]
+    """Every contribution so far (a `Turn` as JSON each), in speaking order."""
     exchanges: Annotated[list[dict[str, Any]], operator.add]
-    referee_scores: Annotated[list[dict[str, Any]], operator.add]
+    """Every raw model exchange (an `Exchange` as JSON each)."""
+    referee_scores: Annotated[list[RefereeScore], operator.add]
+    """Each referee's final scores; the parallel final-score branches each append their own."""
     verdict: dict[str, Any]
+    """The item's verdict (a `Verdict` as JSON)."""
 
 
 class FinalScoreTask(TypedDict):
+    """A `final_score` branch: one referee scoring the answers after the whole discussion."""
+
     item: ItemState
     seat: int
     transcript: list[dict[str, Any]]
@@ -62,12 +76,14 @@ def referee_model(roles: Sequence[RefereeRole], seat: int, models: Sequence[str]
 
 
 def open_debate(state: DebateState) -> dict[str, Any]:
+    """Start at round 1."""
     return {"round": 1, "started_at": time.perf_counter()}
 
 
 def make_referee_node(
-    roles: Sequence[RefereeRole], seat: int
+    roles: Sequence[RefereeRole], seat: int, models: ModelSource
 ) -> Callable[[DebateState, Runtime[EvaluationContext]], Coroutine[Any, Any, dict[str, Any]]]:
+    """The node of the referee in `seat`: it speaks once per round, having read everything said before."""
     role = roles[seat]
 
     async def referee_speaks(state: DebateState, runtime: Runtime[EvaluationContext]) -> dict[str, Any]:
@@ -75,7 +91,7 @@ def make_referee_node(
         item = state["item"]
         spec = referee_model(roles, seat, context.models)
         turn, exchange = await speak(
-            context.model_source.chat_model(spec),
+            models.chat_model(spec),
             model_spec=spec,
             role=role,
             question=prompt_text(item["prompt"]),
@@ -93,12 +109,14 @@ def make_referee_node(
 
 
 def close_round(state: DebateState) -> dict[str, Any]:
+    """Count the round as spoken."""
     return {"round": state["round"] + 1}
 
 
 def make_round_router(
     roles: Sequence[RefereeRole],
 ) -> Callable[[DebateState, Runtime[EvaluationContext]], str | list[Send]]:
+    """The router after each round: the first referee again, or the final scores of every referee."""
     first_role = roles[0].key
 
     def route_round(state: DebateState, runtime: Runtime[EvaluationContext]) -> str | list[Send]:
@@ -115,24 +133,26 @@ def make_round_router(
 
 
 def make_final_score_node(
-    roles: Sequence[RefereeRole],
+    roles: Sequence[RefereeRole], models: ModelSource
 ) -> Callable[[FinalScoreTask, Runtime[EvaluationContext]], Coroutine[Any, Any, dict[str, Any]]]:
+    """The node in which one referee (the task's seat) scores the answers after the discussion."""
+
     async def final_score(task: FinalScoreTask, runtime: Runtime[EvaluationContext]) -> dict[str, Any]:
         context = runtime.context
         item = task["item"]
         role = roles[task["seat"]]
         spec = referee_model(roles, task["seat"], context.models)
         scores, exchange = await final_scores(
-            context.model_source.chat_model(spec),
+            models.chat_model(spec),
             model_spec=spec,
             role=role,
             question=prompt_text(item["prompt"]),
             answers=item["responses"],
             discussion=[Turn(**raw) for raw in task["transcript"]],
-            json_mode=context.model_source.json_mode(spec),
+            json_mode=models.json_mode(spec),
             metadata={"item_id": item["id"], "role": role.name, "round": "final"},
         )
-        entry = {"seat": task["seat"], "role": role.key, "model": spec, "scores": scores}
+        entry: RefereeScore = {"seat": task["seat"], "role": role.key, "model": spec, "scores": scores}
         return {"referee_scores": [entry], "exchanges": [exchange.model_dump()]}
 
     return final_score
@@ -164,8 +184,12 @@ def aggregate_scores(state: DebateState) -> dict[str, Any]:
     return {"verdict": dumped}
 
 
-def build_debate_graph(*, roles: Sequence[RefereeRole] = DEFAULT_ROLES) -> StateGraph[Any, Any, Any, Any]:
-    """The debate graph for these referees (in speaking order). Rounds come from the run context."""
+def build_debate_graph(
+    *, roles: Sequence[RefereeRole] = DEFAULT_ROLES, model_source: ModelSource | None = None
+) -> StateGraph[Any, Any, Any, Any]:
+    """The debate graph for these referees (in speaking order). Rounds come from the run context;
+    `model_source` as for `build_judge_graph`."""
+    models = resolve_model_source(model_source)
     if not roles:
         raise ValueError("a debate needs at least one referee role")
     keys = [role.key for role in roles]
@@ -177,9 +201,9 @@ def build_debate_graph(*, roles: Sequence[RefereeRole] = DEFAULT_ROLES) -> State
     )
     builder.add_node("open_debate", open_debate)
     for seat, role in enumerate(roles):
-        builder.add_node(role.key, make_referee_node(roles, seat))
+        builder.add_node(role.key, make_referee_node(roles, seat, models))
     builder.add_node("close_round", close_round)
-    builder.add_node("final_score", make_final_score_node(roles))
+    builder.add_node("final_score", make_final_score_node(roles, models), input_schema=FinalScoreTask)
     builder.add_node("aggregate_scores", aggregate_scores)
     builder.add_edge(START, "open_debate")
     builder.add_edge("open_debate", keys[0])

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from agents.models import ModelSource
 from agents.records import Verdict
 from agents.referees import DEFAULT_ROLES, RefereeRole
 from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, run_guarded
@@ -21,13 +22,15 @@ Method = Literal["judge", "jury", "debate"]
 METHODS: tuple[Method, ...] = ("judge", "jury", "debate")
 
 
-def evaluation_graph(method: Method, *, roles: Sequence[RefereeRole] = DEFAULT_ROLES) -> Any:
+def evaluation_graph(
+    method: Method, *, roles: Sequence[RefereeRole] = DEFAULT_ROLES, model_source: ModelSource | None = None
+) -> Any:
     """The compiled graph for an evaluation method (typed Any: LangGraph's invoke overloads lose the context type)."""
     if method == "judge":
-        return build_judge_graph().compile(name="judge")
+        return build_judge_graph(model_source=model_source).compile(name="judge")
     if method == "jury":
-        return build_jury_graph().compile(name="jury")
-    return build_debate_graph(roles=roles).compile(name="debate")
+        return build_jury_graph(model_source=model_source).compile(name="jury")
+    return build_debate_graph(roles=roles, model_source=model_source).compile(name="debate")
 
 
 def failed_verdict(item: EvalItem, method: Method, context: EvaluationContext, error: BaseException) -> dict[str, Any]:
@@ -84,6 +87,7 @@ async def evaluate_items(
     context: EvaluationContext,
     concurrency: int = 4,
     roles: Sequence[RefereeRole] = DEFAULT_ROLES,
+    model_source: ModelSource | None = None,
     trace_dir: Path | None = None,
     on_verdict: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -93,7 +97,7 @@ async def evaluate_items(
     items all fail the same way for good (bad key, unknown model), the run stops with RunStopped; the
     verdicts already given to `on_verdict` are kept.
     """
-    graph = evaluation_graph(method, roles=roles)
+    graph = evaluation_graph(method, roles=roles, model_source=model_source)
     gate = asyncio.Semaphore(max(1, concurrency))
     breaker = CircuitBreaker(min(DEFAULT_TRIP_AFTER, len(items)))
     verdicts: dict[int, dict[str, Any]] = {}

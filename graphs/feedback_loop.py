@@ -11,33 +11,47 @@ answers exist or, with a stop score, every reviewer is satisfied. Every answer a
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
+from typing_extensions import TypedDict
 
+from agents.models import ModelSource
 from agents.writers import opening_messages, review_answer, revision_request, write_answer
+from graphs.binding import bind_models, resolve_model_source
 from graphs.context import GenerationContext
+from graphs.state import Answer, Review
 from tools.items import prompt_text
 
 
 class LoopState(TypedDict, total=False):
+    """What the feedback loop holds for one prompt."""
+
     prompt_id: str
+    """The prompt's content-derived id."""
     prompt: Any
-    # The generator's own conversation, as {role, content} dicts; replaced whole by each node.
+    """The prompt: a string, or a list of {role, content} messages ending with the user turn."""
     conversation: list[dict[str, str]]
-    answers: Annotated[list[dict[str, Any]], operator.add]
-    reviews: Annotated[list[dict[str, Any]], operator.add]
+    """The generator's own conversation, as {role, content} dicts; replaced whole by each node."""
+    answers: Annotated[list[Answer], operator.add]
+    """Every answer written, in order (r1, r2, ... rN)."""
+    reviews: Annotated[list[Review], operator.add]
+    """Every review of every answer; parallel reviewers each append their own."""
 
 
 class LoopInput(TypedDict):
+    """What the feedback loop (and the pipeline) is invoked with."""
+
     prompt_id: str
     prompt: Any
 
 
 class ReviewTask(TypedDict):
+    """A `review` branch: one reviewer seat reviewing the latest answer."""
+
     prompt_id: str
     prompt: Any
     iteration: int
@@ -57,25 +71,26 @@ def _to_dicts(messages: list[BaseMessage]) -> list[dict[str, str]]:
     return [{"role": _ROLES[message.type], "content": str(message.content)} for message in messages]
 
 
-async def generate(state: LoopState, runtime: Runtime[GenerationContext]) -> dict[str, Any]:
+async def generate(state: LoopState, runtime: Runtime[GenerationContext], models: ModelSource) -> dict[str, Any]:
+    """The generator's next answer: to the request, or rewritten from the feedback it was just given."""
     context = runtime.context
     conversation = state.get("conversation") or _to_dicts(opening_messages(state["prompt"]))
     iteration = len(state.get("answers", [])) + 1
     exchange = await write_answer(
-        context.model_source.chat_model(context.generator),
+        models.chat_model(context.generator),
         model_spec=context.generator,
         conversation=_to_messages(conversation),
         iteration=iteration,
         metadata={"item_id": state["prompt_id"], "role": "Generator", "round": iteration},
     )
-    answer = {"iteration": iteration, "text": exchange.text, "exchange": exchange.model_dump()}
+    answer: Answer = {"iteration": iteration, "text": exchange.text, "exchange": exchange.model_dump()}
     return {
         "answers": [answer],
         "conversation": [*conversation, {"role": "assistant", "content": exchange.text}],
     }
 
 
-def _latest_reviews(state: LoopState) -> list[dict[str, Any]]:
+def _latest_reviews(state: LoopState) -> list[Review]:
     iteration = len(state.get("answers", []))
     return [review for review in state.get("reviews", []) if review["iteration"] == iteration]
 
@@ -95,19 +110,20 @@ def route_after_answer(state: LoopState, runtime: Runtime[GenerationContext]) ->
     ]
 
 
-async def review(task: ReviewTask, runtime: Runtime[GenerationContext]) -> dict[str, Any]:
+async def review(task: ReviewTask, runtime: Runtime[GenerationContext], models: ModelSource) -> dict[str, Any]:
+    """One reviewer's score and feedback on the latest answer, in a fresh conversation."""
     context = runtime.context
     spec = context.reviewers[task["seat"]]
     score, feedback, exchange = await review_answer(
-        context.model_source.chat_model(spec),
+        models.chat_model(spec),
         model_spec=spec,
         question=prompt_text(task["prompt"]),
         answer=task["answer"],
-        json_mode=context.model_source.json_mode(spec),
+        json_mode=models.json_mode(spec),
         role=f"reviewer-{task['seat'] + 1}/iteration-{task['iteration']}",
         metadata={"item_id": task["prompt_id"], "role": f"Reviewer {task['seat'] + 1}", "round": task["iteration"]},
     )
-    entry = {
+    entry: Review = {
         "iteration": task["iteration"],
         "seat": task["seat"],
         "model": spec,
@@ -141,10 +157,12 @@ def route_after_feedback(state: LoopState, runtime: Runtime[GenerationContext]) 
     return "generate"
 
 
-def build_feedback_loop_graph() -> StateGraph[Any, Any, Any, Any]:
+def build_feedback_loop_graph(*, model_source: ModelSource | None = None) -> StateGraph[Any, Any, Any, Any]:
+    """The uncompiled feedback loop; `model_source` as for `build_judge_graph`."""
+    models = resolve_model_source(model_source)
     builder = StateGraph(LoopState, context_schema=GenerationContext, input_schema=LoopInput)
-    builder.add_node("generate", generate)
-    builder.add_node("review", review)
+    builder.add_node("generate", bind_models(generate, models))
+    builder.add_node("review", bind_models(review, models), input_schema=ReviewTask)
     builder.add_node("gather_feedback", gather_feedback)
     builder.add_edge(START, "generate")
     builder.add_conditional_edges("generate", route_after_answer, ["review", END])

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents.models import ModelSource
 from agents.prices import total_cost
 from agents.records import Exchange, Usage
+from agents.referees import DEFAULT_ROLES, RefereeRole
 from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, run_guarded
 from graphs.checkpoints import InlineSqliteSaver
 from graphs.context import GenerationContext
@@ -92,6 +94,8 @@ async def run_generation(
     concurrency: int = 8,
     retry_failed: bool = False,
     trace_dir: Path | None = None,
+    model_source: ModelSource | None = None,
+    roles: Sequence[RefereeRole] = DEFAULT_ROLES,
     on_outcome: Callable[[PromptOutcome], None] | None = None,
 ) -> GenerationResult:
     """Run every prompt that is not finished yet, at most `concurrency` at a time.
@@ -119,7 +123,9 @@ async def run_generation(
 
         saver = InlineSqliteSaver.open(output_dir / "checkpoints.sqlite")
         try:
-            graph = build_pipeline_graph().compile(checkpointer=saver, name="pipeline")
+            graph = build_pipeline_graph(roles=roles, model_source=model_source).compile(
+                checkpointer=saver, name="pipeline"
+            )
 
             async def run_one(prompt_id: str, prompt: Prompt) -> None:
                 async with gate:

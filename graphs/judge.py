@@ -11,34 +11,46 @@ from __future__ import annotations
 
 import operator
 import time
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
+from typing_extensions import TypedDict
 
 from agents.judge import judge_combined, judge_direct, score_alone
+from agents.models import ModelSource
 from agents.records import Exchange, Usage, Verdict
+from graphs.binding import bind_models, resolve_model_source
 from graphs.context import EvaluationContext
-from graphs.state import EvaluationInput, EvaluationOutput, ItemState
+from graphs.state import EvaluationInput, EvaluationOutput, ItemState, JudgementEntry
 from tools.items import prompt_text
 from tools.verdicts import merge_orders, winner_from_scores
 
 
 class JudgeState(TypedDict, total=False):
+    """What the judge graph holds while it works on one item."""
+
     item: ItemState
+    """The item under judgement."""
     started_at: float
-    # Parallel branches append here; each returns only its own entry.
-    judgements: Annotated[list[dict[str, Any]], operator.add]
+    """perf_counter() when judging began, for the verdict's latency."""
+    judgements: Annotated[list[JudgementEntry], operator.add]
+    """One entry per answer order or per candidate; parallel branches each append their own."""
     verdict: dict[str, Any]
+    """The item's verdict (a `Verdict` as JSON)."""
 
 
 class CompareTask(TypedDict):
+    """A `compare` branch: the item, shown in forward or reversed order."""
+
     item: ItemState
     reversed: bool
 
 
 class ScoreTask(TypedDict):
+    """A `score_alone` branch: one candidate answer of the item, scored on its own."""
+
     item: ItemState
     index: int
 
@@ -61,7 +73,8 @@ def route_judge_tasks(state: JudgeState, runtime: Runtime[EvaluationContext]) ->
     return [Send("compare", CompareTask(item=item, reversed=is_reversed)) for is_reversed in orders]
 
 
-async def compare(task: CompareTask, runtime: Runtime[EvaluationContext]) -> dict[str, Any]:
+async def compare(task: CompareTask, runtime: Runtime[EvaluationContext], models: ModelSource) -> dict[str, Any]:
+    """Direct or combined judgement of all answers in one call, in the task's answer order."""
     context = runtime.context
     item = task["item"]
     spec = context.models[0]
@@ -71,15 +84,15 @@ async def compare(task: CompareTask, runtime: Runtime[EvaluationContext]) -> dic
         "model_spec": spec,
         "question": prompt_text(item["prompt"]),
         "answers": answers,
-        "json_mode": context.model_source.json_mode(spec),
+        "json_mode": models.json_mode(spec),
         "metadata": _trace_metadata(item, order=order, strategy=context.strategy),
     }
-    model = context.model_source.chat_model(spec)
+    model = models.chat_model(spec)
     if context.strategy == "direct":
         judgement = await judge_direct(model, role=f"judge/direct/{order}", **common)
     else:
         judgement = await judge_combined(model, scale=context.scale, role=f"judge/combined/{order}", **common)
-    entry = {
+    entry: JudgementEntry = {
         "reversed": task["reversed"],
         "scores": judgement.scores,
         "winner": judgement.winner,
@@ -88,21 +101,25 @@ async def compare(task: CompareTask, runtime: Runtime[EvaluationContext]) -> dic
     return {"judgements": [entry]}
 
 
-async def score_alone_node(task: ScoreTask, runtime: Runtime[EvaluationContext]) -> dict[str, Any]:
+async def score_alone_node(
+    task: ScoreTask, runtime: Runtime[EvaluationContext], models: ModelSource
+) -> dict[str, Any]:
+    """Independent scoring: one candidate answer, in its own conversation."""
     context = runtime.context
     item = task["item"]
     spec = context.models[0]
     score, exchange = await score_alone(
-        context.model_source.chat_model(spec),
+        models.chat_model(spec),
         model_spec=spec,
         question=prompt_text(item["prompt"]),
         answer=item["responses"][task["index"]],
         scale=context.scale,
-        json_mode=context.model_source.json_mode(spec),
+        json_mode=models.json_mode(spec),
         role=f"judge/independent/candidate-{task['index'] + 1}",
         metadata=_trace_metadata(item, candidate=task["index"]),
     )
-    return {"judgements": [{"index": task["index"], "score": score, "exchanges": [exchange.model_dump()]}]}
+    entry: JudgementEntry = {"index": task["index"], "score": score, "exchanges": [exchange.model_dump()]}
+    return {"judgements": [entry]}
 
 
 def decide(state: JudgeState, runtime: Runtime[EvaluationContext]) -> dict[str, Any]:
@@ -137,14 +154,18 @@ def decide(state: JudgeState, runtime: Runtime[EvaluationContext]) -> dict[str, 
     return {"verdict": verdict.model_dump()}
 
 
-def build_judge_graph() -> StateGraph[Any, Any, Any, Any]:
-    """The uncompiled judge graph; the caller compiles it (with a checkpointer, if it wants one)."""
+def build_judge_graph(*, model_source: ModelSource | None = None) -> StateGraph[Any, Any, Any, Any]:
+    """The uncompiled judge graph; the caller compiles it (with a checkpointer, if it wants one).
+
+    `model_source` turns model specs into chat models; without one, the process's shared registry does.
+    """
+    models = resolve_model_source(model_source)
     builder = StateGraph(
         JudgeState, context_schema=EvaluationContext, input_schema=EvaluationInput, output_schema=EvaluationOutput
     )
     builder.add_node("start_judging", start_judging)
-    builder.add_node("compare", compare)
-    builder.add_node("score_alone", score_alone_node)
+    builder.add_node("compare", bind_models(compare, models), input_schema=CompareTask)
+    builder.add_node("score_alone", bind_models(score_alone_node, models), input_schema=ScoreTask)
     builder.add_node("decide", decide)
     builder.add_edge(START, "start_judging")
     builder.add_conditional_edges("start_judging", route_judge_tasks, ["compare", "score_alone"])

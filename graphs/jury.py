@@ -10,28 +10,39 @@ from __future__ import annotations
 
 import operator
 import time
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
+from typing_extensions import TypedDict
 
 from agents.judge import judge_combined
+from agents.models import ModelSource
 from agents.records import Exchange, Usage, Verdict
+from graphs.binding import bind_models, resolve_model_source
 from graphs.context import EvaluationContext
-from graphs.state import EvaluationInput, EvaluationOutput, ItemState
+from graphs.state import Ballot, EvaluationInput, EvaluationOutput, ItemState
 from tools.items import prompt_text
 from tools.verdicts import mean_scores, merge_orders, plurality_verdict, winner_from_scores
 
 
 class JuryState(TypedDict, total=False):
+    """What the jury graph holds while it works on one item."""
+
     item: ItemState
+    """The item under judgement."""
     started_at: float
-    ballots: Annotated[list[dict[str, Any]], operator.add]
+    """perf_counter() when the jury opened, for the verdict's latency."""
+    ballots: Annotated[list[Ballot], operator.add]
+    """One ballot per seat and answer order; parallel jurors each append their own."""
     verdict: dict[str, Any]
+    """The item's verdict (a `Verdict` as JSON)."""
 
 
 class JurorTask(TypedDict):
+    """A `juror` branch: one seat judging the item in one answer order."""
+
     item: ItemState
     seat: int
     model: str
@@ -39,6 +50,7 @@ class JurorTask(TypedDict):
 
 
 def open_jury(state: JuryState) -> dict[str, Any]:
+    """Note the start time; the jurors are sent out by `route_jurors`."""
     return {"started_at": time.perf_counter()}
 
 
@@ -52,22 +64,23 @@ def route_jurors(state: JuryState, runtime: Runtime[EvaluationContext]) -> list[
     ]
 
 
-async def juror(task: JurorTask, runtime: Runtime[EvaluationContext]) -> dict[str, Any]:
+async def juror(task: JurorTask, runtime: Runtime[EvaluationContext], models: ModelSource) -> dict[str, Any]:
+    """One juror's combined scoring of the item, in the task's answer order."""
     context = runtime.context
     item = task["item"]
     answers = list(reversed(item["responses"])) if task["reversed"] else list(item["responses"])
     order = "reversed" if task["reversed"] else "forward"
     judgement = await judge_combined(
-        context.model_source.chat_model(task["model"]),
+        models.chat_model(task["model"]),
         model_spec=task["model"],
         question=prompt_text(item["prompt"]),
         answers=answers,
         scale=context.scale,
-        json_mode=context.model_source.json_mode(task["model"]),
+        json_mode=models.json_mode(task["model"]),
         role=f"jury/seat-{task['seat'] + 1}/{order}",
         metadata={"item_id": item["id"], "seat": task["seat"], "order": order},
     )
-    ballot = {
+    ballot: Ballot = {
         "seat": task["seat"],
         "model": task["model"],
         "reversed": task["reversed"],
@@ -123,12 +136,14 @@ def aggregate_votes(state: JuryState, runtime: Runtime[EvaluationContext]) -> di
     return {"verdict": verdict.model_dump()}
 
 
-def build_jury_graph() -> StateGraph[Any, Any, Any, Any]:
+def build_jury_graph(*, model_source: ModelSource | None = None) -> StateGraph[Any, Any, Any, Any]:
+    """The uncompiled jury graph; `model_source` as for `build_judge_graph`."""
+    models = resolve_model_source(model_source)
     builder = StateGraph(
         JuryState, context_schema=EvaluationContext, input_schema=EvaluationInput, output_schema=EvaluationOutput
     )
     builder.add_node("open_jury", open_jury)
-    builder.add_node("juror", juror)
+    builder.add_node("juror", bind_models(juror, models), input_schema=JurorTask)
     builder.add_node("aggregate_votes", aggregate_votes)
     builder.add_edge(START, "open_jury")
     builder.add_conditional_edges("open_jury", route_jurors, ["juror"])

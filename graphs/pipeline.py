@@ -1,32 +1,43 @@
 """The preference-dataset pipeline (SPEC.md section 4): feedback loop, then an evaluator, then the record.
 
 The feedback loop is a subgraph node sharing the pipeline's state keys, so a checkpointer given to the
-pipeline also checkpoints every step inside the loop: a killed run resumes mid-loop. The evaluator is
-any evaluation graph (judge, jury, debate) run over all N answers at once.
+pipeline also checkpoints every step inside the loop: a killed run resumes mid-loop. The evaluators
+(judge, jury, debate) are subgraph nodes too, so drawings and Studio show them inside the pipeline and a
+debate resumes mid-round; `route_evaluator` picks the one the run's context names.
 
-    START -> feedback_loop (subgraph) -> evaluate -> END
+    START -> feedback_loop (subgraph) -> collect_answers -(route_evaluator)-> judge | jury | debate
+                                                                            | single_answer -> END
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from functools import cache
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
+from agents.models import ModelSource
 from agents.records import Verdict
+from agents.referees import DEFAULT_ROLES, RefereeRole
+from graphs.binding import resolve_model_source
 from graphs.context import GenerationContext
-from graphs.evaluation import evaluation_graph
+from graphs.debate import build_debate_graph
 from graphs.feedback_loop import LoopInput, LoopState, build_feedback_loop_graph
+from graphs.judge import build_judge_graph
+from graphs.jury import build_jury_graph
+from graphs.state import ItemState
 
 
 class PipelineState(LoopState, total=False):
+    """The feedback loop's state, plus what the evaluator reads and writes."""
+
+    item: ItemState
+    """The prompt and all N answers, as the evaluator subgraph reads them."""
     verdict: dict[str, Any]
-
-
+    """The evaluator's verdict over the answers (a `Verdict` as JSON)."""
 
 
 def prompt_id_for(prompt: Any) -> str:
@@ -35,36 +46,45 @@ def prompt_id_for(prompt: Any) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-@cache
-def _evaluator(method: str) -> Any:
-    return evaluation_graph(method)
-
-
-async def evaluate(state: PipelineState, runtime: Runtime[GenerationContext]) -> dict[str, Any]:
-    """Rank all answers with the configured evaluator; a single answer (early stop) needs no ranking."""
-    context = runtime.context
+def collect_answers(state: PipelineState) -> dict[str, Any]:
+    """Hand the answers to the evaluator as one item: the prompt and every answer, in iteration order."""
     answers = [answer["text"] for answer in sorted(state["answers"], key=lambda answer: answer["iteration"])]
-    if len(answers) < 2:
-        verdict = Verdict(
-            id=state["prompt_id"], method="none", models=[], scores=[None], winner="A", parse_ok=True
-        ).model_dump()
-        return {"verdict": verdict}
-    item = {"id": state["prompt_id"], "prompt": state["prompt"], "responses": answers}
-    result = await _evaluator(context.evaluator).ainvoke(
-        {"item": item},
-        config={"run_name": f"{context.evaluator}:{state['prompt_id']}", "metadata": {"item_id": state["prompt_id"]}},
-        context=context,
-    )
-    return {"verdict": result["verdict"]}
+    item: ItemState = {"id": state["prompt_id"], "prompt": state["prompt"], "responses": answers}
+    return {"item": item}
 
 
-def build_pipeline_graph() -> StateGraph[Any, Any, Any, Any]:
+def route_evaluator(
+    state: PipelineState, runtime: Runtime[GenerationContext]
+) -> Literal["judge", "jury", "debate", "single_answer"]:
+    """The evaluator the context names; a single answer (early stop, or N = 1) needs no ranking."""
+    if len(state["item"]["responses"]) < 2:
+        return "single_answer"
+    return runtime.context.evaluator
+
+
+def single_answer(state: PipelineState) -> dict[str, Any]:
+    """The verdict of a prompt with one answer: that answer, unranked."""
+    verdict = Verdict(id=state["prompt_id"], method="none", models=[], scores=[None], winner="A", parse_ok=True)
+    return {"verdict": verdict.model_dump()}
+
+
+def build_pipeline_graph(
+    *, roles: Sequence[RefereeRole] = DEFAULT_ROLES, model_source: ModelSource | None = None
+) -> StateGraph[Any, Any, Any, Any]:
+    """The uncompiled pipeline; `roles` is the debate panel, `model_source` as for `build_judge_graph`."""
+    models = resolve_model_source(model_source)
     builder = StateGraph(PipelineState, context_schema=GenerationContext, input_schema=LoopInput)
-    builder.add_node("feedback_loop", build_feedback_loop_graph().compile(name="feedback_loop"))
-    builder.add_node("evaluate", evaluate)
+    builder.add_node("feedback_loop", build_feedback_loop_graph(model_source=models).compile(name="feedback_loop"))
+    builder.add_node("collect_answers", collect_answers)
+    builder.add_node("judge", build_judge_graph(model_source=models).compile(name="judge"))
+    builder.add_node("jury", build_jury_graph(model_source=models).compile(name="jury"))
+    builder.add_node("debate", build_debate_graph(roles=roles, model_source=models).compile(name="debate"))
+    builder.add_node("single_answer", single_answer)
     builder.add_edge(START, "feedback_loop")
-    builder.add_edge("feedback_loop", "evaluate")
-    builder.add_edge("evaluate", END)
+    builder.add_edge("feedback_loop", "collect_answers")
+    builder.add_conditional_edges("collect_answers", route_evaluator, ["judge", "jury", "debate", "single_answer"])
+    for evaluator in ("judge", "jury", "debate", "single_answer"):
+        builder.add_edge(evaluator, END)
     return builder
 
 

@@ -31,8 +31,10 @@ ITEM = EvalItem(
 async def evaluate_once(method: str, models: list[str], **context_options: object) -> dict:
     registry = ModelRegistry(ModelSettings(max_tokens=160))
     try:
-        context = EvaluationContext(models=models, model_source=registry, **context_options)  # type: ignore[arg-type]
-        [verdict] = await evaluate_items([ITEM], method=method, context=context)  # type: ignore[arg-type]
+        context = EvaluationContext(models=models, **context_options)  # type: ignore[arg-type]
+        [verdict] = await evaluate_items(
+            [ITEM], method=method, context=context, model_source=registry  # type: ignore[arg-type]
+        )
     finally:
         await registry.aclose()
     return verdict

@@ -33,15 +33,20 @@ def prefer_answer(correct: str, low: int = 3, high: int = 9) -> ScriptedChatMode
     return ScriptedChatModel(respond)
 
 
-async def run(method: str, context: EvaluationContext, item: EvalItem = ITEM, **kwargs: object) -> dict:
-    [verdict] = await evaluate_items([item], method=method, context=context, **kwargs)  # type: ignore[arg-type]
+async def run(
+    method: str, context: EvaluationContext, model_source: FakeModelSource, item: EvalItem = ITEM, **kwargs: object
+) -> dict:
+    [verdict] = await evaluate_items(
+        [item], method=method, context=context, model_source=model_source, **kwargs  # type: ignore[arg-type]
+    )
     return verdict
 
 
 async def test_judge_combined_scores_and_winner() -> None:
     model = prefer_answer("It is 4.")
-    context = EvaluationContext(models=["fake:judge"], model_source=FakeModelSource({"fake:judge": model}))
-    verdict = await run("judge", context)
+    source = FakeModelSource({"fake:judge": model})
+    context = EvaluationContext(models=["fake:judge"])
+    verdict = await run("judge", context, source)
     assert verdict["scores"] == [9.0, 3.0]
     assert verdict["winner"] == "A"
     assert verdict["parse_ok"] is True
@@ -52,8 +57,9 @@ async def test_judge_combined_scores_and_winner() -> None:
 
 async def test_judge_follow_up_once_in_same_conversation() -> None:
     model = ScriptedChatModel(["I like the first.", "### Score Assistant A: 7/10\n### Score Assistant B: 2/10"])
-    context = EvaluationContext(models=["m"], model_source=FakeModelSource({"m": model}))
-    verdict = await run("judge", context)
+    source = FakeModelSource({"m": model})
+    context = EvaluationContext(models=["m"])
+    verdict = await run("judge", context, source)
     assert verdict["winner"] == "A"
     second_call = model.calls[1]["messages"]
     assert [message.type for message in second_call] == ["system", "human", "ai", "human"]
@@ -65,8 +71,9 @@ async def test_judge_follow_up_once_in_same_conversation() -> None:
 
 async def test_judge_unparsable_is_recorded_not_scored() -> None:
     model = ScriptedChatModel(["No idea.", "Still no idea."])
-    context = EvaluationContext(models=["m"], model_source=FakeModelSource({"m": model}))
-    verdict = await run("judge", context)
+    source = FakeModelSource({"m": model})
+    context = EvaluationContext(models=["m"])
+    verdict = await run("judge", context, source)
     assert verdict["winner"] is None
     assert verdict["parse_ok"] is False
     assert verdict["scores"] == [None, None]
@@ -76,8 +83,9 @@ async def test_judge_unparsable_is_recorded_not_scored() -> None:
 
 async def test_judge_direct_strategy() -> None:
     model = ScriptedChatModel(["A is right.\n### Answer: A"])
-    context = EvaluationContext(models=["m"], strategy="direct", model_source=FakeModelSource({"m": model}))
-    verdict = await run("judge", context)
+    source = FakeModelSource({"m": model})
+    context = EvaluationContext(models=["m"], strategy="direct")
+    verdict = await run("judge", context, source)
     assert verdict["winner"] == "A"
     assert verdict["scale"] is None
 
@@ -89,8 +97,9 @@ async def test_judge_independent_scores_each_answer_alone() -> None:
         return "### Overall Score: 8/10" if "It is 4." in text else "### Overall Score: 2/10"
 
     model = ScriptedChatModel(respond)
-    context = EvaluationContext(models=["m"], strategy="independent", model_source=FakeModelSource({"m": model}))
-    verdict = await run("judge", context)
+    source = FakeModelSource({"m": model})
+    context = EvaluationContext(models=["m"], strategy="independent")
+    verdict = await run("judge", context, source)
     assert verdict["scores"] == [8.0, 2.0]
     assert verdict["winner"] == "A"
     assert len(model.calls) == 2
@@ -98,8 +107,9 @@ async def test_judge_independent_scores_each_answer_alone() -> None:
 
 async def test_swap_consistent_judge_keeps_verdict() -> None:
     model = prefer_answer("It is 4.")
-    context = EvaluationContext(models=["m"], swap=True, model_source=FakeModelSource({"m": model}))
-    verdict = await run("judge", context)
+    source = FakeModelSource({"m": model})
+    context = EvaluationContext(models=["m"], swap=True)
+    verdict = await run("judge", context, source)
     assert len(model.calls) == 2
     assert verdict["order_winners"] == ["A", "A"]
     assert verdict["winner"] == "A"
@@ -108,8 +118,9 @@ async def test_swap_consistent_judge_keeps_verdict() -> None:
 
 async def test_swap_position_biased_judge_becomes_tie() -> None:
     model = ScriptedChatModel(lambda _: "### Score Assistant A: 9/10\n### Score Assistant B: 4/10")
-    context = EvaluationContext(models=["m"], swap=True, model_source=FakeModelSource({"m": model}))
-    verdict = await run("judge", context)
+    source = FakeModelSource({"m": model})
+    context = EvaluationContext(models=["m"], swap=True)
+    verdict = await run("judge", context, source)
     assert verdict["order_winners"] == ["A", "B"]
     assert verdict["winner"] == "tie"
 
@@ -130,10 +141,10 @@ async def test_jury_plurality_with_tie_rule() -> None:
         "bad": prefer_answer("It is 5."),
         "even": ScriptedChatModel(lambda _: "### Score Assistant A: 5/10\n### Score Assistant B: 5/10"),
     })
-    verdict = await run("jury", EvaluationContext(models=["good", "good", "bad"], model_source=source))
+    verdict = await run("jury", EvaluationContext(models=["good", "good", "bad"]), source)
     assert verdict["juror_votes"] == ["A", "A", "B"]
     assert verdict["winner"] == "A"
-    verdict = await run("jury", EvaluationContext(models=["good", "bad", "even"], model_source=source))
+    verdict = await run("jury", EvaluationContext(models=["good", "bad", "even"]), source)
     assert verdict["juror_votes"] == ["A", "B", "tie"]
     assert verdict["winner"] == "tie"
 
@@ -143,8 +154,8 @@ async def test_jury_mean_rule() -> None:
         "mild": ScriptedChatModel(lambda _: "### Score Assistant A: 6/10\n### Score Assistant B: 5/10"),
         "strong": ScriptedChatModel(lambda _: "### Score Assistant A: 1/10\n### Score Assistant B: 9/10"),
     })
-    context = EvaluationContext(models=["mild", "mild", "strong"], jury_rule="mean", model_source=source)
-    verdict = await run("jury", context)
+    context = EvaluationContext(models=["mild", "mild", "strong"], jury_rule="mean")
+    verdict = await run("jury", context, source)
     assert verdict["scores"] == pytest.approx([13 / 3, 19 / 3])
     assert verdict["winner"] == "B"  # plurality would say A: two mild votes against one
 
@@ -166,8 +177,9 @@ def debate_model(transcript: list[str]) -> ScriptedChatModel:
 
 async def test_debate_order_rounds_and_scores() -> None:
     spoken: list[str] = []
-    context = EvaluationContext(models=["m"], model_source=FakeModelSource({"m": debate_model(spoken)}))
-    verdict = await run("debate", context)
+    source = FakeModelSource({"m": debate_model(spoken)})
+    context = EvaluationContext(models=["m"])
+    verdict = await run("debate", context, source)
     assert spoken == [
         "General Public@1", "Psychologist@1", "Critic@1",
         "General Public@2", "Psychologist@2", "Critic@2",
@@ -182,8 +194,9 @@ async def test_debate_order_rounds_and_scores() -> None:
 
 async def test_debate_later_speaker_sees_earlier_turns() -> None:
     model = debate_model([])
-    context = EvaluationContext(models=["m"], rounds=1, model_source=FakeModelSource({"m": model}))
-    await run("debate", context)
+    source = FakeModelSource({"m": model})
+    context = EvaluationContext(models=["m"], rounds=1)
+    await run("debate", context, source)
     prompts_sent = [last_user_text(call["messages"]) for call in model.calls]
     critic_prompt = next(text for text in prompts_sent if "[Your role: Critic]" in text and "turn to speak" in text)
     assert "General Public (round 1): General Public thinks answer 1 is right." in critic_prompt
@@ -195,8 +208,9 @@ async def test_debate_fourth_role_speaks_every_round() -> None:
     # The registry entry reuses an existing description file; a real new role would add its own .j2.
     ethicist = RefereeRole("ethicist", "Ethicist", "debate_role_critic")
     roles = (*DEFAULT_ROLES, ethicist)
-    context = EvaluationContext(models=["m"], rounds=3, model_source=FakeModelSource({"m": debate_model(spoken)}))
-    verdict = await run("debate", context, roles=roles)
+    source = FakeModelSource({"m": debate_model(spoken)})
+    context = EvaluationContext(models=["m"], rounds=3)
+    verdict = await run("debate", context, source, roles=roles)
     assert [entry for entry in spoken if entry.startswith("Ethicist")] == ["Ethicist@1", "Ethicist@2", "Ethicist@3"]
     assert len(spoken) == 12
     assert len(verdict["referee_scores"]) == 4
@@ -213,8 +227,9 @@ async def test_debate_unparsed_referee_left_out_of_mean() -> None:
         return "### Score Assistant 1: 6/10\n### Score Assistant 2: 8/10"
 
     model = ScriptedChatModel(respond)
-    context = EvaluationContext(models=["m"], rounds=1, model_source=FakeModelSource({"m": model}))
-    verdict = await run("debate", context)
+    source = FakeModelSource({"m": model})
+    context = EvaluationContext(models=["m"], rounds=1)
+    verdict = await run("debate", context, source)
     critic = next(entry for entry in verdict["referee_scores"] if entry["role"] == "critic")
     assert critic["scores"] == [None, None]
     assert verdict["scores"] == [6.0, 8.0]
@@ -228,8 +243,8 @@ async def test_provider_failure_is_recorded_and_run_goes_on() -> None:
 
     source = FakeModelSource({"ok": prefer_answer("It is 4."), "broken": ScriptedChatModel(explode)})
     items = [ITEM, EvalItem(id="q2", prompt="Say hi", responses=["hi", "bye"])]
-    context = EvaluationContext(models=["broken"], model_source=source)
-    verdicts = await evaluate_items(items, method="judge", context=context)
+    context = EvaluationContext(models=["broken"])
+    verdicts = await evaluate_items(items, method="judge", context=context, model_source=source)
     assert [verdict["id"] for verdict in verdicts] == ["q1", "q2"]
     assert all(verdict["winner"] is None and "upstream 503" in verdict["error"] for verdict in verdicts)
 

@@ -38,18 +38,16 @@ def reviewer_model(score: float, advice: str) -> ScriptedChatModel:
     return ScriptedChatModel(lambda _: f"### Evaluation\nok\n### Overall Score: {score}/10\n### Feedback\n{advice}")
 
 
-async def run_loop(context: GenerationContext) -> dict:
-    graph = build_feedback_loop_graph().compile()
+async def run_loop(context: GenerationContext, source: FakeModelSource) -> dict:
+    graph = build_feedback_loop_graph(model_source=source).compile()
     return await graph.ainvoke({"prompt_id": "p1", "prompt": "Explain tides."}, context=context)
 
 
 async def test_loop_three_iterations_keeps_every_answer_and_conversation() -> None:
     generator = generator_model()
     reviewer = reviewer_model(6.5, "Mention the moon.")
-    context = GenerationContext(
-        generator="gen", reviewers=["rev"], model_source=FakeModelSource({"gen": generator, "rev": reviewer})
-    )
-    state = await run_loop(context)
+    source = FakeModelSource({"gen": generator, "rev": reviewer})
+    state = await run_loop(GenerationContext(generator="gen", reviewers=["rev"]), source)
     assert [answer["text"] for answer in state["answers"]] == ["draft 1", "draft 2", "draft 3"]
     assert [(review["iteration"], review["score"]) for review in state["reviews"]] == [(1, 6.5), (2, 6.5)]
     last_call = generator.calls[-1]["messages"]
@@ -67,8 +65,8 @@ async def test_loop_two_reviewers_both_feedbacks_labelled() -> None:
     source = FakeModelSource({
         "gen": generator, "r1": reviewer_model(5, "Be shorter."), "r2": reviewer_model(7, "Cite a source."),
     })
-    context = GenerationContext(generator="gen", reviewers=["r1", "r2"], iterations=2, model_source=source)
-    state = await run_loop(context)
+    context = GenerationContext(generator="gen", reviewers=["r1", "r2"], iterations=2)
+    state = await run_loop(context, source)
     assert len(state["answers"]) == 2
     assert sorted((review["seat"], review["model"]) for review in state["reviews"]) == [(0, "r1"), (1, "r2")]
     revision = generator.calls[1]["messages"][-1].content
@@ -78,14 +76,11 @@ async def test_loop_two_reviewers_both_feedbacks_labelled() -> None:
 
 async def test_loop_early_stop_when_every_reviewer_satisfied() -> None:
     source = FakeModelSource({"gen": generator_model(), "r1": reviewer_model(9.5, "-"), "r2": reviewer_model(8, "-")})
-    context = GenerationContext(generator="gen", reviewers=["r1", "r2"], stop_score=8.0, model_source=source)
-    state = await run_loop(context)
+    context = GenerationContext(generator="gen", reviewers=["r1", "r2"], stop_score=8.0)
+    state = await run_loop(context, source)
     assert [answer["text"] for answer in state["answers"]] == ["draft 1"]
     one_unsatisfied = {"gen": generator_model(), "r1": reviewer_model(9.5, "-"), "r2": reviewer_model(7, "-")}
-    context = GenerationContext(
-        generator="gen", reviewers=["r1", "r2"], stop_score=8.0, model_source=FakeModelSource(one_unsatisfied)
-    )
-    assert len((await run_loop(context))["answers"]) == 3
+    assert len((await run_loop(context, FakeModelSource(one_unsatisfied)))["answers"]) == 3
 
 
 def record_with(texts: list[str], winner: str | None, scores: list[float | None]) -> dict:
@@ -339,9 +334,9 @@ async def test_reply_cut_off_by_max_tokens_in_json_mode_is_unparsed_not_a_failur
     # Three "tokens" cut the stub's JSON scores short; the OpenAI client then refuses to parse the reply.
     registry = ModelRegistry(ModelSettings(max_tokens=3, output_format="json"))
     try:
-        context = EvaluationContext(models=[f"compat:stub@{stub.base_url}"], model_source=registry)
+        context = EvaluationContext(models=[f"compat:stub@{stub.base_url}"])
         item = EvalItem(id="cut", prompt="Question?", responses=["one answer", "another answer"])
-        [verdict] = await evaluate_items([item], method="judge", context=context)
+        [verdict] = await evaluate_items([item], method="judge", context=context, model_source=registry)
     finally:
         await registry.aclose()
     assert verdict["error"] is None

@@ -30,8 +30,9 @@ def chatty(messages: list[BaseMessage]) -> str:
 async def test_debate_trace_written_and_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     item = EvalItem(id="item/7", prompt="2+2?", responses=["4", "5"])
-    context = EvaluationContext(models=["m"], model_source=FakeModelSource({"m": ScriptedChatModel(chatty)}))
-    await evaluate_items([item], method="debate", context=context, trace_dir=tmp_path)
+    source = FakeModelSource({"m": ScriptedChatModel(chatty)})
+    await evaluate_items([item], method="debate", context=EvaluationContext(models=["m"]), model_source=source,
+                         trace_dir=tmp_path)
     trace_file = tmp_path / "item_7.json"
     raw = trace_file.read_text()
     assert SECRET not in raw

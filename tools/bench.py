@@ -76,11 +76,12 @@ async def _pipeline(base_url: str, prompts: int, concurrency: int) -> int:
 
     spec = f"compat:stub@{base_url}"
     registry = ModelRegistry(ModelSettings(max_retries=0))
-    context = GenerationContext(models=[spec], generator=spec, reviewers=[spec], iterations=3, model_source=registry)
+    context = GenerationContext(models=[spec], generator=spec, reviewers=[spec], iterations=3)
     with tempfile.TemporaryDirectory() as folder:
         result = await run_generation(
             [f"Benchmark question {index}?" for index in range(prompts)],
             context=context, output_dir=Path(folder), settings={"bench": True}, concurrency=concurrency,
+            model_source=registry,
         )
     await registry.aclose()
     if result.failures:

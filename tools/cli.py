@@ -258,7 +258,7 @@ def run_generate(
     context = GenerationContext(
         models=judges, strategy=strategy, scale=scale, swap=swap,  # type: ignore[arg-type]
         generator=generator, reviewers=reviewers, iterations=iterations, stop_score=stop_score,
-        evaluator=evaluator, model_source=registry,  # type: ignore[arg-type]
+        evaluator=evaluator,  # type: ignore[arg-type]
     )
     with progress_bar() as progress:
         task = progress.add_task("prompts", total=len(prompts), status="")
@@ -279,7 +279,7 @@ def run_generate(
                 run_generation(
                     prompts, context=context, output_dir=output, settings=settings, prompt_source=prompt_source,
                     extend=extend, concurrency=concurrency, retry_failed=retry_failed, trace_dir=trace_dir,
-                    on_outcome=on_outcome,
+                    model_source=registry, on_outcome=on_outcome,
                 ),
                 registry,
             )

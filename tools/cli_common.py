@@ -214,11 +214,10 @@ def run_evaluation(
     context = EvaluationContext(
         models=models,
         strategy=strategy,  # type: ignore[arg-type]
-        scale=scale,
+        scale=scale,  # type: ignore[arg-type]
         swap=swap,
         jury_rule=jury_rule,  # type: ignore[arg-type]
         rounds=rounds,
-        model_source=registry,
     )
     # Verdicts already written by an interrupted run with the same settings are kept, not paid for again.
     partial_path = output_path.with_name(output_path.name + ".partial")
@@ -256,6 +255,7 @@ def run_evaluation(
                         method=method,  # type: ignore[arg-type]
                         context=context,
                         concurrency=concurrency,
+                        model_source=registry,
                         trace_dir=trace_dir,
                         on_verdict=on_verdict,
                     ),
