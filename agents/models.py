@@ -13,8 +13,10 @@ and structured output behave the same everywhere.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -250,15 +252,35 @@ class ModelRegistry:
         self.close()
 
 
-_shared_registry: ModelRegistry | None = None
+class PerLoopModelSource:
+    """One ModelRegistry per running event loop, made on first use with default settings.
+
+    Chat clients are bound to the loop that made them, and a server such as `langgraph dev` runs graphs on
+    more than one loop: each loop gets its own registry (and HTTP pool).
+    """
+
+    def __init__(self, settings: ModelSettings | None = None) -> None:
+        self.settings = settings or ModelSettings()
+        self._registries: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ModelRegistry] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _registry(self) -> ModelRegistry:
+        loop = asyncio.get_running_loop()
+        if loop not in self._registries:
+            self._registries[loop] = ModelRegistry(self.settings)
+        return self._registries[loop]
+
+    def chat_model(self, spec: str) -> BaseChatModel:
+        return self._registry().chat_model(spec)
+
+    def json_mode(self, spec: str) -> bool:
+        return ModelRegistry(self.settings).json_mode(spec)
+
+
+_shared_source = PerLoopModelSource()
 
 
 def shared_model_source() -> ModelSource:
-    """The process's registry, for graphs built without an injected model source (`langgraph dev`, Studio).
-
-    Created on first use with default settings; a command injects its own configured registry instead.
-    """
-    global _shared_registry
-    if _shared_registry is None:
-        _shared_registry = ModelRegistry()
-    return _shared_registry
+    """The process's model source, for graphs built without an injected one (`langgraph dev`, Studio)."""
+    return _shared_source
