@@ -25,7 +25,7 @@ from typing_extensions import TypedDict
 
 from agents.models import ModelSource
 from agents.records import Exchange, Turn, Usage, Verdict
-from agents.referees import DEFAULT_ROLES, RefereeRole, final_scores, speak
+from agents.referees import DEFAULT_ROLES, RESERVED_KEYS, RefereeRole, configured_panel, final_scores, speak
 from graphs.binding import resolve_model_source
 from graphs.context import EvaluationContext
 from graphs.state import EvaluationInput, EvaluationOutput, ItemState, RefereeScore
@@ -193,9 +193,8 @@ def build_debate_graph(
     if not roles:
         raise ValueError("a debate needs at least one referee role")
     keys = [role.key for role in roles]
-    reserved = {"open_debate", "close_round", "final_score", "aggregate_scores"}
-    if len(set(keys)) != len(keys) or reserved & set(keys):
-        raise ValueError(f"referee role keys must be unique and not one of {sorted(reserved)}: {keys}")
+    if len(set(keys)) != len(keys) or RESERVED_KEYS & set(keys):
+        raise ValueError(f"referee role keys must be unique and not one of {sorted(RESERVED_KEYS)}: {keys}")
     builder = StateGraph(
         DebateState, context_schema=EvaluationContext, input_schema=EvaluationInput, output_schema=EvaluationOutput
     )
@@ -216,4 +215,5 @@ def build_debate_graph(
     return builder
 
 
-graph = build_debate_graph().compile(name="debate")
+# For langgraph.json: the panel of $FELLOWSHIP_CONFIG's `debate_roles`, else the default panel.
+graph = build_debate_graph(roles=configured_panel()).compile(name="debate")

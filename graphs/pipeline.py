@@ -21,7 +21,7 @@ from langgraph.runtime import Runtime
 
 from agents.models import ModelSource
 from agents.records import Verdict
-from agents.referees import DEFAULT_ROLES, RefereeRole
+from agents.referees import DEFAULT_ROLES, RefereeRole, configured_panel
 from graphs.binding import resolve_model_source
 from graphs.context import GenerationContext
 from graphs.debate import build_debate_graph
@@ -88,4 +88,5 @@ def build_pipeline_graph(
     return builder
 
 
-graph = build_pipeline_graph().compile(name="pipeline")
+# For langgraph.json: the debate panel of $FELLOWSHIP_CONFIG's `debate_roles`, else the default panel.
+graph = build_pipeline_graph(roles=configured_panel()).compile(name="pipeline")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -34,6 +35,12 @@ def template_names() -> list[str]:
     return sorted(
         entry.name for entry in resources.files(__name__).iterdir() if entry.name.endswith(".j2")
     )
+
+
+def render_file(path: Path, **variables: Any) -> str:
+    """Render a template file of the user's (a referee's description from a config file), StrictUndefined."""
+    template = _environment().from_string(path.read_text(encoding="utf-8"))
+    return template.render(**variables).strip()
 
 
 def render(name: str, **variables: Any) -> str:

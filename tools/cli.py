@@ -7,15 +7,17 @@ shows the traceback). One event loop per command: chat clients are bound to the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
 from tools.cli_common import (
     EXIT_CODES_HELP,
     ConcurrencyOption,
+    ConfigOption,
     MaxRetriesOption,
     MaxTokensOption,
     ModelOption,
@@ -36,6 +38,17 @@ from tools.cli_common import (
 )
 from tools.cli_meta import jury_search_command, meta_app, winrate_command
 from tools.errors import ConfigError
+from tools.run_config import (
+    EVALUATE_DEFAULTS,
+    GENERATE_DEFAULTS,
+    EvaluateOptions,
+    GenerateOptions,
+    GraphOptions,
+    resolve_options,
+)
+
+if TYPE_CHECKING:
+    from agents.referees import RefereeRole
 
 app = typer.Typer(
     name="fellowship",
@@ -57,45 +70,40 @@ GraphName = Literal["judge", "jury", "debate", "feedback_loop", "pipeline"]
 @app.command()
 @user_errors
 def evaluate(
-    input_path: Annotated[Path, typer.Option("--input", "-i", help="PAIRS.jsonl: {id, prompt, responses}")],
-    output_path: Annotated[Path, typer.Option("--output", "-o", help="VERDICTS.jsonl to write")],
-    method: Annotated[Literal["judge", "jury", "debate"], typer.Option(help="evaluation workflow")] = "judge",
-    strategy: Annotated[
-        Literal["direct", "independent", "combined"], typer.Option(help="judge prompting strategy")
-    ] = "combined",
-    scale: Annotated[Literal["5", "10", "100"], typer.Option(help="score scale for scoring strategies")] = "10",
+    ctx: typer.Context,
+    input_path: Annotated[
+        Path | None, typer.Option("--input", "-i", help="PAIRS.jsonl: {id, prompt, responses} (required)")
+    ] = None,
+    output_path: Annotated[Path | None, typer.Option("--output", "-o", help="VERDICTS.jsonl to write (required)")]
+    = None,
+    method: Annotated[Literal["judge", "jury", "debate"], typer.Option(help="evaluation workflow")]
+    = EVALUATE_DEFAULTS["method"],
+    strategy: Annotated[Literal["direct", "independent", "combined"], typer.Option(help="judge prompting strategy")]
+    = EVALUATE_DEFAULTS["strategy"],
+    scale: Annotated[Literal["5", "10", "100"], typer.Option(help="score scale for scoring strategies")]
+    = EVALUATE_DEFAULTS["scale"],
     model: ModelOption = None,
-    rounds: Annotated[int, typer.Option(min=1, max=20, help="debate rounds")] = 2,
-    swap: Annotated[bool, typer.Option(help="judge both answer orders; disagreement becomes a tie")] = False,
-    jury_rule: Annotated[Literal["plurality", "mean"], typer.Option(help="jury aggregation rule")] = "plurality",
-    concurrency: ConcurrencyOption = 4,
-    max_tokens: MaxTokensOption = 512,
-    output_format: OutputFormatOption = "auto",
+    rounds: Annotated[int, typer.Option(min=1, max=20, help="debate rounds")] = EVALUATE_DEFAULTS["rounds"],
+    swap: Annotated[bool, typer.Option(help="judge both answer orders; disagreement becomes a tie")]
+    = EVALUATE_DEFAULTS["swap"],
+    jury_rule: Annotated[Literal["plurality", "mean"], typer.Option(help="jury aggregation rule")]
+    = EVALUATE_DEFAULTS["jury_rule"],
+    concurrency: ConcurrencyOption = EVALUATE_DEFAULTS["concurrency"],
+    max_tokens: MaxTokensOption = EVALUATE_DEFAULTS["max_tokens"],
+    output_format: OutputFormatOption = EVALUATE_DEFAULTS["output_format"],
     trace: TraceOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Judge which answer is best for every item, with a judge, a jury or a debate."""
-    from agents.models import DEFAULT_MODEL
-
-    models = list(model or [DEFAULT_MODEL])
-    items = load_items_for(input_path, method=method, strategy=strategy, models=models, swap=swap)
-    announce_models([(method, spec, "--model" if model else None) for spec in models])
-    verdicts = run_evaluation(
-        items=items,
-        output_path=output_path,
-        method=method,
-        strategy=strategy,
-        scale=int(scale),
-        models=models,
-        rounds=rounds,
-        swap=swap,
-        concurrency=concurrency,
-        jury_rule=jury_rule,
-        max_tokens=max_tokens,
-        output_format=output_format,
-        trace_dir=trace,
-    )
+    options: EvaluateOptions = resolve_options(ctx, EvaluateOptions)
+    models = options.models()
+    roles = options.panel()
+    items = load_items_for(options.input_path, method=options.method, strategy=options.strategy, models=models,
+                           swap=options.swap, roles=roles)
+    announce_models([(options.method, spec, "--model" if options.model else None) for spec in models])
+    verdicts = run_evaluation(items=items, output_path=options.output_path, options=options)
     console.print(verdict_table(verdicts))
-    console.print(f"wrote {len(verdicts)} verdicts to {output_path}")
+    console.print(f"wrote {len(verdicts)} verdicts to {options.output_path}")
     exit_if_failed(sum(bool(verdict.get("error")) for verdict in verdicts), len(verdicts), "items",
                    "their calls failed (see `error` in the output); run the same command again to retry them")
 
@@ -117,19 +125,24 @@ def graph_format(output_format: str | None, output: Path | None) -> str:
     return found
 
 
-def draw_graph(name: str, output_format: str | None, output: Path | None) -> str:
-    """Mermaid or ASCII text of a workflow graph, or a PNG; with `output`, written there (the line says so)."""
+def draw_graph(
+    name: str, output_format: str | None, output: Path | None, *, roles: Sequence[RefereeRole] | None = None
+) -> str:
+    """Mermaid or ASCII text of a workflow graph, or a PNG; with `output`, written there (the line says so).
+    `roles` is the debate panel (of the debate and the pipeline)."""
+    from agents.referees import DEFAULT_ROLES
     from graphs.evaluation import evaluation_graph
     from graphs.feedback_loop import build_feedback_loop_graph
     from graphs.pipeline import build_pipeline_graph
 
     chosen = graph_format(output_format, output)
+    roles = DEFAULT_ROLES if roles is None else roles
     if name == "feedback_loop":
         compiled = build_feedback_loop_graph().compile(name=name)
     elif name == "pipeline":
-        compiled = build_pipeline_graph().compile(name=name)
+        compiled = build_pipeline_graph(roles=roles).compile(name=name)
     else:
-        compiled = evaluation_graph(name)  # type: ignore[arg-type]
+        compiled = evaluation_graph(name, roles=roles)  # type: ignore[arg-type]
     drawable = compiled.get_graph(xray=name == "pipeline")
     if chosen == "png":
         target = output or Path(f"{name}.png")
@@ -148,15 +161,18 @@ def draw_graph(name: str, output_format: str | None, output: Path | None) -> str
 @app.command()
 @user_errors
 def graph(
+    ctx: typer.Context,
     name: Annotated[GraphName, typer.Argument(help="workflow to draw")],
     output_format: Annotated[
         Literal["mermaid", "ascii", "png"] | None,
         typer.Option("--format", help="default: from the --output extension (.png, .mmd, .txt), else mermaid"),
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="file to write (.png, .mmd or .txt)")] = None,
+    config: ConfigOption = None,
 ) -> None:
-    """Draw a workflow graph offline: Mermaid text, ASCII art, or a PNG."""
-    typer.echo(draw_graph(name, output_format, output))
+    """Draw a workflow graph offline: Mermaid text, ASCII art, or a PNG (the debate with a --config panel)."""
+    options: GraphOptions = resolve_options(ctx, GraphOptions)
+    typer.echo(draw_graph(name, options.output_format, options.output, roles=options.panel()))
 
 
 @trace_app.command("show")
@@ -212,8 +228,24 @@ def run_generate(
     timeout_s: float = 120.0,
     extend: bool = False,
     trace_dir: Path | None = None,
+    rounds: int = 2,
     given_flags: frozenset[str] = frozenset(),
     chosen_by: str | None = None,
+) -> dict[str, Any]:
+    """The generate command as a function (the demo and the notebooks call it): validates these values as
+    GenerateOptions, then runs `run_generate_with`."""
+    options = GenerateOptions(
+        prompts=prompts_source, output=output, generator=generator, reviewer=reviewers, judge=judges,
+        evaluator=evaluator, strategy=strategy, scale=scale, swap=swap, iterations=iterations,  # type: ignore[arg-type]
+        stop_score=stop_score, rounds=rounds, concurrency=concurrency, limit=limit, prompt_field=prompt_field,
+        retry_failed=retry_failed, extend=extend, max_tokens=max_tokens, output_format=output_format,  # type: ignore[arg-type]
+        max_retries=max_retries, timeout=timeout_s, trace=trace_dir,
+    )
+    return run_generate_with(options, given_flags=given_flags, chosen_by=chosen_by)
+
+
+def run_generate_with(
+    options: GenerateOptions, *, given_flags: frozenset[str] = frozenset(), chosen_by: str | None = None
 ) -> dict[str, Any]:
     """Validate everything, run the pipeline with a progress bar, export the datasets; return a summary.
 
@@ -221,45 +253,52 @@ def run_generate(
     every model instead (the demo). The start-up line says which model plays each role and why.
     """
     from agents.models import ModelRegistry, ModelSettings, check_model_roles
-    from graphs.context import GenerationContext
     from graphs.generation import PromptOutcome, run_generation
     from tools.export import dataset_card, export_records
     from tools.prompt_sets import load_prompts
     from tools.run_store import PromptSourceId
 
+    context = options.context()
+    panel = options.panel()
+    generator, reviewers, judges = context.generator, context.reviewers, context.models
+    evaluator, strategy, iterations, swap = options.evaluator, options.strategy, options.iterations, options.swap
+    output = options.output
     roles = [("--generator", generator), *[("--reviewer", spec) for spec in reviewers],
              *[("--judge", spec) for spec in judges]]
+    if evaluator == "debate":
+        if len(judges) not in (1, len(panel)):
+            raise ConfigError(f"--judge: a debate takes one model for all referees or one per referee ({len(panel)}), "
+                              f"got {len(judges)}")
+        roles += [("debate_roles", role.model) for role in panel if role.model]
     if evaluator == "judge" and len(judges) != 1:
         raise ConfigError(f"--judge: the judge evaluator takes one model, got {len(judges)} (use --evaluator jury)")
     if evaluator == "judge" and strategy == "direct" and iterations != 2:
         raise ConfigError("--strategy direct compares two answers: use --iterations 2 or another strategy")
     if swap and iterations != 2:
         raise ConfigError("--swap reverses two answers: use --iterations 2")
-    source = load_prompts(prompts_source, prompt_field=prompt_field)
-    prompts = source.prompts[:limit] if limit else source.prompts
+    source = load_prompts(options.prompts, prompt_field=options.prompt_field)
+    prompts = source.prompts[:options.limit] if options.limit else source.prompts
     if source.duplicates:
         errors.print(f"note: {source.duplicates} duplicate prompts in {source.origin} are kept once")
-    settings = {
+    settings: dict[str, Any] = {
         "generator": generator, "reviewers": reviewers, "evaluator": evaluator, "judges": judges,
-        "strategy": strategy, "scale": scale, "swap": swap, "iterations": iterations, "stop_score": stop_score,
-        "max_tokens": max_tokens, "output_format": output_format,
+        "strategy": strategy, "scale": options.scale, "swap": swap, "iterations": iterations,
+        "stop_score": options.stop_score, "max_tokens": options.max_tokens, "output_format": options.output_format,
     }
+    if evaluator == "debate":
+        settings |= {"rounds": options.rounds,
+                     "debate_roles": [[role.key, role.name, role.description, role.model] for role in panel]}
     prompt_source = PromptSourceId(origin=source.origin, field=source.field, sha256=source.sha256,
                                    prompts=len(source.prompts))
-    check_run_directory(output, settings, prompt_source, extend=extend)
+    check_run_directory(output, settings, prompt_source, extend=options.extend)
     check_model_roles(roles)
-    role_names = {"--generator": "generator", "--reviewer": "reviewer", "--judge": evaluator}
-    announce_models([(role_names[flag], spec, chosen_by or (flag if flag in given_flags else None))
+    role_names = {"--generator": "generator", "--reviewer": "reviewer", "--judge": evaluator,
+                  "debate_roles": "referee"}
+    own = {"debate_roles"} | given_flags
+    announce_models([(role_names[flag], spec, chosen_by or (flag if flag in own else None))
                      for flag, spec in roles])
-    model_settings = ModelSettings(
-        max_tokens=max_tokens, output_format=output_format, max_retries=max_retries, timeout_s=timeout_s  # type: ignore[arg-type]
-    )
-    registry = ModelRegistry(model_settings)
-    context = GenerationContext(
-        models=judges, strategy=strategy, scale=scale, swap=swap,  # type: ignore[arg-type]
-        generator=generator, reviewers=reviewers, iterations=iterations, stop_score=stop_score,
-        evaluator=evaluator,  # type: ignore[arg-type]
-    )
+    registry = ModelRegistry(ModelSettings(max_tokens=options.max_tokens, output_format=options.output_format,
+                                           max_retries=options.max_retries, timeout_s=options.timeout))
     with progress_bar() as progress:
         task = progress.add_task("prompts", total=len(prompts), status="")
         totals = {"failed": 0, "tokens": 0, "cost": 0.0, "priced": True}
@@ -278,8 +317,8 @@ def run_generate(
             run_then_close(
                 run_generation(
                     prompts, context=context, output_dir=output, settings=settings, prompt_source=prompt_source,
-                    extend=extend, concurrency=concurrency, retry_failed=retry_failed, trace_dir=trace_dir,
-                    model_source=registry, on_outcome=on_outcome,
+                    extend=options.extend, concurrency=options.concurrency, retry_failed=options.retry_failed,
+                    trace_dir=options.trace, model_source=registry, roles=panel, on_outcome=on_outcome,
                 ),
                 registry,
             )
@@ -348,9 +387,11 @@ def _exit_for(report: dict[str, Any]) -> None:
 @app.command()
 @user_errors
 def generate(
-    prompts: Annotated[str, typer.Option("--prompts", "-p", help="JSONL with a prompt field, alpaca_eval, mt_bench, "
-                                         "or a saved Hugging Face dataset folder")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="output directory (holds progress; rerun resumes)")],
+    ctx: typer.Context,
+    prompts: Annotated[str | None, typer.Option("--prompts", "-p", help="JSONL with a prompt field, alpaca_eval, "
+                                                "mt_bench, or a saved Hugging Face dataset folder (required)")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="output directory (holds progress; rerun "
+                                                "resumes; required)")] = None,
     generator: Annotated[str | None, typer.Option(help="model spec that writes answers [default: local:smollm2]")]
     = None,
     reviewer: Annotated[
@@ -359,41 +400,39 @@ def generate(
     ] = None,
     judge: Annotated[list[str] | None, typer.Option(help="evaluator model spec, repeatable for a jury "
                                                     "[default: local:smollm2]")] = None,
-    evaluator: Annotated[Literal["judge", "jury", "debate"], typer.Option(help="evaluation workflow")] = "judge",
-    strategy: Annotated[Literal["direct", "independent", "combined"], typer.Option()] = "combined",
-    scale: Annotated[Literal["5", "10", "100"], typer.Option()] = "10",
-    swap: Annotated[bool, typer.Option(help="judge both orders (two answers only)")] = False,
-    iterations: Annotated[int, typer.Option("--iterations", "-n", min=1, max=10, help="answers per prompt")] = 3,
+    evaluator: Annotated[Literal["judge", "jury", "debate"], typer.Option(help="evaluation workflow")]
+    = GENERATE_DEFAULTS["evaluator"],
+    strategy: Annotated[Literal["direct", "independent", "combined"], typer.Option()] = GENERATE_DEFAULTS["strategy"],
+    scale: Annotated[Literal["5", "10", "100"], typer.Option()] = GENERATE_DEFAULTS["scale"],
+    swap: Annotated[bool, typer.Option(help="judge both orders (two answers only)")] = GENERATE_DEFAULTS["swap"],
+    iterations: Annotated[int, typer.Option("--iterations", "-n", min=1, max=10, help="answers per prompt")]
+    = GENERATE_DEFAULTS["iterations"],
     stop_score: Annotated[
         float | None, typer.Option(min=0, max=10, help="stop when every reviewer scores >= this")
     ] = None,
-    concurrency: ConcurrencyOption = 8,
+    rounds: Annotated[int, typer.Option(min=1, max=20, help="debate rounds (with --evaluator debate)")]
+    = GENERATE_DEFAULTS["rounds"],
+    concurrency: ConcurrencyOption = GENERATE_DEFAULTS["concurrency"],
     limit: Annotated[int | None, typer.Option(min=1, help="only the first N prompts")] = None,
     prompt_field: Annotated[str | None, typer.Option(help="field or column holding the prompt")] = None,
-    retry_failed: Annotated[bool, typer.Option(help="retry prompts that failed in an earlier run")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="retry prompts that failed in an earlier run")]
+    = GENERATE_DEFAULTS["retry_failed"],
     extend: Annotated[
         bool, typer.Option(help="add prompts from another source (or an edited file) to the run in --output")
-    ] = False,
-    max_tokens: MaxTokensOption = 512,
-    output_format: OutputFormatOption = "auto",
-    max_retries: MaxRetriesOption = 6,
-    timeout: TimeoutOption = 120.0,
+    ] = GENERATE_DEFAULTS["extend"],
+    max_tokens: MaxTokensOption = GENERATE_DEFAULTS["max_tokens"],
+    output_format: OutputFormatOption = GENERATE_DEFAULTS["output_format"],
+    max_retries: MaxRetriesOption = GENERATE_DEFAULTS["max_retries"],
+    timeout: TimeoutOption = GENERATE_DEFAULTS["timeout"],
     trace: TraceOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Write N answers per prompt with a feedback loop, rank them, and export DPO and KTO datasets."""
-    from agents.models import DEFAULT_MODEL
-
-    given = {flag for flag, value in (("--generator", generator), ("--reviewer", reviewer), ("--judge", judge))
-             if value}
-    report = run_generate(
-        prompts_source=prompts, output=output, generator=generator or DEFAULT_MODEL,
-        reviewers=list(reviewer or [DEFAULT_MODEL]), judges=list(judge or [DEFAULT_MODEL]), evaluator=evaluator,
-        strategy=strategy, scale=int(scale), swap=swap, iterations=iterations, stop_score=stop_score,
-        concurrency=concurrency, limit=limit, prompt_field=prompt_field, retry_failed=retry_failed,
-        max_tokens=max_tokens, output_format=output_format, max_retries=max_retries, timeout_s=timeout,
-        extend=extend, trace_dir=trace, given_flags=frozenset(given),
-    )
-    _print_generate_summary(output, report)
+    options: GenerateOptions = resolve_options(ctx, GenerateOptions)
+    given = {flag for flag, value in (("--generator", options.generator), ("--reviewer", options.reviewer),
+                                      ("--judge", options.judge)) if value}
+    report = run_generate_with(options, given_flags=frozenset(given))
+    _print_generate_summary(options.output, report)
     _exit_for(report)
 
 

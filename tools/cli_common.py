@@ -11,7 +11,7 @@ import concurrent.futures
 import functools
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -85,6 +85,11 @@ MaxRetriesOption = Annotated[
     int, typer.Option("--max-retries", min=0, max=20, help="retries of timeouts, 5xx and 429 per call, with backoff")
 ]
 TimeoutOption = Annotated[float, typer.Option("--timeout", min=1, help="seconds before a call times out")]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="YAML file of this command's options (names with - or _) and the debate panel "
+                 "(debate_roles); options on the command line win"),
+]
 OutputFormatOption = Annotated[
     Literal["auto", "text", "json"],
     typer.Option(
@@ -145,33 +150,37 @@ def verdict_table(verdicts: list[dict[str, Any]]) -> Table:
     return table
 
 
-def load_items_for(input_path: Path, *, method: str, strategy: str, models: list[str], swap: bool) -> list[Any]:
+def load_items_for(
+    input_path: Path, *, method: str, strategy: str, models: list[str], swap: bool, roles: Sequence[Any]
+) -> list[Any]:
     """Read PAIRS.jsonl and check that its items and the flags fit together, before any model call."""
     from tools.items import load_eval_items
 
     items = load_eval_items(input_path)
-    check_evaluation_flags(items, method=method, strategy=strategy, models=models, swap=swap, source=str(input_path))
+    check_evaluation_flags(items, method=method, strategy=strategy, models=models, swap=swap, source=str(input_path),
+                           roles=roles)
     return items
 
 
 def check_evaluation_flags(
     items: list[Any], *, method: str, strategy: str, models: list[str], swap: bool, source: str,
-    flag: str = "--model",
+    flag: str = "--model", roles: Sequence[Any] = (),
 ) -> None:
     """One line naming the flag when the evaluator cannot judge these items as asked, or when a model's
-    endpoint cannot be reached; checked before any work."""
+    endpoint cannot be reached; checked before any work. `roles` is the debate panel."""
     from agents.models import check_model_spec, preflight_endpoints
-    from agents.referees import DEFAULT_ROLES
 
     for spec in models:
         check_model_spec(spec, flag=flag)
     if method == "judge" and len(models) != 1:
         raise ConfigError(f"--model: the judge takes one model, got {len(models)} (use --method jury for several)")
-    if method == "debate" and len(models) not in (1, len(DEFAULT_ROLES)):
+    if method == "debate" and len(models) not in (1, len(roles)):
         raise ConfigError(
-            f"--model: a debate takes one model for all referees or one per referee ({len(DEFAULT_ROLES)}), "
-            f"got {len(models)}"
+            f"--model: a debate takes one model for all referees or one per referee ({len(roles)}), got {len(models)}"
         )
+    own_models = [role.model for role in roles if method == "debate" and role.model]
+    for spec in own_models:
+        check_model_spec(spec, flag="debate_roles")
     if method == "judge" and strategy == "direct":
         for item in items:
             if len(item.responses) != 2:
@@ -179,58 +188,52 @@ def check_evaluation_flags(
                                   f"{len(item.responses)} responses; direct comparison takes two")
     if swap and method != "debate" and any(len(item.responses) != 2 for item in items):
         raise ConfigError(f"--swap: every item of {source} must have exactly two responses")
-    preflight_endpoints([(flag, spec) for spec in models])
+    preflight_endpoints([(flag, spec) for spec in models] + [("debate_roles", spec) for spec in own_models])
+
+
+def _same_settings(record: dict[str, Any], options: Any, panel: list[str]) -> bool:
+    """Whether a recorded verdict was made with these options (and, for a debate, this panel)."""
+    method, strategy = options.method, options.strategy
+    expected: dict[str, Any] = {"method": method, "swapped": options.swap and strategy != "independent"}
+    if method == "judge":
+        expected |= {"strategy": strategy, "scale": None if strategy == "direct" else options.scale,
+                     "models": options.models()}
+    elif method == "jury":
+        expected |= {"models": options.models()}
+    if any(record.get(key) != value for key, value in expected.items()):
+        return False
+    if method == "debate":
+        return [entry.get("role") for entry in record.get("referee_scores") or []] == panel
+    return True
 
 
 def run_evaluation(
-    *,
-    items: list[Any],
-    output_path: Path,
-    method: str,
-    strategy: str,
-    scale: int,
-    models: list[str],
-    rounds: int,
-    swap: bool,
-    concurrency: int,
-    jury_rule: str,
-    max_tokens: int,
-    output_format: str,
-    trace_dir: Path | None,
-    reuse_output: bool = False,
+    *, items: list[Any], output_path: Path, options: Any, reuse_output: bool = False
 ) -> list[dict[str, Any]]:
     """Evaluate checked items with a progress bar, resuming from a partial output file.
 
-    With `reuse_output`, verdicts already in `output_path` (the same settings, no error) are kept too:
-    the meta-evaluation cache, where an output file belongs to one evaluator.
+    `options` are the command's validated EvaluationOptions (tools/run_config.py). With `reuse_output`,
+    verdicts already in `output_path` (the same settings, no error) are kept too: the meta-evaluation cache,
+    where an output file belongs to one evaluator.
     """
     from agents.models import ModelRegistry, ModelSettings
-    from graphs.context import EvaluationContext
     from graphs.evaluation import evaluate_items
     from tools.jsonl import JsonlAppender, read_jsonl_tolerant, write_jsonl_atomic
 
-    settings = ModelSettings(max_tokens=max_tokens, output_format=output_format)  # type: ignore[arg-type]
-    registry = ModelRegistry(settings)
-    context = EvaluationContext(
-        models=models,
-        strategy=strategy,  # type: ignore[arg-type]
-        scale=scale,  # type: ignore[arg-type]
-        swap=swap,
-        jury_rule=jury_rule,  # type: ignore[arg-type]
-        rounds=rounds,
-    )
+    registry = ModelRegistry(ModelSettings(max_tokens=options.max_tokens, output_format=options.output_format))
+    context = options.context()
+    roles = options.panel()
+    method = options.method
     # Verdicts already written by an interrupted run with the same settings are kept, not paid for again.
     partial_path = output_path.with_name(output_path.name + ".partial")
-    settings_key: dict[str, Any] = {"method": method, "models": models, "swapped": swap and strategy != "independent"}
-    if method == "judge":
-        settings_key |= {"strategy": strategy, "scale": None if strategy == "direct" else scale}
     earlier = read_jsonl_tolerant(output_path) if reuse_output else []
     wanted = {item.key for item in items}
+    panel = [role.key for role in roles]
     done = {
         str(record["id"]): record
         for record in earlier + read_jsonl_tolerant(partial_path)
         if str(record.get("id")) in wanted
-        if all(record.get(key) == value for key, value in settings_key.items()) and not record.get("error")
+        if _same_settings(record, options, panel) and not record.get("error")
     }
     pending = [item for item in items if item.key not in done]
     if done:
@@ -252,11 +255,12 @@ def run_evaluation(
                 run_then_close(
                     evaluate_items(
                         pending,
-                        method=method,  # type: ignore[arg-type]
+                        method=method,
                         context=context,
-                        concurrency=concurrency,
+                        concurrency=options.concurrency,
+                        roles=roles,
                         model_source=registry,
-                        trace_dir=trace_dir,
+                        trace_dir=options.trace,
                         on_verdict=on_verdict,
                     ),
                     registry,

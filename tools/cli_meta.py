@@ -19,6 +19,7 @@ from rich.table import Table
 
 from tools.cli_common import (
     ConcurrencyOption,
+    ConfigOption,
     MaxTokensOption,
     ModelOption,
     OutputFormatOption,
@@ -32,6 +33,7 @@ from tools.cli_common import (
 )
 from tools.errors import ConfigError, InputError
 from tools.jsonl import write_jsonl_atomic
+from tools.run_config import META_EVAL_DEFAULTS, EvaluationOptions, MetaEvalOptions, resolve_options
 
 meta_app = typer.Typer(
     help="Agreement of an evaluator with human labels: run it on a benchmark, or score recorded verdicts "
@@ -160,45 +162,51 @@ def evaluator_name(method: str, strategy: str, scale: int, models: Sequence[str]
 def meta_eval(
     context: typer.Context,
     benchmark: BenchmarkOption = None,
-    method: Annotated[Literal["judge", "jury", "debate"], typer.Option(help="evaluation workflow")] = "judge",
+    method: Annotated[Literal["judge", "jury", "debate"], typer.Option(help="evaluation workflow")]
+    = META_EVAL_DEFAULTS["method"],
     model: ModelOption = None,
-    strategy: StrategyOption = "combined",
-    scale: ScaleOption = "10",
-    swap: Annotated[bool, typer.Option(help="judge both answer orders; disagreement becomes a tie")] = False,
+    strategy: StrategyOption = META_EVAL_DEFAULTS["strategy"],
+    scale: ScaleOption = META_EVAL_DEFAULTS["scale"],
+    swap: Annotated[bool, typer.Option(help="judge both answer orders; disagreement becomes a tie")]
+    = META_EVAL_DEFAULTS["swap"],
     limit: Annotated[int | None, typer.Option(min=1, help="only the first N items of the benchmark")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="report folder (default "
                                                 "runs/meta-eval/BENCHMARK)")] = None,
-    rounds: Annotated[int, typer.Option(min=1, max=20, help="debate rounds")] = 2,
-    jury_rule: Annotated[Literal["plurality", "mean"], typer.Option(help="jury aggregation rule")] = "plurality",
-    concurrency: ConcurrencyOption = 4,
-    max_tokens: MaxTokensOption = 512,
-    output_format: OutputFormatOption = "auto",
+    rounds: Annotated[int, typer.Option(min=1, max=20, help="debate rounds")] = META_EVAL_DEFAULTS["rounds"],
+    jury_rule: Annotated[Literal["plurality", "mean"], typer.Option(help="jury aggregation rule")]
+    = META_EVAL_DEFAULTS["jury_rule"],
+    concurrency: ConcurrencyOption = META_EVAL_DEFAULTS["concurrency"],
+    max_tokens: MaxTokensOption = META_EVAL_DEFAULTS["max_tokens"],
+    output_format: OutputFormatOption = META_EVAL_DEFAULTS["output_format"],
     trace: TraceOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Run an evaluator over a human-labelled benchmark and report its agreement with the humans."""
     if context.invoked_subcommand is not None:
         return
-    from agents.models import DEFAULT_MODEL
     from tools.benchmarks import load_benchmark
     from tools.meta_eval import baseline_scores, score_evaluator
     from tools.verdict_files import ItemVerdict, verdict_from_record
 
-    benchmark = _require(benchmark, "--benchmark")
-    models = list(model or [DEFAULT_MODEL])
-    labelled = load_benchmark(benchmark)[:limit]
+    options: MetaEvalOptions = resolve_options(context, MetaEvalOptions)
+    models, method = options.models(), options.method
+    roles = options.panel()
+    labelled = load_benchmark(options.benchmark)[:options.limit]
     items = [item.as_eval_item() for item in labelled]
-    check_evaluation_flags(items, method=method, strategy=strategy, models=models, swap=swap, source=benchmark)
-    announce_models([(method, spec, "--model" if model else None) for spec in models])
-    output = output or Path("runs/meta-eval") / benchmark_label(benchmark)
-    settings = {"method": method, "strategy": strategy, "scale": int(scale), "models": models, "swap": swap,
-                "rounds": rounds, "jury_rule": jury_rule, "max_tokens": max_tokens, "output_format": output_format}
+    check_evaluation_flags(items, method=method, strategy=options.strategy, models=models, swap=options.swap,
+                           source=options.benchmark, roles=roles)
+    announce_models([(method, spec, "--model" if options.model else None) for spec in models])
+    output = options.output or Path("runs/meta-eval") / benchmark_label(options.benchmark)
+    settings: dict[str, Any] = {
+        "method": method, "strategy": options.strategy, "scale": options.scale, "models": models,
+        "swap": options.swap, "rounds": options.rounds, "jury_rule": options.jury_rule,
+        "max_tokens": options.max_tokens, "output_format": options.output_format,
+    }
+    if options.debate_roles is not None:
+        settings["debate_roles"] = [[role.key, role.name, role.description, role.model] for role in roles]
     cache = output / "verdicts" / f"{method}-{_slug('+'.join(models))[:60]}-{settings_digest(settings)}.jsonl"
-    records = run_evaluation(
-        items=items, output_path=cache, method=method, strategy=strategy, scale=int(scale), models=models,
-        rounds=rounds, swap=swap, concurrency=concurrency, jury_rule=jury_rule, max_tokens=max_tokens,
-        output_format=output_format, trace_dir=trace, reuse_output=True,
-    )
-    name = evaluator_name(method, strategy, int(scale), models, swap, jury_rule)
+    records = run_evaluation(items=items, output_path=cache, options=options, reuse_output=True)
+    name = evaluator_name(method, options.strategy, options.scale, models, options.swap, options.jury_rule)
     verdicts = [verdict_from_record(record, paper_compat=False, path=cache, line=None) for record in records]
     rows = [score_evaluator(name, list(zip(labelled, verdicts, strict=True)))]
     if method == "jury":
@@ -207,9 +215,9 @@ def meta_eval(
             juror = [ItemVerdict(winner=vote) for vote in votes]
             rows.append(score_evaluator(f"juror {seat + 1}: {spec}", list(zip(labelled, juror, strict=True))))
     rows += baseline_scores(labelled)
-    title = f"{name} on {benchmark_label(benchmark)} ({len(labelled)} items)"
+    title = f"{name} on {benchmark_label(options.benchmark)} ({len(labelled)} items)"
     write_kappa_outputs(output, rows, title=title, notes=READING_NOTES + f"\n\nVerdicts (reused by reruns): `{cache}`.",
-                        extra={"benchmark": benchmark, "settings": settings, "verdicts": str(cache)})
+                        extra={"benchmark": options.benchmark, "settings": settings, "verdicts": str(cache)})
     exit_if_failed(sum(bool(record.get("error")) for record in records), len(records), "items",
                    "their calls failed (counted as unparsed above); run the same command again to retry them")
 
@@ -408,11 +416,11 @@ def winrate_command(
     output = output or Path("runs/winrate") / f"{name_a}-vs-{name_b}"
     settings = {"judge": judge, "strategy": strategy, "scale": int(scale), "swap": swap, "max_tokens": max_tokens,
                 "output_format": output_format, "answer": answer}
-    records = run_evaluation(
-        items=items, output_path=output / f"verdicts-{settings_digest(settings)}.jsonl", method="judge",
-        strategy=strategy, scale=int(scale), models=[judge], rounds=2, swap=swap, concurrency=concurrency,
-        jury_rule="plurality", max_tokens=max_tokens, output_format=output_format, trace_dir=trace, reuse_output=True,
-    )
+    options = EvaluationOptions(method="judge", strategy=strategy, scale=int(scale), model=[judge],  # type: ignore[arg-type]
+                                swap=swap, concurrency=concurrency, max_tokens=max_tokens, output_format=output_format,
+                                trace=trace)
+    records = run_evaluation(items=items, output_path=output / f"verdicts-{settings_digest(settings)}.jsonl",
+                             options=options, reuse_output=True)
     winners = [record["winner"] for record in records]
     result = WinRate(a=name_a, b=name_b, wins=winners.count("A"), ties=winners.count("tie"),
                      losses=winners.count("B"), unparsed=winners.count(None))

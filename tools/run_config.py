@@ -1,0 +1,213 @@
+"""The run configuration of each command: one pydantic model per command, shared by the CLI, `--config` files
+and the graphs' contexts.
+
+A command's options are its model's fields (named as the command's parameters). Values come from the command
+line, else from the `--config` file, else from the field's default, which is also what the command's
+`--help` shows (the CLI takes its defaults from here). Validation forbids unknown keys; the context a graph
+runs with is built from the validated options (`EvaluateOptions.context()` ...), so an option value lives in
+one place. The debate panel (`debate_roles`) is set in a config file only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from click.core import ParameterSource
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agents.models import DEFAULT_MODEL
+from agents.referees import DEFAULT_ROLES, RefereeRole, panel_from_entries
+from graphs.context import EvaluationContext, GenerationContext
+from tools.config_files import read_config_file, validation_problem
+from tools.errors import ConfigError
+
+Method = Literal["judge", "jury", "debate"]
+Strategy = Literal["direct", "independent", "combined"]
+OutputFormat = Literal["auto", "text", "json"]
+
+
+class CommandOptions(BaseModel):
+    """Options every run command shares: the config file it read, and the debate panel it may set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: Path | None = Field(default=None, description="the --config file these options were read with")
+    debate_roles: list[Any] | None = Field(
+        default=None, description="the debate panel, in speaking order (built-in role keys or new roles)"
+    )
+
+    def panel(self) -> tuple[RefereeRole, ...]:
+        """The debate panel: the config file's `debate_roles`, else the default three referees."""
+        if self.debate_roles is None:
+            return DEFAULT_ROLES
+        return panel_from_entries(self.debate_roles, source=self.config or Path("--config"))
+
+    @field_validator("scale", mode="before", check_fields=False)
+    @classmethod
+    def _scale_as_number(cls, value: Any) -> Any:
+        return int(value) if isinstance(value, str) and value.isdigit() else value
+
+    @field_validator("model", "reviewer", "judge", mode="before", check_fields=False)
+    @classmethod
+    def _one_spec_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class EvaluationOptions(CommandOptions):
+    """Options of the commands that run an evaluator (evaluate, meta-eval)."""
+
+    method: Method = Field(default="judge", description="evaluation workflow")
+    strategy: Strategy = Field(default="combined", description="judge prompting strategy")
+    scale: Literal[5, 10, 100] = Field(default=10, description="score scale for scoring strategies")
+    model: list[str] | None = Field(default=None, description="model specs (default: local:smollm2)")
+    rounds: int = Field(default=2, ge=1, le=20, description="debate rounds")
+    swap: bool = Field(default=False, description="judge both answer orders; disagreement becomes a tie")
+    jury_rule: Literal["plurality", "mean"] = Field(default="plurality", description="jury aggregation rule")
+    concurrency: int = Field(default=4, ge=1, description="items in flight at once")
+    max_tokens: int = Field(default=512, ge=16, description="cap on tokens generated per call")
+    output_format: OutputFormat = Field(default="auto", description="evaluator answer format")
+    trace: Path | None = Field(default=None, description="folder for each item's run tree as JSON")
+
+    def models(self) -> list[str]:
+        """The model specs, or the embedded model."""
+        return list(self.model or [DEFAULT_MODEL])
+
+    def context(self) -> EvaluationContext:
+        """The evaluation graphs' context for these options."""
+        return EvaluationContext(models=self.models(), strategy=self.strategy, scale=self.scale, swap=self.swap,
+                                 jury_rule=self.jury_rule, rounds=self.rounds)
+
+
+class EvaluateOptions(EvaluationOptions):
+    """`fellowship evaluate`."""
+
+    input_path: Path = Field(description="PAIRS.jsonl: {id, prompt, responses}")
+    output_path: Path = Field(description="VERDICTS.jsonl to write")
+
+
+class MetaEvalOptions(EvaluationOptions):
+    """`fellowship meta-eval` (a live run over a benchmark)."""
+
+    benchmark: str = Field(description="benchmark short name or path")
+    limit: int | None = Field(default=None, ge=1, description="only the first N items of the benchmark")
+    output: Path | None = Field(default=None, description="report folder (default runs/meta-eval/BENCHMARK)")
+
+
+class GenerateOptions(CommandOptions):
+    """`fellowship generate`."""
+
+    prompts: str = Field(description="JSONL with a prompt field, alpaca_eval, mt_bench, or a saved dataset folder")
+    output: Path = Field(description="output directory (holds progress; rerun resumes)")
+    generator: str | None = Field(default=None, description="model spec that writes answers (default local:smollm2)")
+    reviewer: list[str] | None = Field(default=None, description="reviewer model specs (default local:smollm2)")
+    judge: list[str] | None = Field(default=None, description="evaluator model specs (default local:smollm2)")
+    evaluator: Method = Field(default="judge", description="evaluation workflow")
+    strategy: Strategy = Field(default="combined", description="judge prompting strategy")
+    scale: Literal[5, 10, 100] = Field(default=10, description="score scale")
+    swap: bool = Field(default=False, description="judge both orders (two answers only)")
+    iterations: int = Field(default=3, ge=1, le=10, description="answers per prompt")
+    stop_score: float | None = Field(default=None, ge=0, le=10, description="stop when every reviewer scores >= this")
+    rounds: int = Field(default=2, ge=1, le=20, description="debate rounds (with --evaluator debate)")
+    concurrency: int = Field(default=8, ge=1, description="prompts in flight at once")
+    limit: int | None = Field(default=None, ge=1, description="only the first N prompts")
+    prompt_field: str | None = Field(default=None, description="field or column holding the prompt")
+    retry_failed: bool = Field(default=False, description="retry prompts that failed in an earlier run")
+    extend: bool = Field(default=False, description="add prompts from another source to the run in --output")
+    max_tokens: int = Field(default=512, ge=16, description="cap on tokens generated per call")
+    output_format: OutputFormat = Field(default="auto", description="evaluator answer format")
+    max_retries: int = Field(default=6, ge=0, le=20, description="retries of timeouts, 5xx and 429 per call")
+    timeout: float = Field(default=120.0, ge=1, description="seconds before a call times out")
+    trace: Path | None = Field(default=None, description="folder for each prompt's run tree as JSON")
+
+    def context(self) -> GenerationContext:
+        """The pipeline's context for these options."""
+        return GenerationContext(
+            models=list(self.judge or [DEFAULT_MODEL]), strategy=self.strategy, scale=self.scale, swap=self.swap,
+            rounds=self.rounds, generator=self.generator or DEFAULT_MODEL,
+            reviewers=list(self.reviewer or [DEFAULT_MODEL]), iterations=self.iterations, stop_score=self.stop_score,
+            evaluator=self.evaluator,
+        )
+
+
+RUN_COMMAND_OPTIONS: tuple[type[CommandOptions], ...] = (EvaluateOptions, MetaEvalOptions, GenerateOptions)
+
+
+class GraphOptions(CommandOptions):
+    """`fellowship graph`. It reads the same config files as the run commands and uses their debate panel; the
+    other run options (models, rounds...) do not change a drawing, so they are accepted and left unused."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(description="workflow to draw")
+    output_format: Literal["mermaid", "ascii", "png"] | None = Field(default=None, description="drawing format")
+    output: Path | None = Field(default=None, description="file to write")
+
+    def check_keys(self) -> None:
+        """Unknown keys are still refused: a key must be an option of some run command."""
+        known = {name for options in RUN_COMMAND_OPTIONS for name in options.model_fields}
+        for key in (self.model_extra or {}):
+            if key not in known:
+                raise ConfigError(f"{self.config}: unknown key '{key}'")
+
+
+def option_defaults(options: type[BaseModel]) -> dict[str, Any]:
+    """The fields' defaults, for the CLI's parameter defaults (one source for both). The CLI offers the score
+    scale as a choice of words, so its default is given as one."""
+    defaults = {name: field.default for name, field in options.model_fields.items() if not field.is_required()}
+    if "scale" in defaults:
+        defaults["scale"] = str(defaults["scale"])
+    return defaults
+
+
+EVALUATE_DEFAULTS = option_defaults(EvaluateOptions)
+META_EVAL_DEFAULTS = option_defaults(MetaEvalOptions)
+GENERATE_DEFAULTS = option_defaults(GenerateOptions)
+
+
+def _option_name(parameter: Any) -> str:
+    """The name a parameter has on the command line and in config files (`--input` -> `input`)."""
+    long_names = [name for name in getattr(parameter, "opts", []) if name.startswith("--")]
+    return long_names[0].removeprefix("--").replace("-", "_") if long_names else str(parameter.name)
+
+
+def resolve_options(context: Any, options: type[CommandOptions]) -> Any:
+    """Validate a command's options: the command line wins, then the `--config` file, then the defaults.
+
+    `context` is the command's click/typer context (its parsed parameters and where each value came from).
+    One line naming the file and key (or the flag) for anything wrong, before any work.
+    """
+    parameters = dict(context.params)
+    config_path: Path | None = parameters.pop("config", None)
+    key_of = {parameter.name: _option_name(parameter) for parameter in context.command.params}
+    parameter_of = {key: name for name, key in key_of.items()}
+    from_file: dict[str, Any] = {}
+    if config_path is not None:
+        for key, value in read_config_file(config_path).items():
+            name = parameter_of.get(key, key)
+            if name == "config":
+                raise ConfigError(f"{config_path}: key 'config': a config file cannot name another")
+            from_file[name] = value
+    merged: dict[str, Any] = {}
+    for name, value in parameters.items():
+        source = context.get_parameter_source(name)
+        from_command_line = source not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+        if from_command_line or name not in from_file:
+            if value is not None:
+                merged[name] = value
+        else:
+            merged[name] = from_file[name]
+    merged.update({name: value for name, value in from_file.items() if name not in parameters})
+    try:
+        validated = options.model_validate({**merged, "config": config_path})
+    except ValidationError as error:
+        first = error.errors()[0]
+        name = str(first["loc"][0]) if first.get("loc") else ""
+        if first.get("type") == "missing":
+            hint = f" (or '{key_of.get(name, name)}:' in the --config file)"
+            raise ConfigError(f"--{key_of.get(name, name).replace('_', '-')} is required{hint}") from None
+        raise validation_problem(error, str(config_path or "command line"), key_of) from None
+    if isinstance(validated, GraphOptions):
+        validated.check_keys()
+    validated.panel()  # a broken panel stops the command here, before any work
+    return validated
