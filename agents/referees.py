@@ -93,12 +93,21 @@ def panel_from_entries(entries: object, *, source: Path) -> tuple[RefereeRole, .
     An entry is a built-in role's key, or a mapping (see `tools.config_files.RoleEntry`). Problems raise
     a one-line ConfigError naming the file and the entry.
     """
-    from pydantic import TypeAdapter, ValidationError
+    from pydantic import ValidationError
 
-    try:
-        parsed = TypeAdapter(list[str | RoleEntry]).validate_python(entries)
-    except ValidationError as error:
-        raise validation_problem(error, str(source), {}) from None
+    if not isinstance(entries, list):
+        raise ConfigError(f"{source}: key 'debate_roles': a list of roles, got {type(entries).__name__}")
+    parsed: list[str | RoleEntry] = []
+    for index, entry in enumerate(entries):
+        if isinstance(entry, str):
+            parsed.append(entry)
+        elif isinstance(entry, dict):
+            try:
+                parsed.append(RoleEntry.model_validate(entry))
+            except ValidationError as error:
+                raise validation_problem(error, str(source), prefix=f"debate_roles[{index}]") from None
+        else:
+            raise ConfigError(f"{source}: key 'debate_roles[{index}]': a role key or a mapping, got {entry!r}")
     if not parsed:
         raise ConfigError(f"{source}: key 'debate_roles': a panel needs at least one referee")
     base = source.parent

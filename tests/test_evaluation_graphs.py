@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from langchain_core.messages import BaseMessage
@@ -205,13 +206,18 @@ async def test_debate_later_speaker_sees_earlier_turns() -> None:
 
 async def test_debate_fourth_role_speaks_every_round() -> None:
     spoken: list[str] = []
-    # The registry entry reuses an existing description file; a real new role would add its own .j2.
-    ethicist = RefereeRole("ethicist", "Ethicist", "debate_role_critic")
+    # A new role is one registry entry plus its own description file.
+    description_file = Path(__file__).parent / "data" / "debate_role_ethicist.j2"
+    ethicist = RefereeRole("ethicist", "Ethicist", prompt_path=description_file)
     roles = (*DEFAULT_ROLES, ethicist)
-    source = FakeModelSource({"m": debate_model(spoken)})
+    model = debate_model(spoken)
+    source = FakeModelSource({"m": model})
     context = EvaluationContext(models=["m"], rounds=3)
     verdict = await run("debate", context, source, roles=roles)
     assert [entry for entry in spoken if entry.startswith("Ethicist")] == ["Ethicist@1", "Ethicist@2", "Ethicist@3"]
+    ethicist_prompts = [last_user_text(call["messages"]) for call in model.calls
+                        if "[Your role: Ethicist]" in last_user_text(call["messages"])]
+    assert ethicist_prompts and all("honest, fair and safe" in text for text in ethicist_prompts)
     assert len(spoken) == 12
     assert len(verdict["referee_scores"]) == 4
     assert "ethicist" in build_debate_graph(roles=roles).compile().get_graph().nodes

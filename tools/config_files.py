@@ -75,11 +75,17 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return values
 
 
-def validation_problem(error: ValidationError, source: str, key_names: dict[str, str] | None = None) -> ConfigError:
-    """The first problem of a pydantic ValidationError as one line: `SOURCE: key 'debate_roles[3].name': ...`."""
+def validation_problem(
+    error: ValidationError, source: str, key_names: dict[str, str] | None = None, *, prefix: str = ""
+) -> ConfigError:
+    """The first problem of a pydantic ValidationError as one line: `SOURCE: key 'debate_roles[3].name': ...`.
+
+    `key_names` maps field names to the names users write (`input_path` -> `input`); `prefix` is where the
+    validated value sits in the file.
+    """
     first = error.errors()[0]
     location = list(first.get("loc", ()))
-    parts: list[str] = []
+    parts: list[str] = [prefix] if prefix else []
     for part in location:
         if isinstance(part, int):
             parts.append(f"[{part}]")

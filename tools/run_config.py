@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from click.core import ParameterSource
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agents.models import DEFAULT_MODEL
@@ -190,8 +189,9 @@ def resolve_options(context: Any, options: type[CommandOptions]) -> Any:
             from_file[name] = value
     merged: dict[str, Any] = {}
     for name, value in parameters.items():
-        source = context.get_parameter_source(name)
-        from_command_line = source not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+        # Compared by name: typer ships its own copy of click, whose ParameterSource is not click's.
+        source = getattr(context.get_parameter_source(name), "name", "DEFAULT")
+        from_command_line = source not in ("DEFAULT", "DEFAULT_MAP")
         if from_command_line or name not in from_file:
             if value is not None:
                 merged[name] = value
