@@ -52,6 +52,21 @@ def fatal_call_reason(error: BaseException) -> str | None:
     return None
 
 
+def stable_tags(run_name: str) -> list[str]:
+    """Few tags that stay the same from item to item (method or role, and phase); item-specific text belongs in
+    run names and metadata. `debate/critic/round-2` -> debate, critic, turn; `jury/seat-2/reversed` -> jury,
+    ballot; `reviewer-1/iteration-2` -> reviewer, review; a follow-up adds `followup`."""
+    parts = run_name.split("/")
+    head = parts[0].split("-")[0]
+    if head == "debate" and len(parts) > 2:
+        tags = ["debate", parts[1], "final" if parts[2] == "final" else "turn"]
+    elif head == "judge" and len(parts) > 1:
+        tags = ["judge", parts[1]]
+    else:
+        tags = [head, {"jury": "ballot", "generator": "answer", "reviewer": "review"}.get(head, "call")]
+    return [*tags, "followup"] if parts[-1] == "followup" else tags
+
+
 def message_text(message: BaseMessage) -> str:
     content = message.content
     if isinstance(content, str):
@@ -83,7 +98,7 @@ async def complete(
     started = time.perf_counter()
     try:
         message = await runnable.ainvoke(
-            list(messages), config={"run_name": run_name, "metadata": metadata or {}, "tags": [run_name]}
+            list(messages), config={"run_name": run_name, "metadata": metadata or {}, "tags": stable_tags(run_name)}
         )
     except openai.LengthFinishReasonError as error:
         # In JSON-schema mode the client refuses a reply cut off by max_tokens. The cut-off text is still

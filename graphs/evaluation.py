@@ -61,7 +61,8 @@ async def evaluate_item(
     recorder = RunTreeRecorder() if trace_dir is not None else None
     config: dict[str, Any] = {
         "run_name": f"{method}:{item.id}",
-        "metadata": {"item_id": item.id, "method": method},
+        # thread_id groups an item's runs as one conversation in LangSmith's thread view.
+        "metadata": {"item_id": item.id, "method": method, "thread_id": f"{method}:{item.id}"},
         "tags": [method],
     }
     if recorder is not None:

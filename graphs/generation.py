@@ -168,7 +168,8 @@ async def _run_prompt(
     config: dict[str, Any] = {
         "configurable": {"thread_id": prompt_id},
         "run_name": f"pipeline:{prompt_id}",
-        "metadata": {"item_id": prompt_id},
+        "metadata": {"item_id": prompt_id, "method": "pipeline"},
+        "tags": ["pipeline"],
     }
     recorder = RunTreeRecorder() if trace_dir is not None else None
     if recorder is not None:

@@ -46,8 +46,19 @@ def user_errors(command: CommandT) -> CommandT:
             errors.print("interrupted: finished work is kept; run the same command again to resume",
                          markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        finally:
+            flush_traces()
 
     return wrapper  # type: ignore[return-value]
+
+
+def flush_traces() -> None:
+    """Wait for LangSmith's background sender, when tracing is on, so a command's last runs are not lost."""
+    if os.environ.get("LANGSMITH_TRACING", os.environ.get("LANGCHAIN_TRACING_V2", "")).lower() != "true":
+        return
+    from langchain_core.tracers.langchain import wait_for_all_tracers
+
+    wait_for_all_tracers()
 
 
 def exit_if_failed(failed: int, total: int, unit: str, retry_hint: str) -> None:

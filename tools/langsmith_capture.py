@@ -1,0 +1,143 @@
+"""A LangSmith-compatible capture server on 127.0.0.1, for tests: it takes what the LangSmith client sends.
+
+It answers `GET /info` (no compression, multipart ingestion on), accepts runs at `POST /runs/multipart`
+(multipart/form-data parts named `post.<id>`, `post.<id>.inputs`, `patch.<id>.outputs`...), `POST /runs/batch`
+(`{"post": [...], "patch": [...]}`), `POST /runs` and `PATCH /runs/<id>`, and keeps every raw request body
+(to look for secrets) and every run merged by id. It talks to nobody else and stops when told to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+INFO = {
+    "version": "0.0.0-capture",
+    "instance_flags": {},
+    "batch_ingest_config": {
+        "use_multipart_endpoint": True, "size_limit": 100, "size_limit_bytes": 20_971_520,
+        "scale_up_qsize_trigger": 1000, "scale_up_nthreads_limit": 16, "scale_down_nempty_trigger": 4,
+    },
+}
+_PART_NAME = re.compile(rb'name="([^"]+)"')
+
+
+@dataclass
+class Capture:
+    """What arrived: raw bodies and headers of every request, and runs merged by id."""
+
+    bodies: list[bytes] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def merge(self, run: dict[str, Any]) -> None:
+        run_id = str(run.get("id"))
+        self.runs.setdefault(run_id, {}).update({key: value for key, value in run.items() if value is not None})
+
+
+def _multipart_parts(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
+    boundary = content_type.split("boundary=", 1)[1].strip().strip('"').encode()
+    parts = []
+    for chunk in body.split(b"--" + boundary):
+        head, separator, payload = chunk.partition(b"\r\n\r\n")
+        match = _PART_NAME.search(head)
+        if not separator or match is None:
+            continue
+        parts.append((match.group(1).decode(), payload.removesuffix(b"\r\n")))
+    return parts
+
+
+class LangSmithCapture:
+    """The capture server; `start_in_thread()` serves it on a free port, `stop()` ends it."""
+
+    def __init__(self) -> None:
+        self.capture = Capture()
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start_in_thread(self) -> LangSmithCapture:
+        ready = threading.Event()
+
+        def serve() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+            self.port = self._server.sockets[0].getsockname()[1]
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._server is not None:
+            self._loop.call_soon_threadsafe(self._server.close)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                request_line = await reader.readline()
+                if not request_line:
+                    break
+                method, path, _ = request_line.decode("latin-1").split(" ", 2)
+                headers: dict[str, str] = {}
+                while True:
+                    line = await reader.readline()
+                    if line in (b"\r\n", b"\n", b""):
+                        break
+                    name, _, value = line.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
+                payload = self._respond(method, path.split("?")[0], headers, body)
+                data = json.dumps(payload).encode()
+                writer.write(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+                             .encode() + data)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    def _respond(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+        if method == "GET" and path.rstrip("/").endswith("/info"):
+            return INFO
+        self.capture.bodies.append(body)
+        self.capture.headers.append(headers)
+        if path.rstrip("/").endswith("/runs/multipart"):
+            self._take_multipart(body, headers.get("content-type", ""))
+        elif path.rstrip("/").endswith("/runs/batch"):
+            batch = json.loads(body or b"{}")
+            for run in [*batch.get("post", []), *batch.get("patch", [])]:
+                self.capture.merge(run)
+        elif "/runs" in path and body:
+            run = json.loads(body)
+            if method == "PATCH":
+                run["id"] = path.rstrip("/").rsplit("/", 1)[-1]
+            self.capture.merge(run)
+        return {}
+
+    def _take_multipart(self, body: bytes, content_type: str) -> None:
+        for name, payload in _multipart_parts(body, content_type):
+            kind, _, rest = name.partition(".")
+            run_id, _, field_name = rest.partition(".")
+            if kind not in ("post", "patch") or not run_id:
+                continue
+            value = json.loads(payload) if payload else None
+            if field_name:
+                self.capture.merge({"id": run_id, field_name: value})
+            elif isinstance(value, dict):
+                self.capture.merge({**value, "id": run_id})
