@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tools.stub_server import StubServer, StubSettings
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 BENCHMARKS = SHARED / "benchmarks"
@@ -71,6 +74,14 @@ def no_real_network(monkeypatch: pytest.MonkeyPatch) -> None:
     for variable in ("OPENAI_API_KEY", "TOGETHER_API_KEY", "COMPAT_API_KEY", "LANGSMITH_API_KEY",
                      "LANGSMITH_TRACING", "LANGCHAIN_TRACING_V2", "LANGCHAIN_API_KEY"):
         monkeypatch.delenv(variable, raising=False)
+
+
+@pytest.fixture
+def stub() -> Iterator[StubServer]:
+    """The stub OpenAI-compatible server on 127.0.0.1, answering at once; stopped after the test."""
+    server = StubServer(StubSettings()).start_in_thread()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

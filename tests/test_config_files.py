@@ -6,14 +6,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from tools.cli import app
-from tools.stub_server import StubServer, StubSettings
+from tools.stub_server import StubServer
 
 runner = CliRunner()
 
@@ -30,13 +29,6 @@ debate_roles:            # the panel, in speaking order; replaces the default pa
     # or: prompt_file: ethicist.j2   (a path relative to this YAML file)
     # optional: model: openai:gpt-4o
 """
-
-
-@pytest.fixture
-def stub() -> Iterator[StubServer]:
-    server = StubServer(StubSettings()).start_in_thread()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

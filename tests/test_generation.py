@@ -140,13 +140,6 @@ def test_trl_check_catches_bad_rows() -> None:
         check_trl_rows([{"prompt": good["prompt"], "completion": good["chosen"], "label": 1}], "kto")
 
 
-@pytest.fixture
-def stub() -> StubServer:
-    server = StubServer(StubSettings(latency_s=0.0)).start_in_thread()
-    yield server
-    server.stop()
-
-
 def write_prompts(path: Path, count: int) -> Path:
     path.write_text("".join(json.dumps({"prompt": f"Question number {index}?"}) + "\n" for index in range(count)))
     return path

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tools.langsmith_capture import LangSmithCapture
-from tools.stub_server import StubServer, StubSettings
+from tools.stub_server import StubServer
 
 KEYS = {
     "OPENAI_API_KEY": "sk-proj-Zq8mW2nX4vB6cD1eF3gH5jK7lP9rS0tU",
@@ -29,13 +29,6 @@ KEYS = {
 @pytest.fixture
 def capture() -> Iterator[LangSmithCapture]:
     server = LangSmithCapture().start_in_thread()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def stub() -> Iterator[StubServer]:
-    server = StubServer(StubSettings()).start_in_thread()
     yield server
     server.stop()
 

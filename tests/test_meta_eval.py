@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from tools.benchmarks import LabelledItem, load_benchmark
 from tools.cli import app
 from tools.errors import ConfigError, InputError
 from tools.meta_eval import align, baseline_scores, bias_figures, jury_search, score_evaluator
-from tools.stub_server import StubServer, StubSettings, _score
+from tools.stub_server import StubServer, _score
 from tools.verdict_files import ItemVerdict, VerdictFile, read_verdict_file
 
 runner = CliRunner()
@@ -276,13 +275,6 @@ def test_meta_eval_score_bad_file_is_one_line(tmp_path: Path, benchmarks_dir: Pa
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [f"error: {bad}:2: winner 'maybe' is not A, B, C, tie or null"]
     assert not (tmp_path / "out").exists()
-
-
-@pytest.fixture
-def stub() -> Iterator[StubServer]:
-    server = StubServer(StubSettings(latency_s=0.0)).start_in_thread()
-    yield server
-    server.stop()
 
 
 def stub_winner(first: str, second: str) -> str:

@@ -11,7 +11,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,6 @@ from tools.stub_server import StubServer, StubSettings
 
 runner = CliRunner()
 SECRET = "sk-proj-realLookingSecretKey0123456789"
-
-
-@pytest.fixture
-def stub() -> Iterator[StubServer]:
-    server = StubServer(StubSettings()).start_in_thread()
-    yield server
-    server.stop()
 
 
 def free_port() -> int:

@@ -24,7 +24,7 @@ from agents.models import ModelRegistry
 from graphs.context import EvaluationContext
 from graphs.evaluation import evaluate_items
 from tools.items import EvalItem
-from tools.stub_server import StubServer, StubSettings
+from tools.stub_server import StubServer
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAPHS = json.loads((ROOT / "langgraph.json").read_text())["graphs"]
@@ -86,13 +86,6 @@ def server() -> Iterator[str]:
             process.wait(20)
         except subprocess.TimeoutExpired:
             process.kill()
-
-
-@pytest.fixture
-def stub() -> Iterator[StubServer]:
-    stub_server = StubServer(StubSettings()).start_in_thread()
-    yield stub_server
-    stub_server.stop()
 
 
 def assistant_ids(base: str) -> dict[str, str]:

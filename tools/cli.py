@@ -18,10 +18,14 @@ from tools.cli_common import (
     EXIT_CODES_HELP,
     ConcurrencyOption,
     ConfigOption,
+    JuryRuleOption,
     MaxRetriesOption,
     MaxTokensOption,
+    MethodOption,
     ModelOption,
     OutputFormatOption,
+    RoundsOption,
+    SwapOption,
     TimeoutOption,
     TraceOption,
     announce_models,
@@ -76,18 +80,15 @@ def evaluate(
     ] = None,
     output_path: Annotated[Path | None, typer.Option("--output", "-o", help="VERDICTS.jsonl to write (required)")]
     = None,
-    method: Annotated[Literal["judge", "jury", "debate"], typer.Option(help="evaluation workflow")]
-    = EVALUATE_DEFAULTS["method"],
+    method: MethodOption = EVALUATE_DEFAULTS["method"],
     strategy: Annotated[Literal["direct", "independent", "combined"], typer.Option(help="judge prompting strategy")]
     = EVALUATE_DEFAULTS["strategy"],
     scale: Annotated[Literal["5", "10", "100"], typer.Option(help="score scale for scoring strategies")]
     = EVALUATE_DEFAULTS["scale"],
     model: ModelOption = None,
-    rounds: Annotated[int, typer.Option(min=1, max=20, help="debate rounds")] = EVALUATE_DEFAULTS["rounds"],
-    swap: Annotated[bool, typer.Option(help="judge both answer orders; disagreement becomes a tie")]
-    = EVALUATE_DEFAULTS["swap"],
-    jury_rule: Annotated[Literal["plurality", "mean"], typer.Option(help="jury aggregation rule")]
-    = EVALUATE_DEFAULTS["jury_rule"],
+    rounds: RoundsOption = EVALUATE_DEFAULTS["rounds"],
+    swap: SwapOption = EVALUATE_DEFAULTS["swap"],
+    jury_rule: JuryRuleOption = EVALUATE_DEFAULTS["jury_rule"],
     concurrency: ConcurrencyOption = EVALUATE_DEFAULTS["concurrency"],
     max_tokens: MaxTokensOption = EVALUATE_DEFAULTS["max_tokens"],
     output_format: OutputFormatOption = EVALUATE_DEFAULTS["output_format"],

@@ -90,6 +90,10 @@ ModelOption = Annotated[
     typer.Option("--model", "-m", help="model spec, repeatable: openai:MODEL, together:ORG/MODEL, "
                  "compat:MODEL@URL, local:smollm2 (default) or local:/path/file.gguf"),
 ]
+MethodOption = Annotated[Literal["judge", "jury", "debate"], typer.Option(help="evaluation workflow")]
+RoundsOption = Annotated[int, typer.Option(min=1, max=20, help="debate rounds")]
+SwapOption = Annotated[bool, typer.Option(help="judge both answer orders; disagreement becomes a tie")]
+JuryRuleOption = Annotated[Literal["plurality", "mean"], typer.Option(help="jury aggregation rule")]
 ConcurrencyOption = Annotated[int, typer.Option("--concurrency", "-c", min=1, help="items in flight at once")]
 MaxTokensOption = Annotated[int, typer.Option("--max-tokens", min=16, help="cap on tokens generated per call")]
 MaxRetriesOption = Annotated[

@@ -20,9 +20,13 @@ from rich.table import Table
 from tools.cli_common import (
     ConcurrencyOption,
     ConfigOption,
+    JuryRuleOption,
     MaxTokensOption,
+    MethodOption,
     ModelOption,
     OutputFormatOption,
+    RoundsOption,
+    SwapOption,
     TraceOption,
     announce_models,
     check_evaluation_flags,
@@ -162,19 +166,16 @@ def evaluator_name(method: str, strategy: str, scale: int, models: Sequence[str]
 def meta_eval(
     context: typer.Context,
     benchmark: BenchmarkOption = None,
-    method: Annotated[Literal["judge", "jury", "debate"], typer.Option(help="evaluation workflow")]
-    = META_EVAL_DEFAULTS["method"],
+    method: MethodOption = META_EVAL_DEFAULTS["method"],
     model: ModelOption = None,
     strategy: StrategyOption = META_EVAL_DEFAULTS["strategy"],
     scale: ScaleOption = META_EVAL_DEFAULTS["scale"],
-    swap: Annotated[bool, typer.Option(help="judge both answer orders; disagreement becomes a tie")]
-    = META_EVAL_DEFAULTS["swap"],
+    swap: SwapOption = META_EVAL_DEFAULTS["swap"],
     limit: Annotated[int | None, typer.Option(min=1, help="only the first N items of the benchmark")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="report folder (default "
                                                 "runs/meta-eval/BENCHMARK)")] = None,
-    rounds: Annotated[int, typer.Option(min=1, max=20, help="debate rounds")] = META_EVAL_DEFAULTS["rounds"],
-    jury_rule: Annotated[Literal["plurality", "mean"], typer.Option(help="jury aggregation rule")]
-    = META_EVAL_DEFAULTS["jury_rule"],
+    rounds: RoundsOption = META_EVAL_DEFAULTS["rounds"],
+    jury_rule: JuryRuleOption = META_EVAL_DEFAULTS["jury_rule"],
     concurrency: ConcurrencyOption = META_EVAL_DEFAULTS["concurrency"],
     max_tokens: MaxTokensOption = META_EVAL_DEFAULTS["max_tokens"],
     output_format: OutputFormatOption = META_EVAL_DEFAULTS["output_format"],

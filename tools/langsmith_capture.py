@@ -15,6 +15,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from tools.stub_server import serve_json_connection
+
 INFO = {
     "version": "0.0.0-capture",
     "instance_flags": {},
@@ -88,33 +90,14 @@ class LangSmithCapture:
             self._thread.join(10)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                request_line = await reader.readline()
-                if not request_line:
-                    break
-                method, path, _ = request_line.decode("latin-1").split(" ", 2)
-                headers: dict[str, str] = {}
-                while True:
-                    line = await reader.readline()
-                    if line in (b"\r\n", b"\n", b""):
-                        break
-                    name, _, value = line.decode("latin-1").partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
-                payload = self._respond(method, path.split("?")[0], headers, body)
-                data = json.dumps(payload).encode()
-                writer.write(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
-                             .encode() + data)
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
-            pass
-        finally:
-            writer.close()
+        await serve_json_connection(reader, writer, self._respond)
 
-    def _respond(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
+    async def _respond(
+        self, method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, Any, list[str]]:
+        path = path.split("?")[0]
         if method == "GET" and path.rstrip("/").endswith("/info"):
-            return INFO
+            return 200, INFO, []
         self.capture.bodies.append(body)
         self.capture.headers.append(headers)
         if path.rstrip("/").endswith("/runs/multipart"):
@@ -128,7 +111,7 @@ class LangSmithCapture:
             if method == "PATCH":
                 run["id"] = path.rstrip("/").rsplit("/", 1)[-1]
             self.capture.merge(run)
-        return {}
+        return 200, {}, []
 
     def _take_multipart(self, body: bytes, content_type: str) -> None:
         for name, payload in _multipart_parts(body, content_type):

@@ -21,6 +21,7 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +118,40 @@ def _status_error(status: int, headers: dict[str, str]) -> dict[str, Any]:
     return {"error": {"message": f"status {status}", "type": "invalid_request_error"}}
 
 
+JsonResponder = Callable[[str, str, bytes, dict[str, str]], Awaitable[tuple[int, Any, list[str]]]]
+
+
+async def serve_json_connection(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, respond: JsonResponder
+) -> None:
+    """Serve HTTP/1.1 requests on one connection (keep-alive) with `respond(method, path, body, headers)`, which
+    gives (status, JSON payload, extra header lines). Enough HTTP for the clients these test servers meet."""
+    try:
+        while True:
+            request_line = await reader.readline()
+            if not request_line:
+                break
+            method, path, _ = request_line.decode("latin-1").split(" ", 2)
+            headers: dict[str, str] = {}
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b"\n", b""):
+                    break
+                name, _, value = line.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+            body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
+            status, payload, extra = await respond(method, path, body, headers)
+            data = json.dumps(payload).encode("utf-8")
+            head = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}", "Content-Type: application/json",
+                    f"Content-Length: {len(data)}", *extra]
+            writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
+            await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError, ValueError, asyncio.CancelledError):
+        pass
+    finally:
+        writer.close()
+
+
 class StubServer:
     """The server, runnable in a background thread (tests) or in its own process (benchmarks)."""
 
@@ -174,30 +209,7 @@ class StubServer:
                 self._thread.join(5)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                request_line = await reader.readline()
-                if not request_line:
-                    break
-                method, path, _ = request_line.decode("latin-1").split(" ", 2)
-                headers: dict[str, str] = {}
-                while True:
-                    line = await reader.readline()
-                    if line in (b"\r\n", b"\n", b""):
-                        break
-                    name, _, value = line.decode("latin-1").partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
-                status, payload, extra = await self._respond(method, path, body, headers)
-                data = json.dumps(payload).encode("utf-8")
-                head = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}", "Content-Type: application/json",
-                        f"Content-Length: {len(data)}", *extra]
-                writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
+        await serve_json_connection(reader, writer, self._respond)
 
     async def _respond(
         self, method: str, path: str, body: bytes, headers: dict[str, str]
