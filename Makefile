@@ -35,7 +35,7 @@ test-embedded: $(STAMP)
 	$(PY) -m pytest -q -m embedded
 
 bench: $(STAMP)
-	$(PY) -m tools.bench
+	$(PY) -m tools.dev.bench
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -14,7 +14,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 import prompts
 from agents.records import Exchange
 from tools.errors import EndpointError
-from tools.tracing import mask_secrets
+from tools.rules.secrets import mask_secrets
 
 ParsedT = TypeVar("ParsedT")
 

@@ -16,8 +16,8 @@ from langchain_core.messages import HumanMessage, SystemMessage
 import prompts
 from agents.calls import complete_with_followup
 from agents.records import Exchange
-from tools.parsing import parse_assistant_scores, parse_direct_answer, parse_overall_score
-from tools.verdicts import candidate_labels, winner_from_scores
+from tools.rules.parsing import parse_assistant_scores, parse_direct_answer, parse_overall_score
+from tools.rules.verdicts import candidate_labels, winner_from_scores
 
 STRATEGIES = ("direct", "independent", "combined")
 SCALES = (5, 10, 100)

@@ -3,18 +3,16 @@
 A role is data: a key, a display name, its description (a template of the `prompts` package, a file of
 the user's, or the text itself), and optionally its own model. The debate graph builds one node per role
 of the panel it is given. A panel comes from Python (`DEFAULT_ROLES` plus new `RefereeRole`s) or from a
-config file's `debate_roles` list (`panel_from_entries`), with no Python at all.
+config file's `debate_roles` list (`tools.inputs.panels`), with no Python at all.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
 
@@ -22,11 +20,8 @@ import prompts
 from agents.calls import complete, complete_with_followup
 from agents.judge import combined_format_lines, combined_schema
 from agents.records import Exchange, Turn
-from tools.config_files import RoleEntry, read_config_file, validation_problem
-from tools.errors import ConfigError
-from tools.parsing import parse_assistant_scores
+from tools.rules.parsing import parse_assistant_scores
 
-CONFIG_VARIABLE = "FELLOWSHIP_CONFIG"
 # Node names of the debate graph that a role key may not take.
 RESERVED_KEYS = frozenset({"open_debate", "close_round", "final_score", "aggregate_scores"})
 
@@ -60,82 +55,6 @@ DEFAULT_ROLES: tuple[RefereeRole, ...] = (
     RefereeRole("psychologist", "Psychologist", "debate_role_psychologist"),
     RefereeRole("critic", "Critic", "debate_role_critic"),
 )
-BUILT_IN_ROLES = {role.key: role for role in DEFAULT_ROLES}
-
-
-def _role_from_entry(entry: str | RoleEntry, base: Path, where: str) -> RefereeRole:
-    if isinstance(entry, str):
-        entry = RoleEntry(key=entry)
-    built_in = BUILT_IN_ROLES.get(entry.key)
-    has_description = entry.description is not None or entry.prompt_file is not None
-    if built_in is not None and not has_description and entry.name is None:
-        return RefereeRole(built_in.key, built_in.name, built_in.prompt, model=entry.model)
-    if entry.name is None or not has_description:
-        known = ", ".join(BUILT_IN_ROLES)
-        raise ConfigError(f"{where}: '{entry.key}' is not a built-in role ({known}); a new role needs 'name' and "
-                          "'description' or 'prompt_file'")
-    prompt_path = None
-    if entry.prompt_file is not None:
-        prompt_path = entry.prompt_file if entry.prompt_file.is_absolute() else base / entry.prompt_file
-        if not prompt_path.is_file():
-            raise ConfigError(f"{where}.prompt_file: no file at {prompt_path}")
-    role = RefereeRole(entry.key, entry.name, model=entry.model, text=entry.description, prompt_path=prompt_path)
-    try:
-        role.description  # noqa: B018 (render now: a broken template fails before any call)
-    except jinja2.TemplateError as error:
-        raise ConfigError(f"{where}.prompt_file: {prompt_path}: {error}") from None
-    return role
-
-
-def panel_from_entries(entries: object, *, source: Path) -> tuple[RefereeRole, ...]:
-    """The debate panel a config file's `debate_roles` list describes, in speaking order.
-
-    An entry is a built-in role's key, or a mapping (see `tools.config_files.RoleEntry`). Problems raise
-    a one-line ConfigError naming the file and the entry.
-    """
-    from pydantic import ValidationError
-
-    if not isinstance(entries, list):
-        raise ConfigError(f"{source}: key 'debate_roles': a list of roles, got {type(entries).__name__}")
-    parsed: list[str | RoleEntry] = []
-    for index, entry in enumerate(entries):
-        if isinstance(entry, str):
-            parsed.append(entry)
-        elif isinstance(entry, dict):
-            try:
-                parsed.append(RoleEntry.model_validate(entry))
-            except ValidationError as error:
-                raise validation_problem(error, str(source), prefix=f"debate_roles[{index}]") from None
-        else:
-            raise ConfigError(f"{source}: key 'debate_roles[{index}]': a role key or a mapping, got {entry!r}")
-    if not parsed:
-        raise ConfigError(f"{source}: key 'debate_roles': a panel needs at least one referee")
-    base = source.parent
-    roles = tuple(_role_from_entry(entry, base, f"{source}: key 'debate_roles[{index}]'")
-                  for index, entry in enumerate(parsed))
-    keys = [role.key for role in roles]
-    repeated = sorted({key for key in keys if keys.count(key) > 1})
-    if repeated:
-        raise ConfigError(f"{source}: key 'debate_roles': role keys repeat ({', '.join(repeated)})")
-    taken = sorted(RESERVED_KEYS & set(keys))
-    if taken:
-        raise ConfigError(f"{source}: key 'debate_roles': {', '.join(taken)} names a step of the debate graph")
-    return roles
-
-
-def configured_panel() -> tuple[RefereeRole, ...]:
-    """The panel named by `$FELLOWSHIP_CONFIG` (a config file's `debate_roles`), else the default panel.
-
-    Read where the module-level graphs of `langgraph.json` are built, so Studio shows a configured panel.
-    """
-    configured = os.environ.get(CONFIG_VARIABLE)
-    if not configured:
-        return DEFAULT_ROLES
-    path = Path(configured)
-    values = read_config_file(path)
-    if "debate_roles" not in values:
-        return DEFAULT_ROLES
-    return panel_from_entries(values["debate_roles"], source=path)
 
 
 def debate_labels(count: int) -> list[str]:

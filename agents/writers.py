@@ -15,7 +15,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 import prompts
 from agents.calls import complete, complete_with_followup
 from agents.records import Exchange
-from tools.parsing import parse_feedback, parse_overall_score
+from tools.rules.parsing import parse_feedback, parse_overall_score
 
 REVIEW_SCHEMA: dict[str, Any] = {
     "type": "object",

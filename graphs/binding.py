@@ -21,8 +21,12 @@ def resolve_model_source(model_source: ModelSource | None) -> ModelSource:
     return model_source if model_source is not None else shared_model_source()
 
 
-def bind_models(node: ModelNode, models: ModelSource) -> Callable[[Any, Runtime[Any]], Awaitable[dict[str, Any]]]:
-    """`node` with its model source bound; keeps the node's name for drawings and traces."""
+def bind_models(node: ModelNode, models: ModelSource) -> Any:
+    """`node` with its model source bound; keeps the node's name for drawings and traces.
+
+    Typed Any on purpose: LangGraph's `add_node` overloads infer a node's input from the graph state, while a
+    bound node receives either the state or a `Send` payload (given as `input_schema=`).
+    """
 
     async def bound(state: Any, runtime: Runtime[Any]) -> dict[str, Any]:
         return await node(state, runtime, models)

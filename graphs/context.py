@@ -3,7 +3,7 @@
 Model spec strings, numbers and names; nothing live. The chat models themselves come from a model source
 injected where a graph is built (`build_*_graph(model_source=...)`), so LangGraph Studio can draw a form
 for the context (`get_context_jsonschema()`), and tests swap in scripted fakes. These pydantic models are
-also the fields the command line and `--config` files set (`tools/run_config.py` builds on them).
+also the fields the command line and `--config` files set (`tools/cli/options.py` builds on them).
 """
 
 from __future__ import annotations

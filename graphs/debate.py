@@ -25,13 +25,14 @@ from typing_extensions import TypedDict
 
 from agents.models import ModelSource
 from agents.records import Exchange, Turn, Usage, Verdict
-from agents.referees import DEFAULT_ROLES, RESERVED_KEYS, RefereeRole, configured_panel, final_scores, speak
+from agents.referees import DEFAULT_ROLES, RESERVED_KEYS, RefereeRole, final_scores, speak
 from graphs.binding import resolve_model_source
 from graphs.context import EvaluationContext
 from graphs.state import EvaluationInput, EvaluationOutput, ItemState, RefereeScore
 from tools.errors import ConfigError
-from tools.items import prompt_text
-from tools.verdicts import mean_scores, winner_from_scores
+from tools.inputs.items import prompt_text
+from tools.inputs.panels import configured_panel
+from tools.rules.verdicts import mean_scores, winner_from_scores
 
 
 class DebateState(TypedDict, total=False):
@@ -199,10 +200,14 @@ def build_debate_graph(
         DebateState, context_schema=EvaluationContext, input_schema=EvaluationInput, output_schema=EvaluationOutput
     )
     builder.add_node("open_debate", open_debate)
+    # LangGraph's add_node overloads cannot infer the input type of a node made by a factory (the state here,
+    # a Send payload below); the graph's topology and behaviour tests check these two.
     for seat, role in enumerate(roles):
-        builder.add_node(role.key, make_referee_node(roles, seat, models))
+        builder.add_node(role.key, make_referee_node(roles, seat, models))  # type: ignore[arg-type]
     builder.add_node("close_round", close_round)
-    builder.add_node("final_score", make_final_score_node(roles, models), input_schema=FinalScoreTask)
+    builder.add_node(
+        "final_score", make_final_score_node(roles, models), input_schema=FinalScoreTask  # type: ignore[arg-type]
+    )
     builder.add_node("aggregate_scores", aggregate_scores)
     builder.add_edge(START, "open_debate")
     builder.add_edge("open_debate", keys[0])

@@ -1,4 +1,5 @@
-"""Running an evaluation graph over many items, concurrently, with optional local traces."""
+"""Running an evaluation graph over many items, concurrently, with optional local traces, resuming from what
+an interrupted run wrote (`reusable_verdicts`, `evaluate_into_file`)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from graphs.context import EvaluationContext
 from graphs.debate import build_debate_graph
 from graphs.judge import build_judge_graph
 from graphs.jury import build_jury_graph
-from tools.items import EvalItem
-from tools.tracing import RunTreeRecorder, mask_secrets, trace_filename
+from tools.inputs.items import EvalItem
+from tools.outputs.jsonl import JsonlAppender, read_jsonl_tolerant, write_jsonl_atomic
+from tools.outputs.tracing import RunTreeRecorder, trace_filename
+from tools.rules.secrets import mask_secrets
 
 Method = Literal["judge", "jury", "debate"]
 METHODS: tuple[Method, ...] = ("judge", "jury", "debate")
@@ -119,3 +122,80 @@ async def evaluate_items(
         kept = sum(1 for verdict in verdicts.values() if not verdict.get("error"))
         raise breaker.stop_error(kept, "items")
     return [verdicts[position] for position in range(len(items))]
+
+
+def same_settings(record: dict[str, Any], *, method: Method, context: EvaluationContext, panel: list[str]) -> bool:
+    """Whether a recorded verdict was made with these settings (and, for a debate, this panel)."""
+    strategy = context.strategy
+    expected: dict[str, Any] = {"method": method, "swapped": context.swap and strategy != "independent"}
+    if method == "judge":
+        expected |= {"strategy": strategy, "scale": None if strategy == "direct" else context.scale,
+                     "models": [context.models[0]]}
+    elif method == "jury":
+        expected |= {"models": list(context.models)}
+    if any(record.get(key) != value for key, value in expected.items()):
+        return False
+    if method == "debate":
+        return [entry.get("role") for entry in record.get("referee_scores") or []] == panel
+    return True
+
+
+def partial_path_for(output_path: Path) -> Path:
+    """Where verdicts are appended as they finish, until the final file is written."""
+    return output_path.with_name(output_path.name + ".partial")
+
+
+def reusable_verdicts(
+    items: Sequence[EvalItem], output_path: Path, *, method: Method, context: EvaluationContext,
+    roles: Sequence[RefereeRole], reuse_output: bool,
+) -> dict[str, dict[str, Any]]:
+    """Verdicts of these items already made with these settings and without error, by item key: from the
+    partial file an interrupted run left, and with `reuse_output` from the output file itself (a cache)."""
+    earlier = read_jsonl_tolerant(output_path) if reuse_output else []
+    wanted = {item.key for item in items}
+    panel = [role.key for role in roles]
+    return {
+        str(record["id"]): record
+        for record in earlier + read_jsonl_tolerant(partial_path_for(output_path))
+        if str(record.get("id")) in wanted
+        if same_settings(record, method=method, context=context, panel=panel) and not record.get("error")
+    }
+
+
+async def evaluate_into_file(
+    items: Sequence[EvalItem],
+    output_path: Path,
+    *,
+    method: Method,
+    context: EvaluationContext,
+    roles: Sequence[RefereeRole],
+    model_source: ModelSource | None,
+    concurrency: int,
+    trace_dir: Path | None,
+    done: dict[str, dict[str, Any]],
+    reuse_output: bool,
+    on_verdict: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Evaluate the items not in `done`, appending each verdict to the partial file as it finishes, then write
+    the output file in input order in one rename (keeping, with `reuse_output`, verdicts of other items)."""
+    pending = [item for item in items if item.key not in done]
+    appender = JsonlAppender(partial_path_for(output_path))
+
+    def keep(verdict: dict[str, Any]) -> None:
+        appender.append(verdict)
+        if on_verdict is not None:
+            on_verdict(verdict)
+
+    try:
+        fresh = await evaluate_items(pending, method=method, context=context, concurrency=concurrency, roles=roles,
+                                     model_source=model_source, trace_dir=trace_dir, on_verdict=keep)
+    finally:
+        appender.close()
+    by_key = {**done, **{str(verdict["id"]): verdict for verdict in fresh}}
+    verdicts = [by_key[item.key] for item in items]
+    wanted = {item.key for item in items}
+    earlier = read_jsonl_tolerant(output_path) if reuse_output else []
+    # The cache keeps verdicts of items outside this run (an earlier, larger --limit) as well.
+    write_jsonl_atomic(output_path, [record for record in earlier if str(record.get("id")) not in wanted] + verdicts)
+    partial_path_for(output_path).unlink(missing_ok=True)
+    return verdicts

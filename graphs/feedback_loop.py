@@ -24,7 +24,7 @@ from agents.writers import opening_messages, review_answer, revision_request, wr
 from graphs.binding import bind_models, resolve_model_source
 from graphs.context import GenerationContext
 from graphs.state import Answer, Review
-from tools.items import prompt_text
+from tools.inputs.items import prompt_text
 
 
 class LoopState(TypedDict, total=False):

@@ -22,11 +22,12 @@ from agents.referees import DEFAULT_ROLES, RefereeRole
 from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, run_guarded
 from graphs.checkpoints import InlineSqliteSaver
 from graphs.context import GenerationContext
-from graphs.pipeline import build_pipeline_graph, prompt_id_for
-from tools.items import Prompt
-from tools.prompt_sets import as_messages
-from tools.run_store import PromptSourceId, RunStore
-from tools.tracing import RunTreeRecorder, mask_secrets, trace_filename
+from graphs.pipeline import build_pipeline_graph
+from tools.inputs.items import Prompt
+from tools.inputs.prompt_sets import as_messages, prompt_id_for
+from tools.outputs.run_store import PromptSourceId, RunStore
+from tools.outputs.tracing import RunTreeRecorder, trace_filename
+from tools.rules.secrets import mask_secrets
 
 
 @dataclass

@@ -24,8 +24,8 @@ from agents.records import Exchange, Usage, Verdict
 from graphs.binding import bind_models, resolve_model_source
 from graphs.context import EvaluationContext
 from graphs.state import EvaluationInput, EvaluationOutput, ItemState, JudgementEntry
-from tools.items import prompt_text
-from tools.verdicts import merge_orders, winner_from_scores
+from tools.inputs.items import prompt_text
+from tools.rules.verdicts import merge_orders, winner_from_scores
 
 
 class JudgeState(TypedDict, total=False):

@@ -23,8 +23,8 @@ from agents.records import Exchange, Usage, Verdict
 from graphs.binding import bind_models, resolve_model_source
 from graphs.context import EvaluationContext
 from graphs.state import Ballot, EvaluationInput, EvaluationOutput, ItemState
-from tools.items import prompt_text
-from tools.verdicts import mean_scores, merge_orders, plurality_verdict, winner_from_scores
+from tools.inputs.items import prompt_text
+from tools.rules.verdicts import mean_scores, merge_orders, plurality_verdict, winner_from_scores
 
 
 class JuryState(TypedDict, total=False):

@@ -11,8 +11,6 @@ debate resumes mid-round; `route_evaluator` picks the one the run's context name
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -21,7 +19,7 @@ from langgraph.runtime import Runtime
 
 from agents.models import ModelSource
 from agents.records import Verdict
-from agents.referees import DEFAULT_ROLES, RefereeRole, configured_panel
+from agents.referees import DEFAULT_ROLES, RefereeRole
 from graphs.binding import resolve_model_source
 from graphs.context import GenerationContext
 from graphs.debate import build_debate_graph
@@ -29,6 +27,7 @@ from graphs.feedback_loop import LoopInput, LoopState, build_feedback_loop_graph
 from graphs.judge import build_judge_graph
 from graphs.jury import build_jury_graph
 from graphs.state import ItemState
+from tools.inputs.panels import configured_panel
 
 
 class PipelineState(LoopState, total=False):
@@ -38,12 +37,6 @@ class PipelineState(LoopState, total=False):
     """The prompt and all N answers, as the evaluator subgraph reads them."""
     verdict: dict[str, Any]
     """The evaluator's verdict over the answers (a `Verdict` as JSON)."""
-
-
-def prompt_id_for(prompt: Any) -> str:
-    """A stable id from the prompt's content (as distilabel does): the same prompt, the same id."""
-    canonical = json.dumps(prompt, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
 def collect_answers(state: PipelineState) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.stub_server import StubServer, StubSettings
+from tools.dev.stub_server import StubServer, StubSettings
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 BENCHMARKS = SHARED / "benchmarks"

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tools.benchmarks import load_benchmark, load_faireval, load_llmbar, load_pandalm, majority_label
 from tools.errors import InputError
-from tools.metrics import CLASSES, agreement_with_humans, kappa, kappas_of_resamples
+from tools.inputs.benchmarks import load_benchmark, load_faireval, load_llmbar, load_pandalm, majority_label
+from tools.rules.metrics import CLASSES, agreement_with_humans, kappa, kappas_of_resamples
 
 
 def test_pandalm_majority_labels(benchmarks_dir: Path) -> None:

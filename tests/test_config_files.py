@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tools.cli import app
-from tools.stub_server import StubServer
+from tools.dev.stub_server import StubServer
 
 runner = CliRunner()
 

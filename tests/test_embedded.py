@@ -16,8 +16,8 @@ import pytest
 from agents.models import ModelRegistry, ModelSettings
 from graphs.context import EvaluationContext
 from graphs.evaluation import evaluate_items
-from tools.items import EvalItem
-from tools.verdicts import winner_from_scores
+from tools.inputs.items import EvalItem
+from tools.rules.verdicts import winner_from_scores
 
 pytestmark = pytest.mark.embedded
 
@@ -112,7 +112,7 @@ def test_embedded_generate_two_prompts_two_iterations(tmp_path: Path) -> None:
         assert record["verdict"]["exchanges"], "the judge was called"
     import datasets
 
-    from tools.export import check_trl_rows
+    from tools.outputs.export import check_trl_rows
 
     check_trl_rows(list(datasets.load_from_disk(str(output / "dpo"))), "dpo")
     kto_lines = (output / "kto.jsonl").read_text().splitlines()
@@ -122,7 +122,7 @@ def test_embedded_generate_two_prompts_two_iterations(tmp_path: Path) -> None:
 def test_embedded_meta_eval_ten_pandalm_items(tmp_path: Path, benchmarks_dir: Path) -> None:
     from sklearn.metrics import cohen_kappa_score
 
-    from tools.benchmarks import load_benchmark
+    from tools.inputs.benchmarks import load_benchmark
 
     output = tmp_path / "report"
     command = [sys.executable, "-m", "tools.cli", "meta-eval", "--benchmark", "pandalm", "--method", "judge",

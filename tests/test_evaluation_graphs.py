@@ -15,7 +15,7 @@ from graphs.debate import build_debate_graph
 from graphs.evaluation import evaluate_items, evaluation_graph
 from graphs.jury import route_jurors
 from tests.fakes import FakeModelSource, ScriptedChatModel, last_user_text
-from tools.items import EvalItem
+from tools.inputs.items import EvalItem
 
 ITEM = EvalItem(id="q1", prompt="What is 2+2?", responses=["It is 4.", "It is 5."])
 

@@ -20,8 +20,8 @@ from graphs.context import GenerationContext
 from graphs.feedback_loop import build_feedback_loop_graph
 from tests.fakes import FakeModelSource, ScriptedChatModel, last_user_text
 from tools.cli import app
-from tools.export import check_trl_rows, preference_rows
-from tools.stub_server import StubServer, StubSettings
+from tools.dev.stub_server import StubServer, StubSettings
+from tools.outputs.export import check_trl_rows, preference_rows
 
 runner = CliRunner()
 
@@ -116,7 +116,7 @@ def test_preference_rows_ties_and_identical_answers_give_no_rows() -> None:
 
 
 def test_export_without_pairs_still_writes_empty_trl_datasets(tmp_path: Path) -> None:
-    from tools.export import export_records
+    from tools.outputs.export import export_records
 
     export_records([record_with(["one", "two"], "B", [3, 8])], tmp_path)
     assert len(datasets.load_from_disk(str(tmp_path / "dpo"))) == 1
@@ -322,7 +322,7 @@ async def test_reply_cut_off_by_max_tokens_in_json_mode_is_unparsed_not_a_failur
     from agents.models import ModelRegistry, ModelSettings
     from graphs.context import EvaluationContext
     from graphs.evaluation import evaluate_items
-    from tools.items import EvalItem
+    from tools.inputs.items import EvalItem
 
     # Three "tokens" cut the stub's JSON scores short; the OpenAI client then refuses to parse the reply.
     registry = ModelRegistry(ModelSettings(max_tokens=3, output_format="json"))

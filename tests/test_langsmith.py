@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tools.langsmith_capture import LangSmithCapture
-from tools.stub_server import StubServer
+from tools.dev.langsmith_capture import LangSmithCapture
+from tools.dev.stub_server import StubServer
 
 KEYS = {
     "OPENAI_API_KEY": "sk-proj-Zq8mW2nX4vB6cD1eF3gH5jK7lP9rS0tU",

@@ -9,12 +9,12 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 from typer.testing import CliRunner
 
-from tools.benchmarks import LabelledItem, load_benchmark
 from tools.cli import app
+from tools.dev.stub_server import StubServer, _score
 from tools.errors import ConfigError, InputError
-from tools.meta_eval import align, baseline_scores, bias_figures, jury_search, score_evaluator
-from tools.stub_server import StubServer, _score
-from tools.verdict_files import ItemVerdict, VerdictFile, read_verdict_file
+from tools.inputs.benchmarks import LabelledItem, load_benchmark
+from tools.inputs.verdict_files import ItemVerdict, VerdictFile, read_verdict_file
+from tools.meta_eval.scores import align, baseline_scores, bias_figures, jury_search, score_evaluator
 
 runner = CliRunner()
 
@@ -307,7 +307,7 @@ def test_meta_eval_run_reports_and_reuses_verdicts(tmp_path: Path, stub: StubSer
 
 def write_generate_output(folder: Path, answers: dict[str, list[str]]) -> Path:
     folder.mkdir()
-    from graphs.pipeline import prompt_id_for
+    from tools.inputs.prompt_sets import prompt_id_for
 
     records = []
     for prompt, texts in answers.items():
@@ -340,8 +340,8 @@ def test_winrate_compares_final_answers_on_shared_prompts(tmp_path: Path, stub: 
 
 
 def test_chart_draws_an_interval_that_misses_its_point(tmp_path: Path) -> None:
-    from tools.meta_eval import EvaluatorScore
-    from tools.reports import interval_bars, kappa_chart
+    from tools.meta_eval.reports import interval_bars, kappa_chart
+    from tools.meta_eval.scores import EvaluatorScore
 
     # Seen on two items: the bootstrap interval [0, 0] lies above a point estimate of -0.5.
     row = EvaluatorScore(name="tiny", n=2, kappa=-0.5, kappa_low=0.0, kappa_high=0.0, agreement=0.0,

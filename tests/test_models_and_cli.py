@@ -134,7 +134,7 @@ def test_graph_command_ascii_and_png(tmp_path: Path) -> None:
 
 
 async def test_commands_run_inside_a_running_event_loop_as_in_jupyter() -> None:
-    from tools.cli_common import run_coroutine
+    from tools.cli.common import run_coroutine
 
     async def answer() -> int:
         await asyncio.sleep(0)

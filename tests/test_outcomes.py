@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tools.cli import app
-from tools.stub_server import StubServer, StubSettings
+from tools.dev.stub_server import StubServer, StubSettings
 
 runner = CliRunner()
 SECRET = "sk-proj-realLookingSecretKey0123456789"
@@ -325,7 +325,7 @@ def test_graph_output_format_follows_the_extension(tmp_path: Path) -> None:
 
 
 def test_winrate_best_answer_without_a_pick_is_not_reported_missing(tmp_path: Path, stub: StubServer) -> None:
-    from graphs.pipeline import prompt_id_for
+    from tools.inputs.prompt_sets import prompt_id_for
 
     def records(folder: Path, winners: list[str | None]) -> Path:
         folder.mkdir()
@@ -378,7 +378,7 @@ def test_ids_keep_their_json_type(tmp_path: Path, stub: StubServer) -> None:
 def test_models_are_announced_and_a_fallback_to_the_embedded_model_is_warned(
     tmp_path: Path, stub: StubServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tools.cli_common import announce_models
+    from tools.cli.common import announce_models
 
     prompts = write_prompts(tmp_path / "prompts.jsonl", ["One?"])
     spec = f"compat:stub@{stub.base_url}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools.parsing import parse_assistant_scores, parse_direct_answer, parse_feedback, parse_overall_score
+from tools.rules.parsing import parse_assistant_scores, parse_direct_answer, parse_feedback, parse_overall_score
 
 
 @pytest.mark.parametrize(

@@ -23,8 +23,8 @@ import pytest
 from agents.models import ModelRegistry
 from graphs.context import EvaluationContext
 from graphs.evaluation import evaluate_items
-from tools.items import EvalItem
-from tools.stub_server import StubServer
+from tools.dev.stub_server import StubServer
+from tools.inputs.items import EvalItem
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAPHS = json.loads((ROOT / "langgraph.json").read_text())["graphs"]

@@ -13,8 +13,8 @@ from graphs.context import EvaluationContext
 from graphs.evaluation import evaluate_items
 from tests.fakes import FakeModelSource, ScriptedChatModel, last_user_text
 from tools.cli import app
-from tools.items import EvalItem
-from tools.tracing import mask_secrets
+from tools.inputs.items import EvalItem
+from tools.rules.secrets import mask_secrets
 
 SECRET = "sk-proj-abcdefghijklmnop1234"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tools.verdicts import (
+from tools.rules.verdicts import (
     mean_scores,
     merge_orders,
     paper_winner_from_scores,

@@ -16,10 +16,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agents.models import DEFAULT_MODEL
-from agents.referees import DEFAULT_ROLES, RefereeRole, panel_from_entries
+from agents.referees import DEFAULT_ROLES, RefereeRole
 from graphs.context import EvaluationContext, GenerationContext
-from tools.config_files import read_config_file, validation_problem
 from tools.errors import ConfigError
+from tools.inputs.config_files import read_config_file, validation_problem
+from tools.inputs.panels import panel_from_entries
 
 Method = Literal["judge", "jury", "debate"]
 Strategy = Literal["direct", "independent", "combined"]

@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from tools.meta_eval import EvaluatorScore, JuryScore
+from tools.meta_eval.scores import EvaluatorScore, JuryScore
 
 JURY_CHART_LIMIT = 20
 

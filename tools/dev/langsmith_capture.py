@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from tools.stub_server import serve_json_connection
+from tools.dev.stub_server import serve_json_connection
 
 INFO = {
     "version": "0.0.0-capture",

@@ -19,7 +19,7 @@ Lines written by the published code are read too: `response` (its replies joined
 `model` (optional) names the evaluator; otherwise the file name does.
 
 With `paper_compat` the paper's rules apply (SPEC.md 2.1): the published code's own scores and picks are
-taken as they are; raw text is read with the published code's strict parsers (see `tools.parsing`), an
+taken as they are; raw text is read with the published code's strict parsers (see `tools.rules.parsing`), an
 unparsed score is -1 and compared numerically, an unparsed direct comparison is a tie, and score A is
 only ever read from the first reply, while B is the first B line of the whole exchange.
 """
@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from tools.errors import InputError
-from tools.items import read_jsonl
-from tools.parsing import (
+from tools.inputs.items import read_jsonl
+from tools.rules.parsing import (
     parse_assistant_scores,
     parse_direct_answer,
     parse_overall_score,
@@ -42,7 +42,7 @@ from tools.parsing import (
     published_overall_score,
     published_score_positions,
 )
-from tools.verdicts import (
+from tools.rules.verdicts import (
     PAPER_UNPARSED_SCORE,
     TIE,
     candidate_labels,
@@ -336,13 +336,22 @@ def _is_json_reply(text: Any) -> bool:
         return False
 
 
+def evaluator_label(
+    *, method: str, strategy: str | None, scale: int | None, models: Sequence[str], swapped: bool
+) -> str:
+    """The one name of an evaluator in reports: 'judge combined/10 openai:gpt-4o', 'jury combined/plurality
+    a + b', 'debate m + m + m' (one spec per referee), '(both orders)' when judged in both."""
+    how = strategy or ""
+    if method == "judge" and scale:
+        how = f"{how}/{scale}"
+    parts = [method, how, " + ".join(map(str, models))]
+    return " ".join(part for part in parts if part) + (" (both orders)" if swapped else "")
+
+
 def record_evaluator_name(row: dict[str, Any]) -> str:
-    """'judge combined/10 openai:gpt-4o', 'jury combined/plurality a + b', ... from an evaluate record."""
-    how = row.get("strategy") or ""
-    if row.get("method") == "judge" and row.get("scale"):
-        how = f"{how}/{row['scale']}"
-    parts = [str(row["method"]), how, " + ".join(map(str, row["models"]))]
-    return " ".join(part for part in parts if part) + (" (both orders)" if row.get("swapped") else "")
+    """The evaluator's name from an evaluate record (its method, strategy, scale, models and orders)."""
+    return evaluator_label(method=str(row["method"]), strategy=row.get("strategy"), scale=row.get("scale"),
+                           models=list(row["models"]), swapped=bool(row.get("swapped")))
 
 
 def read_verdict_file(

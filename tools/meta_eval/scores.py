@@ -3,7 +3,7 @@
 Everything here works on verdicts already made (live or read from files), so scoring never calls a
 model. Definitions, stated once:
 
-- kappa, agreement, bootstrap interval: `tools.metrics` (every item kept; unparsed counts as a tie);
+- kappa, agreement, bootstrap interval: `tools.rules.metrics` (every item kept; unparsed counts as a tie);
 - unparsed rate: share of items whose verdict the rules could not read (with the paper's rules too, which
   fill in -1 scores or a tie for them);
 - position consistency: over items judged in both answer orders with both orders parsed, the share
@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tools.benchmarks import LabelledItem
 from tools.errors import ConfigError, InputError
-from tools.metrics import CLASSES, agreement_with_humans, filled_predictions, kappa, kappas_of_resamples
-from tools.verdict_files import ItemVerdict, VerdictFile
-from tools.verdicts import TIE, mean_scores, plurality_verdict, winner_from_scores
+from tools.inputs.benchmarks import LabelledItem
+from tools.inputs.verdict_files import ItemVerdict, VerdictFile
+from tools.rules.metrics import CLASSES, agreement_with_humans, filled_predictions, kappa, kappas_of_resamples
+from tools.rules.verdicts import TIE, mean_scores, plurality_verdict, winner_from_scores
 
 BOOTSTRAP_RESAMPLES = 1000
 

@@ -16,8 +16,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from tools.errors import ConfigError, InputError
-from tools.items import EvalItem, read_jsonl
-from tools.prompt_sets import benchmarks_root
+from tools.inputs.items import EvalItem, read_jsonl
+from tools.inputs.prompt_sets import benchmarks_root
 
 LABELS = ("A", "B", "tie")
 

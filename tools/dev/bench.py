@@ -119,7 +119,7 @@ def main() -> None:
         return
 
     stub = subprocess.Popen(
-        [sys.executable, "-m", "tools.stub_server", "--latency", str(args.latency),
+        [sys.executable, "-m", "tools.dev.stub_server", "--latency", str(args.latency),
          "--max-concurrent", str(args.cap), "--lifetime", "900"],
         stdout=subprocess.PIPE, text=True,
     )
@@ -137,7 +137,7 @@ def main() -> None:
         figures = {}
         for phase, label in (("bare", "bare asyncio + openai"), ("pipeline", "fellowship pipeline")):
             completed = subprocess.run(
-                [sys.executable, "-m", "tools.bench", "--phase", phase, "--base-url", base_url,
+                [sys.executable, "-m", "tools.dev.bench", "--phase", phase, "--base-url", base_url,
                  "--prompts", str(args.prompts), "--cap", str(args.cap)],
                 capture_output=True, text=True, check=True,
             )

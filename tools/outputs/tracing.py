@@ -10,7 +10,6 @@ known key value or `sk-...` token left in a text is masked.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -19,19 +18,7 @@ from langchain_core.tracers.base import BaseTracer
 from langchain_core.tracers.schemas import Run
 
 from tools.errors import InputError
-
-_SECRET_VARIABLES = ("OPENAI_API_KEY", "TOGETHER_API_KEY", "COMPAT_API_KEY", "LANGSMITH_API_KEY", "LANGCHAIN_API_KEY")
-_TOKEN_PATTERN = re.compile(r"\b(sk|lsv2|tgp)[-_][A-Za-z0-9_\-]{8,}")
-MASK = "***"
-
-
-def mask_secrets(text: str) -> str:
-    """Replace API-key values from the environment, and anything shaped like a key, with ***."""
-    for variable in _SECRET_VARIABLES:
-        value = os.environ.get(variable)
-        if value and len(value) >= 6:
-            text = text.replace(value, MASK)
-    return _TOKEN_PATTERN.sub(MASK, text)
+from tools.rules.secrets import mask_secrets
 
 
 def _scrub(value: Any) -> Any:

@@ -169,7 +169,7 @@ def load_items_for(
     input_path: Path, *, method: str, strategy: str, models: list[str], swap: bool, roles: Sequence[Any]
 ) -> list[Any]:
     """Read PAIRS.jsonl and check that its items and the flags fit together, before any model call."""
-    from tools.items import load_eval_items
+    from tools.inputs.items import load_eval_items
 
     items = load_eval_items(input_path)
     check_evaluation_flags(items, method=method, strategy=strategy, models=models, swap=swap, source=str(input_path),
@@ -206,90 +206,41 @@ def check_evaluation_flags(
     preflight_endpoints([(flag, spec) for spec in models] + [("debate_roles", spec) for spec in own_models])
 
 
-def _same_settings(record: dict[str, Any], options: Any, panel: list[str]) -> bool:
-    """Whether a recorded verdict was made with these options (and, for a debate, this panel)."""
-    method, strategy = options.method, options.strategy
-    expected: dict[str, Any] = {"method": method, "swapped": options.swap and strategy != "independent"}
-    if method == "judge":
-        expected |= {"strategy": strategy, "scale": None if strategy == "direct" else options.scale,
-                     "models": options.models()}
-    elif method == "jury":
-        expected |= {"models": options.models()}
-    if any(record.get(key) != value for key, value in expected.items()):
-        return False
-    if method == "debate":
-        return [entry.get("role") for entry in record.get("referee_scores") or []] == panel
-    return True
-
-
 def run_evaluation(
     *, items: list[Any], output_path: Path, options: Any, reuse_output: bool = False
 ) -> list[dict[str, Any]]:
-    """Evaluate checked items with a progress bar, resuming from a partial output file.
+    """Evaluate checked items with a progress bar; the runner resumes from a partial output file.
 
-    `options` are the command's validated EvaluationOptions (tools/run_config.py). With `reuse_output`,
+    `options` are the command's validated EvaluationOptions (tools/cli/options.py). With `reuse_output`,
     verdicts already in `output_path` (the same settings, no error) are kept too: the meta-evaluation cache,
     where an output file belongs to one evaluator.
     """
     from agents.models import ModelRegistry, ModelSettings
-    from graphs.evaluation import evaluate_items
-    from tools.jsonl import JsonlAppender, read_jsonl_tolerant, write_jsonl_atomic
+    from graphs.evaluation import evaluate_into_file, reusable_verdicts
 
     registry = ModelRegistry(ModelSettings(max_tokens=options.max_tokens, output_format=options.output_format))
-    context = options.context()
-    roles = options.panel()
-    method = options.method
-    # Verdicts already written by an interrupted run with the same settings are kept, not paid for again.
-    partial_path = output_path.with_name(output_path.name + ".partial")
-    earlier = read_jsonl_tolerant(output_path) if reuse_output else []
-    wanted = {item.key for item in items}
-    panel = [role.key for role in roles]
-    done = {
-        str(record["id"]): record
-        for record in earlier + read_jsonl_tolerant(partial_path)
-        if str(record.get("id")) in wanted
-        if _same_settings(record, options, panel) and not record.get("error")
-    }
-    pending = [item for item in items if item.key not in done]
+    context, roles, method = options.context(), options.panel(), options.method
+    done = reusable_verdicts(items, output_path, method=method, context=context, roles=roles,
+                             reuse_output=reuse_output)
     if done:
-        errors.print(f"reusing {len(items) - len(pending)} of {len(items)} verdicts already made with these settings")
+        errors.print(f"reusing {len(done)} of {len(items)} verdicts already made with these settings")
+    with progress_bar() as progress:
+        task = progress.add_task(f"{method}", total=len(items), completed=len(done), status="")
+        failures = 0
 
-    appender = JsonlAppender(partial_path)
-    try:
-        with progress_bar() as progress:
-            task = progress.add_task(f"{method}", total=len(items), completed=len(items) - len(pending), status="")
-            failures = 0
+        def on_verdict(verdict: dict[str, Any]) -> None:
+            nonlocal failures
+            failures += bool(verdict.get("error")) or not verdict["parse_ok"]
+            progress.update(task, advance=1, status=f"unparsed/failed: {failures}")
 
-            def on_verdict(verdict: dict[str, Any]) -> None:
-                nonlocal failures
-                appender.append(verdict)
-                failures += bool(verdict.get("error")) or not verdict["parse_ok"]
-                progress.update(task, advance=1, status=f"unparsed/failed: {failures}")
-
-            fresh = run_coroutine(
-                run_then_close(
-                    evaluate_items(
-                        pending,
-                        method=method,
-                        context=context,
-                        concurrency=options.concurrency,
-                        roles=roles,
-                        model_source=registry,
-                        trace_dir=options.trace,
-                        on_verdict=on_verdict,
-                    ),
-                    registry,
-                )
-            )
-    finally:
-        appender.close()
-    by_id = {**done, **{str(verdict["id"]): verdict for verdict in fresh}}
-    verdicts = [by_id[item.key] for item in items]
-    # The cache keeps verdicts of items outside this run (an earlier, larger --limit) as well.
-    kept = [record for record in earlier if str(record.get("id")) not in wanted] if reuse_output else []
-    write_jsonl_atomic(output_path, kept + verdicts)
-    partial_path.unlink(missing_ok=True)
-    return verdicts
+        return run_coroutine(run_then_close(
+            evaluate_into_file(
+                items, output_path, method=method, context=context, roles=roles, model_source=registry,
+                concurrency=options.concurrency, trace_dir=options.trace, done=done, reuse_output=reuse_output,
+                on_verdict=on_verdict,
+            ),
+            registry,
+        ))
 
 
 def run_coroutine(work: Coroutine[Any, Any, ResultT]) -> ResultT:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.jsonl import write_jsonl_atomic
-from tools.verdicts import TIE, label_index
+from tools.outputs.jsonl import write_jsonl_atomic
+from tools.rules.verdicts import TIE, label_index
 
 
 @dataclass

@@ -7,7 +7,7 @@ cannot read. Replies follow the formats the parsers read (or the JSON schema ask
 deterministic: they depend only on the request's messages. Faults depend on the messages and on how
 often the same request has been seen, so a retried request can succeed. `GET /stats` reports counts.
 
-Run alone: `python -m tools.stub_server --latency 0.5 --max-concurrent 32` prints its base URL and
+Run alone: `python -m tools.dev.stub_server --latency 0.5 --max-concurrent 32` prints its base URL and
 serves until killed or until `--lifetime` seconds have passed (it always stops by itself).
 """
 

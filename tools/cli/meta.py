@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
 from rich.table import Table
 
-from tools.cli_common import (
+from tools.cli.common import (
     ConcurrencyOption,
     ConfigOption,
     JuryRuleOption,
@@ -35,9 +35,10 @@ from tools.cli_common import (
     run_evaluation,
     user_errors,
 )
-from tools.errors import ConfigError, InputError
-from tools.jsonl import write_jsonl_atomic
-from tools.run_config import META_EVAL_DEFAULTS, EvaluationOptions, MetaEvalOptions, resolve_options
+from tools.cli.options import META_EVAL_DEFAULTS, EvaluationOptions, MetaEvalOptions, resolve_options
+from tools.errors import ConfigError
+from tools.inputs.answer_sets import load_side, side_coverage
+from tools.outputs.jsonl import write_jsonl_atomic
 
 meta_app = typer.Typer(
     help="Agreement of an evaluator with human labels: run it on a benchmark, or score recorded verdicts "
@@ -102,8 +103,8 @@ def read_benchmark_and_verdicts(
     benchmark: str, paths: Sequence[Path], paper_compat: bool, strategy: str | None, scale: int
 ) -> tuple[list[Any], list[Any]]:
     """The benchmark's items and every verdict file, each file's evaluator under a distinct name."""
-    from tools.benchmarks import load_benchmark
-    from tools.verdict_files import read_verdict_file
+    from tools.inputs.benchmarks import load_benchmark
+    from tools.inputs.verdict_files import read_verdict_file
 
     items = load_benchmark(benchmark)
     files = [read_verdict_file(path, paper_compat=paper_compat, default_strategy=strategy, default_scale=scale)
@@ -124,7 +125,7 @@ def write_kappa_outputs(
     output: Path, rows: Sequence[Any], *, title: str, notes: str, extra: dict[str, Any]
 ) -> None:
     """report.md, kappa.png and scores.json for a kappa table; print the table."""
-    from tools.reports import KAPPA_COLUMNS, kappa_chart, kappa_table_rows, markdown_table, write_report
+    from tools.meta_eval.reports import KAPPA_COLUMNS, kappa_chart, kappa_table_rows, markdown_table, write_report
 
     output.mkdir(parents=True, exist_ok=True)
     table_rows = kappa_table_rows(rows)
@@ -150,15 +151,26 @@ READING_NOTES = (
 )
 
 
-def evaluator_name(method: str, strategy: str, scale: int, models: Sequence[str], swap: bool, jury_rule: str) -> str:
+def evaluator_name(options: MetaEvalOptions, roles: Sequence[Any]) -> str:
+    """The evaluator's name as its records give it (`record_evaluator_name`), so a live run and a re-scoring
+    of its verdicts report it under the same name."""
+    from graphs.debate import referee_model
+    from tools.inputs.verdict_files import evaluator_label
+
+    method, models = options.method, options.models()
+    strategy: str | None
+    scale: int | None
     if method == "judge":
-        how = strategy if strategy == "direct" else f"{strategy}/{scale}"
-        name = f"judge {how} {models[0]}"
+        strategy, scale = options.strategy, None if options.strategy == "direct" else options.scale
     elif method == "jury":
-        name = f"jury {jury_rule} {' + '.join(models)}"
+        strategy, scale = f"combined/{options.jury_rule}", options.scale
+        models = list(models)
     else:
-        name = f"debate {' + '.join(models)}"
-    return name + (" (both orders)" if swap else "")
+        strategy, scale = None, None
+        models = [referee_model(roles, seat, models) for seat in range(len(roles))]
+    swapped = {"judge": options.swap and options.strategy != "independent", "jury": options.swap}.get(method, False)
+    return evaluator_label(method=method, strategy=strategy, scale=scale, models=models[:1] if method == "judge"
+                           else models, swapped=swapped)
 
 
 @meta_app.callback()
@@ -185,9 +197,9 @@ def meta_eval(
     """Run an evaluator over a human-labelled benchmark and report its agreement with the humans."""
     if context.invoked_subcommand is not None:
         return
-    from tools.benchmarks import load_benchmark
-    from tools.meta_eval import baseline_scores, score_evaluator
-    from tools.verdict_files import ItemVerdict, verdict_from_record
+    from tools.inputs.benchmarks import load_benchmark
+    from tools.inputs.verdict_files import ItemVerdict, verdict_from_record
+    from tools.meta_eval.scores import baseline_scores, score_evaluator
 
     options: MetaEvalOptions = resolve_options(context, MetaEvalOptions)
     models, method = options.models(), options.method
@@ -207,7 +219,7 @@ def meta_eval(
         settings["debate_roles"] = [[role.key, role.name, role.description, role.model] for role in roles]
     cache = output / "verdicts" / f"{method}-{_slug('+'.join(models))[:60]}-{settings_digest(settings)}.jsonl"
     records = run_evaluation(items=items, output_path=cache, options=options, reuse_output=True)
-    name = evaluator_name(method, options.strategy, options.scale, models, options.swap, options.jury_rule)
+    name = evaluator_name(options, roles)
     verdicts = [verdict_from_record(record, paper_compat=False, path=cache, line=None) for record in records]
     rows = [score_evaluator(name, list(zip(labelled, verdicts, strict=True)))]
     if method == "jury":
@@ -235,7 +247,7 @@ def meta_eval_score(
                                                 "runs/meta-eval-score/BENCHMARK)")] = None,
 ) -> None:
     """Score recorded verdicts against the human labels, without any model call."""
-    from tools.meta_eval import align, baseline_scores, score_evaluator
+    from tools.meta_eval.scores import align, baseline_scores, score_evaluator
 
     benchmark = _require(benchmark, "--benchmark")
     paths = _require(verdicts, "--verdicts")
@@ -268,8 +280,8 @@ def jury_search_command(
                                                 "runs/jury-search/BENCHMARK)")] = None,
 ) -> None:
     """Rank every subset of single-model verdict files as a jury, without any model call."""
-    from tools.meta_eval import jury_search
-    from tools.reports import JURY_COLUMNS, jury_chart, jury_table_rows, markdown_table, write_report
+    from tools.meta_eval.reports import JURY_COLUMNS, jury_chart, jury_table_rows, markdown_table, write_report
+    from tools.meta_eval.scores import jury_search
 
     benchmark = _require(benchmark, "--benchmark")
     paths = _require(verdicts, "--verdicts")
@@ -303,84 +315,6 @@ def jury_search_command(
     console.print(f"wrote {report}, {chart} and {output / 'juries.json'}")
 
 
-# Fields that hold the answer in a plain prompt/answer file (AlpacaEval outputs use `output`).
-_ANSWER_FIELDS = ("response", "output", "answer", "completion")
-_PROMPT_FIELDS = ("prompt", "instruction")
-
-
-@dataclass
-class Side:
-    """One side of a win-rate comparison: prompt key -> (prompt, answer), and the keys of its prompts that
-    have no answer to speak for them (with `--answer best`: no pick, because the evaluator tied or failed)."""
-
-    answers: dict[str, tuple[Any, str]]
-    without_answer: set[str]
-
-
-def side_coverage(side_a: Side, side_b: Side, answer: str) -> str:
-    """One line: prompts only one side has, and prompts a side has but without an answer to compare."""
-    only_a = sum(1 for key in side_a.answers.keys() | side_a.without_answer
-                 if key not in side_b.answers and key not in side_b.without_answer)
-    only_b = sum(1 for key in side_b.answers.keys() | side_b.without_answer
-                 if key not in side_a.answers and key not in side_a.without_answer)
-    line = f"prompts only in A: {only_a}, only in B: {only_b}"
-    if side_a.without_answer or side_b.without_answer:
-        why = "no pick (tie or no verdict)" if answer == "best" else "no answer"
-        line += f"; left out, {why}: {len(side_a.without_answer)} in A, {len(side_b.without_answer)} in B"
-    return line
-
-
-def load_side(source: Path, answer: str) -> Side:
-    """Prompt key -> (prompt, answer) for one side of a win-rate comparison.
-
-    A `generate` output folder (or its records.jsonl) gives each prompt's final, first or best answer;
-    any other JSON/JSONL file gives rows with a prompt (`prompt` or `instruction`) and an answer
-    (`response`, `output`, `answer` or `completion`).
-    """
-    from graphs.pipeline import prompt_id_for
-    from tools.items import check_prompt, read_jsonl
-    from tools.prompt_sets import as_messages
-    from tools.verdicts import label_index
-
-    path = source / "records.jsonl" if source.is_dir() else source
-    if not path.is_file():
-        raise ConfigError(f"{source}: neither a generate output folder nor a file")
-    rows: list[tuple[int | None, dict[str, Any]]]
-    if path.suffix == ".json":
-        try:
-            rows = [(None, row) for row in json.loads(path.read_text(encoding="utf-8"))]
-        except json.JSONDecodeError as error:
-            raise InputError(path, error.lineno, f"not valid JSON ({error.msg})") from None
-    else:
-        rows = [(number, row) for number, row in read_jsonl(path)]
-    side = Side(answers={}, without_answer=set())
-    for number, row in rows:
-        if "answers" in row and "prompt_id" in row:
-            answers = [entry["text"] for entry in row["answers"]]
-            key = prompt_id_for(as_messages(row["prompt"]))
-            if not answers:
-                side.without_answer.add(key)
-                continue
-            if answer == "best":
-                winner = (row.get("verdict") or {}).get("winner")
-                if winner is None or winner == "tie":
-                    side.without_answer.add(key)
-                    continue
-                text = answers[label_index(winner)]
-            else:
-                text = answers[-1] if answer == "final" else answers[0]
-            side.answers[key] = (row["prompt"], text)
-            continue
-        prompt_field = next((field for field in _PROMPT_FIELDS if field in row), None)
-        answer_field = next((field for field in _ANSWER_FIELDS if field in row), None)
-        if prompt_field is None or answer_field is None:
-            raise InputError(path, number, f"needs a prompt ({' or '.join(_PROMPT_FIELDS)}) and an answer "
-                             f"({', '.join(_ANSWER_FIELDS)})")
-        prompt = check_prompt(row[prompt_field], path, number or 0, prompt_field)
-        side.answers[prompt_id_for(as_messages(prompt))] = (prompt, str(row[answer_field]))
-    return side
-
-
 def winrate_command(
     a: Annotated[Path, typer.Option("--a", help="generate output folder, or a prompt/answer JSON(L) file")],
     b: Annotated[Path, typer.Option("--b", help="the baseline, in the same forms as --a")],
@@ -402,8 +336,15 @@ def winrate_command(
     trace: TraceOption = None,
 ) -> None:
     """Compare two generation outputs on their shared prompts: wins, ties and losses of A against B."""
-    from tools.items import EvalItem
-    from tools.reports import WINRATE_COLUMNS, WinRate, markdown_table, winrate_chart, winrate_table_rows, write_report
+    from tools.inputs.items import EvalItem
+    from tools.meta_eval.reports import (
+        WINRATE_COLUMNS,
+        WinRate,
+        markdown_table,
+        winrate_chart,
+        winrate_table_rows,
+        write_report,
+    )
 
     side_a, side_b = load_side(a, answer), load_side(b, answer)
     check_evaluation_flags([], method="judge", strategy=strategy, models=[judge], swap=swap, source="", flag="--judge")

@@ -11,9 +11,10 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tools.errors import ConfigError, InputError
-from tools.items import Prompt, check_prompt, read_jsonl
+from tools.inputs.items import Prompt, check_prompt, read_jsonl
 
 # The prompt sets shipped beside the project in ../shared/benchmarks, by short name.
 PROMPT_SETS = {
@@ -123,6 +124,12 @@ def load_prompts(source: str, *, prompt_field: str | None = None) -> PromptSourc
     if path.suffix == ".json":
         return _dedupe(_from_json_array(path, field), str(path), field)
     return _dedupe(_from_jsonl(path, field), str(path), field)
+
+
+def prompt_id_for(prompt: Any) -> str:
+    """A stable id from the prompt's content (as distilabel does): the same prompt, the same id."""
+    canonical = json.dumps(prompt, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
 def as_messages(prompt: Prompt) -> list[dict[str, str]]:

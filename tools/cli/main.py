@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from tools.cli_common import (
+from tools.cli.common import (
     EXIT_CODES_HELP,
     ConcurrencyOption,
     ConfigOption,
@@ -40,9 +40,8 @@ from tools.cli_common import (
     user_errors,
     verdict_table,
 )
-from tools.cli_meta import jury_search_command, meta_app, winrate_command
-from tools.errors import ConfigError
-from tools.run_config import (
+from tools.cli.meta import jury_search_command, meta_app, winrate_command
+from tools.cli.options import (
     EVALUATE_DEFAULTS,
     GENERATE_DEFAULTS,
     EvaluateOptions,
@@ -50,6 +49,7 @@ from tools.run_config import (
     GraphOptions,
     resolve_options,
 )
+from tools.errors import ConfigError
 
 if TYPE_CHECKING:
     from agents.referees import RefereeRole
@@ -182,7 +182,7 @@ def trace_show(
     path: Annotated[Path, typer.Argument(help="a trace JSON written with --trace, or the --trace folder")],
 ) -> None:
     """Print the conversation in a trace: who said what, in which round (every trace of a folder, in turn)."""
-    from tools.tracing import conversation_lines, load_trace, trace_files
+    from tools.outputs.tracing import conversation_lines, load_trace, trace_files
 
     files = trace_files(path)
     for number, file in enumerate(files):
@@ -194,7 +194,7 @@ def trace_show(
 
 def check_run_directory(output: Path, settings: dict[str, Any], source: Any, *, extend: bool) -> None:
     """Refuse, before any work, an --output that holds a run with other settings or other prompts."""
-    from tools.run_store import RunStore
+    from tools.outputs.run_store import RunStore
 
     if not (output / "progress.sqlite").is_file():
         return
@@ -255,9 +255,9 @@ def run_generate_with(
     """
     from agents.models import ModelRegistry, ModelSettings, check_model_roles
     from graphs.generation import PromptOutcome, run_generation
-    from tools.export import dataset_card, export_records
-    from tools.prompt_sets import load_prompts
-    from tools.run_store import PromptSourceId
+    from tools.inputs.prompt_sets import load_prompts
+    from tools.outputs.export import dataset_card, export_records
+    from tools.outputs.run_store import PromptSourceId
 
     context = options.context()
     panel = options.panel()
@@ -465,5 +465,3 @@ def main() -> None:
     app(prog_name="fellowship")
 
 
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,5 @@
+"""`python -m tools.cli`: the same as the `fellowship` command."""
+
+from tools.cli.main import main
+
+main()

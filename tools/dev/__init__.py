@@ -1,0 +1,2 @@
+"""Development rigs, not used by the commands: the stub OpenAI-compatible server, the LangSmith capture
+server, and the benchmark behind `make bench`."""
