@@ -16,21 +16,19 @@ from langchain_core.messages import HumanMessage, SystemMessage
 import prompts
 from agents.calls import complete_with_followup
 from agents.records import Exchange
+from tools.rules.contracts import (
+    DirectComparison,
+    combined_scores,
+    followup_example,
+    format_hint,
+    independent_score,
+    json_schema,
+)
 from tools.rules.parsing import parse_assistant_scores, parse_direct_answer, parse_overall_score
 from tools.rules.verdicts import candidate_labels, winner_from_scores
 
 STRATEGIES = ("direct", "independent", "combined")
 SCALES = (5, 10, 100)
-# Free-text fields in JSON mode get a length cap so a small model cannot ramble past max_tokens
-# and leave the scores unwritten.
-_REASON_FIELD = {"type": "string", "maxLength": 600}
-
-
-def _score_field(scale: int) -> dict[str, Any]:
-    # Grammar-constrained decoding does not enforce the bounds; the parsers reject out-of-range scores.
-    return {"type": "number", "minimum": 0, "maximum": scale}
-
-
 @dataclass
 class Judgement:
     """What one judge concluded about candidates presented in one order."""
@@ -46,16 +44,6 @@ class Judgement:
 
 def _messages(user_text: str) -> list[Any]:
     return [SystemMessage(content=prompts.render("judge_system")), HumanMessage(content=user_text)]
-
-
-def combined_schema(labels: Sequence[str], scale: int, reason_field: str = "evaluation_evidence") -> dict[str, Any]:
-    score_fields = {f"score_assistant_{label}": _score_field(scale) for label in labels}
-    return {
-        "type": "object",
-        "properties": {reason_field: _REASON_FIELD, **score_fields},
-        "required": [reason_field, *score_fields],
-        "additionalProperties": False,
-    }
 
 
 def combined_format_lines(labels: Sequence[str], scale: int) -> str:
@@ -75,24 +63,20 @@ async def judge_direct(
     """Direct comparison of exactly two answers: A, B or C (tie)."""
     if len(answers) != 2:
         raise ValueError("direct comparison takes exactly two answers")
+    contract = DirectComparison
     user_text = prompts.render(
-        "judge_direct", question=question, answer_a=answers[0], answer_b=answers[1], json_mode=json_mode
+        "judge_direct", question=question, answer_a=answers[0], answer_b=answers[1],
+        json_format=format_hint(contract) if json_mode else None,
     )
-    schema = {
-        "type": "object",
-        "properties": {"explanation": _REASON_FIELD, "answer": {"type": "string", "enum": ["A", "B", "C"]}},
-        "required": ["explanation", "answer"],
-        "additionalProperties": False,
-    }
     winner, exchange = await complete_with_followup(
         model,
         _messages(user_text),
         parse=parse_direct_answer,
         is_complete=lambda verdict: verdict is not None,
-        required_format='{"explanation": "...", "answer": "A"}' if json_mode else "### Answer: A",
+        required_format=followup_example(contract) if json_mode else "### Answer: A",
         model_spec=model_spec,
         role=role,
-        json_schema=("direct_comparison", schema) if json_mode else None,
+        json_schema=("direct_comparison", json_schema(contract)) if json_mode else None,
         metadata=metadata,
     )
     return Judgement(scores=[None, None], winner=winner, exchanges=[exchange])
@@ -110,24 +94,18 @@ async def score_alone(
     metadata: dict[str, Any] | None = None,
 ) -> tuple[float | None, Exchange]:
     """Independent scoring: one answer, in its own conversation, scored out of `scale`."""
-    user_text = prompts.render("judge_independent", question=question, answer=answer, scale=scale, json_mode=json_mode)
-    schema = {
-        "type": "object",
-        "properties": {"evaluation": _REASON_FIELD, "overall_score": _score_field(scale)},
-        "required": ["evaluation", "overall_score"],
-        "additionalProperties": False,
-    }
+    contract = independent_score(scale)
+    user_text = prompts.render("judge_independent", question=question, answer=answer, scale=scale,
+                               json_format=format_hint(contract) if json_mode else None)
     return await complete_with_followup(
         model,
         _messages(user_text),
         parse=lambda text: parse_overall_score(text, scale),
         is_complete=lambda score: score is not None,
-        required_format=(
-            '{"evaluation": "...", "overall_score": X}' if json_mode else f"### Overall Score: X/{scale}"
-        ),
+        required_format=followup_example(contract) if json_mode else f"### Overall Score: X/{scale}",
         model_spec=model_spec,
         role=role,
-        json_schema=("independent_score", schema) if json_mode else None,
+        json_schema=("independent_score", json_schema(contract)) if json_mode else None,
         metadata=metadata,
     )
 
@@ -145,26 +123,23 @@ async def judge_combined(
 ) -> Judgement:
     """Combined scoring: every answer in one call, each scored out of `scale`; the higher wins."""
     labels = candidate_labels(len(answers))
+    contract = combined_scores(tuple(labels), scale)
     user_text = prompts.render(
         "judge_combined",
         question=question,
         answers=[{"label": label, "text": text} for label, text in zip(labels, answers, strict=True)],
         scale=scale,
-        json_mode=json_mode,
+        json_format=format_hint(contract) if json_mode else None,
     )
     score_map, exchange = await complete_with_followup(
         model,
         _messages(user_text),
         parse=lambda text: parse_assistant_scores(text, labels, scale),
         is_complete=lambda parsed: all(value is not None for value in parsed.values()),
-        required_format=(
-            "{" + ", ".join(f'"score_assistant_{label}": X' for label in labels) + "}"
-            if json_mode
-            else combined_format_lines(labels, scale)
-        ),
+        required_format=followup_example(contract) if json_mode else combined_format_lines(labels, scale),
         model_spec=model_spec,
         role=role,
-        json_schema=("combined_scores", combined_schema(labels, scale)) if json_mode else None,
+        json_schema=("combined_scores", json_schema(contract)) if json_mode else None,
         metadata=metadata,
     )
     scores = [score_map[label] for label in labels]

@@ -18,8 +18,9 @@ from langchain_core.messages import HumanMessage, SystemMessage
 
 import prompts
 from agents.calls import complete, complete_with_followup
-from agents.judge import combined_format_lines, combined_schema
+from agents.judge import combined_format_lines
 from agents.records import Exchange, Turn
+from tools.rules.contracts import REASONING, combined_scores, followup_example, format_hint, json_schema
 from tools.rules.parsing import parse_assistant_scores
 
 # Node names of the debate graph that a role key may not take.
@@ -127,6 +128,7 @@ async def final_scores(
 ) -> tuple[list[float | None], Exchange]:
     """The referee's closing scores out of 10 for every answer."""
     labels = debate_labels(len(answers))
+    contract = combined_scores(tuple(labels), 10, REASONING)
     user_text = prompts.render(
         "debate_final",
         question=question,
@@ -134,21 +136,17 @@ async def final_scores(
         discussion=[turn.model_dump() for turn in discussion],
         role_name=role.name,
         role_description=role.description,
-        json_mode=json_mode,
+        json_format=format_hint(contract) if json_mode else None,
     )
     score_map, exchange = await complete_with_followup(
         model,
         _messages(user_text, len(answers)),
         parse=lambda text: parse_assistant_scores(text, labels, 10),
         is_complete=lambda parsed: all(value is not None for value in parsed.values()),
-        required_format=(
-            "{" + ", ".join(f'"score_assistant_{label}": X' for label in labels) + "}"
-            if json_mode
-            else combined_format_lines(labels, 10)
-        ),
+        required_format=followup_example(contract) if json_mode else combined_format_lines(labels, 10),
         model_spec=model_spec,
         role=f"debate/{role.key}/final",
-        json_schema=("referee_scores", combined_schema(labels, 10, "reasoning")) if json_mode else None,
+        json_schema=("referee_scores", json_schema(contract)) if json_mode else None,
         metadata=metadata,
     )
     return [score_map[label] for label in labels], exchange

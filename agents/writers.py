@@ -15,18 +15,8 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 import prompts
 from agents.calls import complete, complete_with_followup
 from agents.records import Exchange
+from tools.rules.contracts import Review, followup_example, format_hint, json_schema
 from tools.rules.parsing import parse_feedback, parse_overall_score
-
-REVIEW_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "evaluation": {"type": "string", "maxLength": 800},
-        "overall_score": {"type": "number", "minimum": 0, "maximum": 10},
-        "feedback": {"type": "string", "maxLength": 1200},
-    },
-    "required": ["evaluation", "overall_score", "feedback"],
-    "additionalProperties": False,
-}
 
 
 def opening_messages(prompt: str | list[dict[str, str]]) -> list[BaseMessage]:
@@ -80,19 +70,18 @@ async def review_answer(
     """The reviewer's score out of 10 (None if unparsable after one follow-up) and its feedback text."""
     messages = [
         SystemMessage(content=prompts.render("reviewer_system")),
-        HumanMessage(content=prompts.render("reviewer", question=question, answer=answer, json_mode=json_mode)),
+        HumanMessage(content=prompts.render("reviewer", question=question, answer=answer,
+                                            json_format=format_hint(Review) if json_mode else None)),
     ]
     score, exchange = await complete_with_followup(
         model,
         messages,
         parse=lambda text: parse_overall_score(text, 10),
         is_complete=lambda value: value is not None,
-        required_format=(
-            '{"evaluation": "...", "overall_score": X, "feedback": "..."}' if json_mode else "### Overall Score: X/10"
-        ),
+        required_format=followup_example(Review) if json_mode else "### Overall Score: X/10",
         model_spec=model_spec,
         role=role,
-        json_schema=("review", REVIEW_SCHEMA) if json_mode else None,
+        json_schema=("review", json_schema(Review)) if json_mode else None,
         metadata=metadata,
     )
     # The follow-up only asks for the score line, so the feedback comes from the first reply.

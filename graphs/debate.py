@@ -16,7 +16,7 @@ import itertools
 import operator
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
@@ -114,16 +114,19 @@ def close_round(state: DebateState) -> dict[str, Any]:
     return {"round": state["round"] + 1}
 
 
+NEXT_ROUND = "next_round"
+
+
 def make_round_router(
     roles: Sequence[RefereeRole],
-) -> Callable[[DebateState, Runtime[EvaluationContext]], str | list[Send]]:
-    """The router after each round: the first referee again, or the final scores of every referee."""
-    first_role = roles[0].key
+) -> Callable[[DebateState, Runtime[EvaluationContext]], Literal["next_round"] | list[Send]]:
+    """The router after each round: another round (mapped to the first referee's node by the edge's path
+    map, since role keys are data), or the final scores of every referee."""
 
-    def route_round(state: DebateState, runtime: Runtime[EvaluationContext]) -> str | list[Send]:
+    def route_round(state: DebateState, runtime: Runtime[EvaluationContext]) -> Literal["next_round"] | list[Send]:
         """Another round while rounds remain; otherwise every referee gives final scores in parallel."""
         if state["round"] <= runtime.context.rounds:
-            return first_role
+            return "next_round"
         transcript = state.get("transcript", [])
         return [
             Send("final_score", FinalScoreTask(item=state["item"], seat=seat, transcript=transcript))
@@ -214,7 +217,9 @@ def build_debate_graph(
     for current, following in itertools.pairwise(keys):
         builder.add_edge(current, following)
     builder.add_edge(keys[-1], "close_round")
-    builder.add_conditional_edges("close_round", make_round_router(roles), [keys[0], "final_score"])
+    builder.add_conditional_edges(
+        "close_round", make_round_router(roles), {NEXT_ROUND: keys[0], "final_score": "final_score"}
+    )
     builder.add_edge("final_score", "aggregate_scores")
     builder.add_edge("aggregate_scores", END)
     return builder

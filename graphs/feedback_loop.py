@@ -11,7 +11,7 @@ answers exist or, with a stop score, every reviewer is satisfied. Every answer a
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langgraph.graph import END, START, StateGraph
@@ -95,11 +95,11 @@ def _latest_reviews(state: LoopState) -> list[Review]:
     return [review for review in state.get("reviews", []) if review["iteration"] == iteration]
 
 
-def route_after_answer(state: LoopState, runtime: Runtime[GenerationContext]) -> str | list[Send]:
+def route_after_answer(state: LoopState, runtime: Runtime[GenerationContext]) -> Literal["__end__"] | list[Send]:
     """Stop at N answers; otherwise one review branch per reviewer seat."""
     answers = state.get("answers", [])
     if len(answers) >= runtime.context.iterations:
-        return END
+        return "__end__"  # END, spelled out: LangGraph types END as a plain str
     latest = answers[-1]
     return [
         Send("review", ReviewTask(
@@ -146,14 +146,14 @@ def gather_feedback(state: LoopState, runtime: Runtime[GenerationContext]) -> di
     return {"conversation": [*state["conversation"], {"role": "user", "content": str(request.content)}]}
 
 
-def route_after_feedback(state: LoopState, runtime: Runtime[GenerationContext]) -> str:
+def route_after_feedback(state: LoopState, runtime: Runtime[GenerationContext]) -> Literal["generate", "__end__"]:
     """With a stop score, end once every reviewer's parsed score of the latest answer reaches it."""
     threshold = runtime.context.stop_score
     latest = _latest_reviews(state)
     if threshold is not None and latest and all(
         entry["score"] is not None and entry["score"] >= threshold for entry in latest
     ):
-        return END
+        return "__end__"
     return "generate"
 
 

@@ -122,7 +122,7 @@ def test_graph_command_draws_debate_loop() -> None:
     assert result.exit_code == 0
     for node in ("general_public", "psychologist", "critic", "close_round"):
         assert node in result.output
-    assert "close_round -.-> general_public" in result.output
+    assert "close_round -. &nbsp;next_round&nbsp; .-> general_public" in result.output  # the loop back, labelled
 
 
 def test_graph_command_ascii_and_png(tmp_path: Path) -> None:

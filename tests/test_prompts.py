@@ -8,19 +8,19 @@ import pytest
 import prompts
 
 SAMPLES: dict[str, dict[str, object]] = {
-    "judge_direct": {"question": "Q?", "answer_a": "one", "answer_b": "two", "json_mode": False},
-    "judge_independent": {"question": "Q?", "answer": "one", "scale": 10, "json_mode": False},
+    "judge_direct": {"question": "Q?", "answer_a": "one", "answer_b": "two", "json_format": None},
+    "judge_independent": {"question": "Q?", "answer": "one", "scale": 10, "json_format": None},
     "judge_combined": {
         "question": "Q?",
         "answers": [{"label": "A", "text": "one"}, {"label": "B", "text": "two"}],
         "scale": 10,
-        "json_mode": False,
+        "json_format": None,
     },
     "followup": {"required_format": "### Answer: A"},
     "generator_revise": {
         "feedbacks": [{"label": "Reviewer 1", "text": "shorter"}, {"label": "Reviewer 2", "text": "cite"}]
     },
-    "reviewer": {"question": "Q?", "answer": "one", "json_mode": False},
+    "reviewer": {"question": "Q?", "answer": "one", "json_format": None},
     "debate_system": {"answer_count": 2},
     "debate_turn": {
         "question": "Q?",
@@ -37,7 +37,7 @@ SAMPLES: dict[str, dict[str, object]] = {
         "discussion": [{"speaker": "Critic", "round": 1, "text": "hm"}],
         "role_name": "Critic",
         "role_description": "checks wording",
-        "json_mode": True,
+        "json_format": 'Reply with a JSON object: "reasoning" (...).',
     },
 }
 
@@ -58,14 +58,9 @@ def test_judge_templates_carry_the_answer_format_and_bias_warning() -> None:
     assert "order" in system and "length" in system
 
 
-def test_json_mode_names_the_schema_fields() -> None:
-    combined = prompts.render("judge_combined", **{**SAMPLES["judge_combined"], "json_mode": True})
-    assert '"score_assistant_A"' in combined and "###" not in combined
-
-
 def test_missing_variable_raises() -> None:
     with pytest.raises(jinja2.UndefinedError):
-        prompts.render("judge_direct", question="Q?", answer_a="one", json_mode=False)
+        prompts.render("judge_direct", question="Q?", answer_a="one", json_format=None)
 
 
 def test_revision_request_labels_several_feedbacks_and_forbids_pleasantries() -> None:

@@ -25,6 +25,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tools.rules.contracts import (
+    ANSWER,
+    EVALUATION,
+    EVIDENCE,
+    EXPLANATION,
+    FEEDBACK,
+    OVERALL_SCORE,
+    SCORE_PREFIX,
+    score_field,
+)
+
 
 @dataclass
 class StubSettings:
@@ -83,23 +94,23 @@ def reply_for(messages: list[dict[str, Any]], response_format: dict[str, Any] | 
         answer = re.search(r"\[The Start of the Answer\]\n(.*?)\n\[The End", last, re.S)
         score = _score(answer.group(1) if answer else last, "review")
         if schema:
-            return json.dumps({"evaluation": "Clear.", "overall_score": score, "feedback": "Add a concrete example."})
+            return json.dumps({EVALUATION: "Clear.", OVERALL_SCORE: score, FEEDBACK: "Add a concrete example."})
         return f"### Evaluation\nClear but brief.\n### Overall Score: {score}/10\n### Feedback\nAdd a concrete example."
     answers = _answers_in(last)
-    if answers and ("Score Assistant" in last or "score_assistant" in last or "scores" in last):
+    if answers and ("Score Assistant" in last or SCORE_PREFIX in last or "scores" in last):
         scores = {label: _score(text) for label, text in answers}
         if schema:
-            fields = {f"score_assistant_{label}": value for label, value in scores.items()}
-            return json.dumps({"evaluation_evidence": "Compared.", **fields})
+            fields = {score_field(label): value for label, value in scores.items()}
+            return json.dumps({EVIDENCE: "Compared.", **fields})
         lines = "\n".join(f"### Score Assistant {label}: {value}/10" for label, value in scores.items())
         return f"### Evaluation Evidence: compared the answers.\n{lines}"
-    if (answers and "### Answer" in last) or (schema and "answer" in schema.get("properties", {})):
+    if (answers and "### Answer" in last) or (schema and ANSWER in schema.get("properties", {})):
         best = max(answers, key=lambda pair: _score(pair[1]))[0] if answers else "A"
-        return json.dumps({"explanation": "x", "answer": best}) if schema else f"Compared.\n### Answer: {best}"
+        return json.dumps({EXPLANATION: "x", ANSWER: best}) if schema else f"Compared.\n### Answer: {best}"
     if "[The Start of the Assistant's Answer]" in last:
         answer = re.search(r"Assistant's Answer\]\n(.*?)\n\[The End", last, re.S)
         score = _score(answer.group(1) if answer else last)
-        return json.dumps({"evaluation": "ok", "overall_score": score}) if schema else f"### Overall Score: {score}/10"
+        return json.dumps({EVALUATION: "ok", OVERALL_SCORE: score}) if schema else f"### Overall Score: {score}/10"
     if "turn to speak" in last:
         return "I find the first answer more helpful."
     iteration = sum(1 for m in messages if m.get("role") == "assistant") + 1

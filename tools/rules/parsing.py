@@ -14,6 +14,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from tools.rules.contracts import ANSWER, FEEDBACK, OVERALL_SCORE, score_field
+
 _NUMBER = r"(-?\d+(?:\.\d+)?)"
 # Decorations models put between a label and its value: markdown bold/italics, brackets, colons.
 _DECOR = r"[\s*_`\[\]():：]*"
@@ -56,7 +58,7 @@ def parse_direct_answer(text: str) -> str | None:
     """Direct comparison verdict: 'A', 'B' or 'tie' (answer C means tie), or None if absent."""
     data = load_json_object(text)
     if data is not None:
-        raw = str(data.get("answer", "")).strip().upper()
+        raw = str(data.get(ANSWER, "")).strip().upper()
         return {"A": "A", "B": "B", "C": "tie", "TIE": "tie"}.get(raw)
     matches = _DIRECT_ANSWER.findall(text)
     if not matches:
@@ -69,7 +71,7 @@ def parse_overall_score(text: str, scale: int = 10) -> float | None:
     """Independent-scoring and reviewer score: the number in `### Overall Score: X/10`, or None."""
     data = load_json_object(text)
     if data is not None:
-        return _score_in_range(data.get("overall_score", data.get("score")), scale)
+        return _score_in_range(data.get(OVERALL_SCORE, data.get("score")), scale)
     matches = _OVERALL_SCORE.findall(text)
     if not matches:
         return None
@@ -93,7 +95,7 @@ def parse_assistant_scores(text: str, labels: Sequence[str], scale: int = 10) ->
     if data is not None:
         lowered = {str(key).lower(): value for key, value in data.items()}
         return {
-            label: _score_in_range(lowered.get(f"score_assistant_{label.lower()}"), scale) for label in labels
+            label: _score_in_range(lowered.get(score_field(label).lower()), scale) for label in labels
         }
     scores: dict[str, float | None] = {}
     for label in labels:
@@ -113,7 +115,7 @@ def parse_feedback(text: str) -> str:
     """
     data = load_json_object(text)
     if data is not None:
-        return str(data.get("feedback", "")).strip() or text.strip()
+        return str(data.get(FEEDBACK, "")).strip() or text.strip()
     match = _FEEDBACK_SECTION.search(text)
     if match and match.group(1).strip():
         return match.group(1).strip()
