@@ -12,7 +12,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 import prompts
-from agents.records import Exchange
+from agents.records import AnswerOrder, Exchange
 from tools.errors import EndpointError
 from tools.rules.secrets import mask_secrets
 
@@ -140,6 +140,8 @@ async def complete_with_followup(
     required_format: str,
     model_spec: str,
     role: str,
+    run_name: str,
+    order: AnswerOrder | None = None,
     json_schema: tuple[str, dict[str, Any]] | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> tuple[ParsedT, Exchange]:
@@ -148,12 +150,14 @@ async def complete_with_followup(
     The exchange keeps both raw texts, so a failure stays visible and can be re-parsed later.
     """
     first = await complete(
-        model, messages, json_schema=json_schema, run_name=role, model_spec=model_spec, metadata=metadata
+        model, messages, json_schema=json_schema, run_name=run_name, model_spec=model_spec, metadata=metadata
     )
     parsed = parse(first.text)
     exchange = Exchange(
         model=model_spec,
         role=role,
+        run=run_name,
+        order=order,
         text=first.text,
         input_tokens=first.input_tokens,
         output_tokens=first.output_tokens,
@@ -167,7 +171,7 @@ async def complete_with_followup(
         HumanMessage(content=prompts.render("followup", required_format=required_format)),
     ]
     second = await complete(
-        model, followup_messages, json_schema=json_schema, run_name=f"{role}/followup", model_spec=model_spec,
+        model, followup_messages, json_schema=json_schema, run_name=f"{run_name}/followup", model_spec=model_spec,
         metadata=metadata,
     )
     parsed = parse(second.text)

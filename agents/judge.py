@@ -15,7 +15,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 
 import prompts
 from agents.calls import complete_with_followup
-from agents.records import Exchange
+from agents.records import AnswerOrder, Exchange
 from tools.rules.contracts import (
     DirectComparison,
     combined_scores,
@@ -57,7 +57,9 @@ async def judge_direct(
     question: str,
     answers: Sequence[str],
     json_mode: bool,
-    role: str = "judge/direct",
+    role: str = "judge",
+    run_name: str = "judge/direct",
+    order: AnswerOrder | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> Judgement:
     """Direct comparison of exactly two answers: A, B or C (tie)."""
@@ -76,6 +78,8 @@ async def judge_direct(
         required_format=followup_example(contract) if json_mode else "### Answer: A",
         model_spec=model_spec,
         role=role,
+        run_name=run_name,
+        order=order,
         json_schema=("direct_comparison", json_schema(contract)) if json_mode else None,
         metadata=metadata,
     )
@@ -90,7 +94,9 @@ async def score_alone(
     answer: str,
     scale: int,
     json_mode: bool,
-    role: str = "judge/independent",
+    role: str = "judge",
+    run_name: str = "judge/independent",
+    order: AnswerOrder | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> tuple[float | None, Exchange]:
     """Independent scoring: one answer, in its own conversation, scored out of `scale`."""
@@ -105,6 +111,8 @@ async def score_alone(
         required_format=followup_example(contract) if json_mode else f"### Overall Score: X/{scale}",
         model_spec=model_spec,
         role=role,
+        run_name=run_name,
+        order=order,
         json_schema=("independent_score", json_schema(contract)) if json_mode else None,
         metadata=metadata,
     )
@@ -118,7 +126,9 @@ async def judge_combined(
     answers: Sequence[str],
     scale: int,
     json_mode: bool,
-    role: str = "judge/combined",
+    role: str = "judge",
+    run_name: str = "judge/combined",
+    order: AnswerOrder | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> Judgement:
     """Combined scoring: every answer in one call, each scored out of `scale`; the higher wins."""
@@ -139,6 +149,8 @@ async def judge_combined(
         required_format=followup_example(contract) if json_mode else combined_format_lines(labels, scale),
         model_spec=model_spec,
         role=role,
+        run_name=run_name,
+        order=order,
         json_schema=("combined_scores", json_schema(contract)) if json_mode else None,
         metadata=metadata,
     )

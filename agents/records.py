@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
+
+AnswerOrder = Literal["forward", "reversed"]
 
 
 class Exchange(BaseModel):
-    """One model call as recorded: who, what it said, and the follow-up if its first reply had no answer."""
+    """One model call as recorded: who, what it said, and the follow-up if its first reply had no answer.
+
+    `role` is the role key alone (`judge`, `juror`, `critic`, `generator`, `reviewer`...); `run` is the call's
+    run name in traces (`jury/seat-2/reversed`, `debate/critic/round-2`); `order` is the answer order a judge
+    or juror saw (`forward` as given, `reversed`), None for calls that compare nothing.
+    """
 
     model: str
     role: str
     text: str
+    run: str | None = None
+    order: AnswerOrder | None = None
     followup_text: str | None = None
     parse_ok: bool = True
     input_tokens: int = 0

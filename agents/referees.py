@@ -106,7 +106,8 @@ async def speak(
     turn = Turn(role=role.key, speaker=role.name, round=round_number, text=reply.text.strip())
     exchange = Exchange(
         model=model_spec,
-        role=run_name,
+        role=role.key,
+        run=run_name,
         text=reply.text,
         input_tokens=reply.input_tokens,
         output_tokens=reply.output_tokens,
@@ -145,7 +146,8 @@ async def final_scores(
         is_complete=lambda parsed: all(value is not None for value in parsed.values()),
         required_format=followup_example(contract) if json_mode else combined_format_lines(labels, 10),
         model_spec=model_spec,
-        role=f"debate/{role.key}/final",
+        role=role.key,
+        run_name=f"debate/{role.key}/final",
         json_schema=("referee_scores", json_schema(contract)) if json_mode else None,
         metadata=metadata,
     )

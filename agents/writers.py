@@ -49,7 +49,8 @@ async def write_answer(
     reply = await complete(model, conversation, run_name=run_name, model_spec=model_spec, metadata=metadata)
     return Exchange(
         model=model_spec,
-        role=run_name,
+        role="generator",
+        run=run_name,
         text=reply.text.strip(),
         input_tokens=reply.input_tokens,
         output_tokens=reply.output_tokens,
@@ -64,7 +65,7 @@ async def review_answer(
     question: str,
     answer: str,
     json_mode: bool,
-    role: str,
+    run_name: str,
     metadata: dict[str, Any] | None = None,
 ) -> tuple[float | None, str, Exchange]:
     """The reviewer's score out of 10 (None if unparsable after one follow-up) and its feedback text."""
@@ -80,7 +81,8 @@ async def review_answer(
         is_complete=lambda value: value is not None,
         required_format=followup_example(Review) if json_mode else "### Overall Score: X/10",
         model_spec=model_spec,
-        role=role,
+        role="reviewer",
+        run_name=run_name,
         json_schema=("review", json_schema(Review)) if json_mode else None,
         metadata=metadata,
     )

@@ -20,7 +20,7 @@ from typing_extensions import TypedDict
 
 from agents.judge import judge_combined, judge_direct, score_alone
 from agents.models import ModelSource
-from agents.records import Exchange, Usage, Verdict
+from agents.records import AnswerOrder, Exchange, Usage, Verdict
 from graphs.binding import bind_models, resolve_model_source
 from graphs.context import EvaluationContext
 from graphs.state import EvaluationInput, EvaluationOutput, ItemState, JudgementEntry
@@ -79,7 +79,7 @@ async def compare(task: CompareTask, runtime: Runtime[EvaluationContext], models
     item = task["item"]
     spec = context.models[0]
     answers = list(reversed(item["responses"])) if task["reversed"] else list(item["responses"])
-    order = "reversed" if task["reversed"] else "forward"
+    order: AnswerOrder = "reversed" if task["reversed"] else "forward"
     common: dict[str, Any] = {
         "model_spec": spec,
         "question": prompt_text(item["prompt"]),
@@ -89,9 +89,11 @@ async def compare(task: CompareTask, runtime: Runtime[EvaluationContext], models
     }
     model = models.chat_model(spec)
     if context.strategy == "direct":
-        judgement = await judge_direct(model, role=f"judge/direct/{order}", **common)
+        judgement = await judge_direct(model, run_name=f"judge/direct/{order}", order=order, **common)
     else:
-        judgement = await judge_combined(model, scale=context.scale, role=f"judge/combined/{order}", **common)
+        judgement = await judge_combined(
+            model, scale=context.scale, run_name=f"judge/combined/{order}", order=order, **common
+        )
     entry: JudgementEntry = {
         "reversed": task["reversed"],
         "scores": judgement.scores,
@@ -115,7 +117,7 @@ async def score_alone_node(
         answer=item["responses"][task["index"]],
         scale=context.scale,
         json_mode=models.json_mode(spec),
-        role=f"judge/independent/candidate-{task['index'] + 1}",
+        run_name=f"judge/independent/candidate-{task['index'] + 1}",
         metadata=_trace_metadata(item, candidate=task["index"]),
     )
     entry: JudgementEntry = {"index": task["index"], "score": score, "exchanges": [exchange.model_dump()]}

@@ -19,7 +19,7 @@ from typing_extensions import TypedDict
 
 from agents.judge import judge_combined
 from agents.models import ModelSource
-from agents.records import Exchange, Usage, Verdict
+from agents.records import AnswerOrder, Exchange, Usage, Verdict
 from graphs.binding import bind_models, resolve_model_source
 from graphs.context import EvaluationContext
 from graphs.state import Ballot, EvaluationInput, EvaluationOutput, ItemState
@@ -69,7 +69,7 @@ async def juror(task: JurorTask, runtime: Runtime[EvaluationContext], models: Mo
     context = runtime.context
     item = task["item"]
     answers = list(reversed(item["responses"])) if task["reversed"] else list(item["responses"])
-    order = "reversed" if task["reversed"] else "forward"
+    order: AnswerOrder = "reversed" if task["reversed"] else "forward"
     judgement = await judge_combined(
         models.chat_model(task["model"]),
         model_spec=task["model"],
@@ -77,7 +77,9 @@ async def juror(task: JurorTask, runtime: Runtime[EvaluationContext], models: Mo
         answers=answers,
         scale=context.scale,
         json_mode=models.json_mode(task["model"]),
-        role=f"jury/seat-{task['seat'] + 1}/{order}",
+        role="juror",
+        run_name=f"jury/seat-{task['seat'] + 1}/{order}",
+        order=order,
         metadata={"item_id": item["id"], "seat": task["seat"], "order": order},
     )
     ballot: Ballot = {

@@ -59,7 +59,7 @@ def test_evaluate_debate_with_the_yaml_panel_has_the_ethicist_speak_and_score(
         assert [entry["role"] for entry in record["referee_scores"]] == [
             "general_public", "psychologist", "critic", "ethicist"]
         ethicist_final = next(exchange for exchange in record["exchanges"]
-                              if exchange["role"] == "debate/ethicist/final")
+                              if exchange["run"] == "debate/ethicist/final")
         assert ethicist_final["text"]
 
 

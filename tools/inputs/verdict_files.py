@@ -313,7 +313,7 @@ def verdict_from_record(row: dict[str, Any], *, paper_compat: bool, path: Path, 
     for exchange in exchanges:
         one = verdict_from_text(strategy=strategy, scale=scale, texts=[exchange["text"]],
                                 followups=[exchange.get("followup_text")], count=count, paper_compat=paper_compat)
-        is_reversed = "reversed" in str(exchange.get("role", ""))
+        is_reversed = exchange_order(exchange) == "reversed"
         judged.append((is_reversed, one.scores or [None] * count, one.winner))
         unread[is_reversed] = one.unparsed
     if len(judged) == 1:
@@ -324,6 +324,15 @@ def verdict_from_record(row: dict[str, Any], *, paper_compat: bool, path: Path, 
                 for is_reversed, order_winner in zip(sorted(unread), order_winners, strict=True)]
     return ItemVerdict(winner=winner, scores=scores if strategy == "combined" else [], order_winners=readable,
                        unparsed=all(unread.values()))
+
+
+def exchange_order(exchange: dict[str, Any]) -> str | None:
+    """The answer order a recorded exchange saw: its `order` field, or, in files written before the field
+    existed, the order named at the end of its run name (then held in `role`)."""
+    if exchange.get("order") in ("forward", "reversed"):
+        return str(exchange["order"])
+    legacy = str(exchange.get("role", "")).rsplit("/", 1)[-1]
+    return legacy if legacy in ("forward", "reversed") else None
 
 
 def _is_json_reply(text: Any) -> bool:
