@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/fellowship demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check graphs agents prompts tools tests
+	$(VENV)/bin/ruff check graphs agents prompts tools tests notebooks
 	$(VENV)/bin/mypy
 
 test: $(STAMP) lint

@@ -21,6 +21,7 @@ ParsedT = TypeVar("ParsedT")
 
 @dataclass
 class Reply:
+    """One model reply: its text, token counts and latency."""
     text: str
     input_tokens: int
     output_tokens: int
@@ -36,8 +37,11 @@ _FATAL_STATUS = {401: "the API key was refused", 403: "access denied", 404: "mod
 
 
 def fatal_call_reason(error: BaseException) -> str | None:
-    """Why a call failed for good, when no retry can help (bad key, no access, unknown model, endpoint
-    down after the client's own retries); None for errors worth retrying or local to one prompt."""
+    """Why a call failed for good, when no retry can help; None for errors worth retrying.
+
+    Failing for good: a bad key, no access, an unknown model, an endpoint still down after the client's own
+    retries. Errors local to one prompt (a 500 that outlived its retries, a bad reply) are not.
+    """
     if isinstance(error, openai.APIStatusError) and error.status_code in _FATAL_STATUS:
         url = error.request.url if error.request is not None else None
         where = f" from {url.scheme}://{url.netloc.decode()}" if url is not None else ""
@@ -53,9 +57,12 @@ def fatal_call_reason(error: BaseException) -> str | None:
 
 
 def stable_tags(run_name: str) -> list[str]:
-    """Few tags that stay the same from item to item (method or role, and phase); item-specific text belongs in
-    run names and metadata. `debate/critic/round-2` -> debate, critic, turn; `jury/seat-2/reversed` -> jury,
-    ballot; `reviewer-1/iteration-2` -> reviewer, review; a follow-up adds `followup`."""
+    """Few tags that stay the same from item to item (method or role, and phase).
+
+    Item-specific text belongs in run names and metadata. `debate/critic/round-2` -> debate, critic, turn;
+    `jury/seat-2/reversed` -> jury, ballot; `reviewer-1/iteration-2` -> reviewer, review; a follow-up adds
+    `followup`.
+    """
     parts = run_name.split("/")
     head = parts[0].split("-")[0]
     if head == "debate" and len(parts) > 2:
@@ -68,6 +75,7 @@ def stable_tags(run_name: str) -> list[str]:
 
 
 def message_text(message: BaseMessage) -> str:
+    """The text of a chat message, whether its content is a string or a list of parts."""
     content = message.content
     if isinstance(content, str):
         return content
@@ -120,6 +128,7 @@ async def complete(
 
 
 def truncated_reply(error: openai.LengthFinishReasonError, latency_s: float) -> Reply:
+    """The reply the client refused because max_tokens cut it off, kept as an unparsed answer."""
     completion = error.completion
     text = completion.choices[0].message.content or "" if completion.choices else ""
     usage = completion.usage

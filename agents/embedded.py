@@ -101,6 +101,7 @@ class EmbeddedServer:
         self._base_url = f"{self._server.listening_address.rstrip('/')}/v1"
 
     def stop(self) -> None:
+        """Stop the server; the next `base_url` starts it again."""
         with self._lock:
             # Dropping the last reference runs the native destructor, which joins the server threads.
             self._server = None

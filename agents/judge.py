@@ -39,6 +39,7 @@ class Judgement:
 
     @property
     def parse_ok(self) -> bool:
+        """Whether the judge gave a verdict."""
         return self.winner is not None
 
 
@@ -47,6 +48,7 @@ def _messages(user_text: str) -> list[Any]:
 
 
 def combined_format_lines(labels: Sequence[str], scale: int) -> str:
+    """The text-mode answer lines of combined scoring, one `### Score Assistant X: X/scale` per label."""
     return "\n".join(f"### Score Assistant {label}: X/{scale}" for label in labels)
 
 

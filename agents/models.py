@@ -50,6 +50,7 @@ class ModelSpec:
 
     @property
     def text(self) -> str:
+        """The spec as a string again (`compat:` keeps its URL)."""
         suffix = f"@{self.base_url}" if self.provider == "compat" else ""
         return f"{self.provider}:{self.model}{suffix}"
 
@@ -167,9 +168,13 @@ class ModelSettings:
 class ModelSource(Protocol):
     """What graph nodes need from a model loader; tests substitute scripted fakes."""
 
-    def chat_model(self, spec: str) -> BaseChatModel: ...
+    def chat_model(self, spec: str) -> BaseChatModel:
+        """The chat model for a spec."""
+        ...
 
-    def json_mode(self, spec: str) -> bool: ...
+    def json_mode(self, spec: str) -> bool:
+        """Whether evaluators ask this spec for JSON (structured output) rather than text lines."""
+        ...
 
 
 class ModelRegistry:
@@ -182,8 +187,11 @@ class ModelRegistry:
         self._http: Any = None
 
     def _http_client(self) -> Any:
-        """One connection pool per registry. langchain-openai otherwise shares a process-wide async client,
-        which stays bound to the first event loop and fails under the next one ("Event loop is closed")."""
+        """One connection pool per registry.
+
+        langchain-openai otherwise shares a process-wide async client, which stays bound to the first event loop and
+        fails under the next one ("Event loop is closed").
+        """
         if self._http is None:
             import openai
 
@@ -193,12 +201,14 @@ class ModelRegistry:
         return self._http
 
     def json_mode(self, spec: str) -> bool:
+        """JSON for `local:` models under `auto` (the tiny model keeps a grammar, not a text format); else as set."""
         if self.settings.output_format != "auto":
             return self.settings.output_format == "json"
         # The embedded model is too small to keep a text answer format reliably; a grammar keeps it.
         return parse_model_spec(spec).provider == "local"
 
     def chat_model(self, spec: str) -> BaseChatModel:
+        """The chat model for a spec, loaded once per registry."""
         if spec not in self._models:
             self._models[spec] = self._load(parse_model_spec(spec))
         return self._models[spec]
@@ -247,6 +257,7 @@ class ModelRegistry:
         self._http = None
 
     async def aclose(self) -> None:
+        """Close the HTTP pool inside the event loop, then stop the embedded servers."""
         if self._http is not None:
             await self._http.aclose()
         self.close()
@@ -272,9 +283,11 @@ class PerLoopModelSource:
         return self._registries[loop]
 
     def chat_model(self, spec: str) -> BaseChatModel:
+        """The chat model for a spec, from this event loop's registry."""
         return self._registry().chat_model(spec)
 
     def json_mode(self, spec: str) -> bool:
+        """Whether evaluators ask this spec for JSON (the settings decide; no loop needed)."""
         return ModelRegistry(self.settings).json_mode(spec)
 
 

@@ -21,6 +21,7 @@ PRICES_PER_MILLION: dict[str, tuple[float, float]] = {
 
 
 def call_cost(model_spec: str, input_tokens: int, output_tokens: int) -> float | None:
+    """The USD cost of one call from the built-in price table, or None for a model without a price."""
     if model_spec.startswith(("local:", "compat:")):
         return 0.0
     price = PRICES_PER_MILLION.get(model_spec)

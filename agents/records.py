@@ -39,12 +39,14 @@ class Turn(BaseModel):
 
 
 class Usage(BaseModel):
+    """Tokens and calls spent, summed over exchanges."""
     input_tokens: int = 0
     output_tokens: int = 0
     calls: int = 0
 
     @classmethod
     def total(cls, exchanges: list[Exchange]) -> Usage:
+        """The usage of these exchanges; a follow-up counts as a second call."""
         return cls(
             input_tokens=sum(exchange.input_tokens for exchange in exchanges),
             output_tokens=sum(exchange.output_tokens for exchange in exchanges),

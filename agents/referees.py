@@ -29,8 +29,11 @@ RESERVED_KEYS = frozenset({"open_debate", "close_round", "final_score", "aggrega
 
 @dataclass(frozen=True)
 class RefereeRole:
-    """One referee persona. Its description is a template of the `prompts` package (`prompt`), a template
-    file of the user's (`prompt_path`) or the text itself (`text`); `model` overrides the debate's model."""
+    """One referee persona.
+
+    Its description is a template of the `prompts` package (`prompt`), a template file of the user's (`prompt_path`)
+    or the text itself (`text`); `model` overrides the debate's model.
+    """
 
     key: str
     name: str

@@ -43,9 +43,11 @@ class CircuitBreaker:
         self._tasks: list[asyncio.Task[object]] = []
 
     def record_success(self) -> None:
+        """A call succeeded: the configuration works, so the count starts again."""
         self._reason, self._streak = None, 0
 
     def record_failure(self, error: BaseException) -> None:
+        """Count a failure; trip when the same EndpointError reason comes `trip_after` times in a row."""
         failure = endpoint_failure(error)
         if failure is None:
             self.record_success()

@@ -25,6 +25,7 @@ class InlineSqliteSaver(SqliteSaver):
 
     @classmethod
     def open(cls, path: Path) -> InlineSqliteSaver:
+        """A saver on the SQLite file at `path`, created with its tables if new."""
         # check_same_thread=False: LangGraph may call the sync API from a worker thread; the saver locks.
         connection = sqlite3.connect(str(path), check_same_thread=False)
         # WAL with synchronous=NORMAL: a committed step survives a killed process (SIGKILL included); only
@@ -36,9 +37,11 @@ class InlineSqliteSaver(SqliteSaver):
         return saver
 
     def close(self) -> None:
+        """Close the database connection."""
         self.conn.close()
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """The latest checkpoint of a thread (or the one `config` names), read inline."""
         return self.get_tuple(config)
 
     async def alist(
@@ -49,6 +52,7 @@ class InlineSqliteSaver(SqliteSaver):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
+        """Checkpoints matching the filters, newest first, read inline."""
         for entry in self.list(config, filter=filter, before=before, limit=limit):
             yield entry
 
@@ -59,15 +63,19 @@ class InlineSqliteSaver(SqliteSaver):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
+        """Store a checkpoint, inline."""
         return self.put(config, checkpoint, metadata, new_versions)
 
     async def aput_writes(
         self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
     ) -> None:
+        """Store a task's pending writes, inline."""
         self.put_writes(config, writes, task_id, task_path)
 
     async def adelete_thread(self, thread_id: str) -> None:
+        """Delete every checkpoint of a thread, inline."""
         self.delete_thread(thread_id)
 
     async def aget_delta_channel_history(self, *args: Any, **kwargs: Any) -> Any:
+        """Delta-channel history, read inline."""
         return self.get_delta_channel_history(*args, **kwargs)

@@ -120,8 +120,11 @@ NEXT_ROUND = "next_round"
 def make_round_router(
     roles: Sequence[RefereeRole],
 ) -> Callable[[DebateState, Runtime[EvaluationContext]], Literal["next_round"] | list[Send]]:
-    """The router after each round: another round (mapped to the first referee's node by the edge's path
-    map, since role keys are data), or the final scores of every referee."""
+    """The router after each round.
+
+    Another round (mapped to the first referee's node by the edge's path map, since role keys are data), or the
+    final scores of every referee.
+    """
 
     def route_round(state: DebateState, runtime: Runtime[EvaluationContext]) -> Literal["next_round"] | list[Send]:
         """Another round while rounds remain; otherwise every referee gives final scores in parallel."""
@@ -191,8 +194,10 @@ def aggregate_scores(state: DebateState) -> dict[str, Any]:
 def build_debate_graph(
     *, roles: Sequence[RefereeRole] = DEFAULT_ROLES, model_source: ModelSource | None = None
 ) -> StateGraph[Any, Any, Any, Any]:
-    """The debate graph for these referees (in speaking order). Rounds come from the run context;
-    `model_source` as for `build_judge_graph`."""
+    """The debate graph for these referees (in speaking order).
+
+    Rounds come from the run context; `model_source` as for `build_judge_graph`.
+    """
     models = resolve_model_source(model_source)
     if not roles:
         raise ValueError("a debate needs at least one referee role")

@@ -1,5 +1,7 @@
-"""Running an evaluation graph over many items, concurrently, with optional local traces, resuming from what
-an interrupted run wrote (`reusable_verdicts`, `evaluate_into_file`)."""
+"""Running an evaluation graph over many items, concurrently, with optional local traces.
+
+A run resumes from what an interrupted one wrote (`reusable_verdicts`, `evaluate_into_file`).
+"""
 
 from __future__ import annotations
 
@@ -149,8 +151,10 @@ def reusable_verdicts(
     items: Sequence[EvalItem], output_path: Path, *, method: Method, context: EvaluationContext,
     roles: Sequence[RefereeRole], reuse_output: bool,
 ) -> dict[str, dict[str, Any]]:
-    """Verdicts of these items already made with these settings and without error, by item key: from the
-    partial file an interrupted run left, and with `reuse_output` from the output file itself (a cache)."""
+    """Verdicts of these items already made with these settings and without error, by item key.
+
+    From the partial file an interrupted run left, and with `reuse_output` from the output file itself (a cache).
+    """
     earlier = read_jsonl_tolerant(output_path) if reuse_output else []
     wanted = {item.key for item in items}
     panel = [role.key for role in roles]
@@ -176,8 +180,11 @@ async def evaluate_into_file(
     reuse_output: bool,
     on_verdict: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Evaluate the items not in `done`, appending each verdict to the partial file as it finishes, then write
-    the output file in input order in one rename (keeping, with `reuse_output`, verdicts of other items)."""
+    """Evaluate the items not in `done` and write the output file.
+
+    Each verdict is appended to the partial file as it finishes; the output file is then written in input
+    order in one rename (keeping, with `reuse_output`, the verdicts of other items).
+    """
     pending = [item for item in items if item.key not in done]
     appender = JsonlAppender(partial_path_for(output_path))
 

@@ -32,6 +32,7 @@ from tools.rules.secrets import mask_secrets
 
 @dataclass
 class PromptOutcome:
+    """What happened to one prompt in this run: finished or failed, whether calls were made, and what they cost."""
     prompt_id: str
     ok: bool
     calls_made: bool
@@ -55,6 +56,7 @@ class GenerationResult:
 
 
 def record_exchanges(record: dict[str, Any]) -> list[Exchange]:
+    """Every model exchange of a record: answers, reviews and the verdict's calls."""
     exchanges = [Exchange(**answer["exchange"]) for answer in record["answers"]]
     exchanges += [Exchange(**review["exchange"]) for answer in record["answers"] for review in answer["reviews"]]
     exchanges += [Exchange(**raw) for raw in (record.get("verdict") or {}).get("exchanges", [])]

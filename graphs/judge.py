@@ -60,6 +60,7 @@ def _trace_metadata(item: ItemState, **extra: Any) -> dict[str, Any]:
 
 
 def start_judging(state: JudgeState) -> dict[str, Any]:
+    """Note the start time; the judge calls are sent out by `route_judge_tasks`."""
     return {"started_at": time.perf_counter()}
 
 
@@ -125,6 +126,7 @@ async def score_alone_node(
 
 
 def decide(state: JudgeState, runtime: Runtime[EvaluationContext]) -> dict[str, Any]:
+    """Turn the judge calls' results into the item's verdict (both orders reconciled with `swap`)."""
     context = runtime.context
     item = state["item"]
     judgements = state.get("judgements", [])

@@ -1,6 +1,8 @@
-"""State entries shared by the graphs. Values are plain JSON-able data, so any checkpointer can store them and
-LangGraph Studio can draw a form for them (`typing_extensions.TypedDict`: pydantic refuses `typing.TypedDict`
-on Python 3.11)."""
+"""State entries shared by the graphs.
+
+Values are plain JSON-able data, so any checkpointer can store them and LangGraph Studio can draw a form for them
+(`typing_extensions.TypedDict`: pydantic refuses `typing.TypedDict` on Python 3.11).
+"""
 
 from __future__ import annotations
 

@@ -249,13 +249,15 @@ def test_garbage_judge_output_is_followed_up_or_recorded(tmp_path: Path) -> None
         assert server.stats.faults["garbage"] > 0
         exchanges = [exchange for record in records for exchange in record["verdict"]["exchanges"]]
         assert any(exchange["followup_text"] is not None for exchange in exchanges)
+        from tools.rules.verdicts import winner_from_scores
+
         for record in records:
             verdict = record["verdict"]
-            # A judge that never answered in format is recorded as unparsed, never given a made-up winner.
-            if not all(exchange["parse_ok"] for exchange in verdict["exchanges"]):
-                assert verdict["winner"] is None and verdict["parse_ok"] is False
-            else:
-                assert verdict["winner"] in {"A", "B", "C", "tie"}
+            parsed = all(exchange["parse_ok"] for exchange in verdict["exchanges"])
+            # A judge that never answered in format is recorded as unparsed, never given a made-up winner;
+            # one that did has the winner of its scores.
+            expected = winner_from_scores(verdict["scores"]) if parsed else None
+            assert (verdict["winner"], verdict["parse_ok"]) == (expected, parsed and expected is not None)
     finally:
         server.stop()
 

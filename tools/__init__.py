@@ -1,5 +1,6 @@
-"""Everything around the graphs and agents that makes no model call of its own, in floors that import
-downwards only:
+"""Everything around the graphs and agents that makes no model call of its own.
+
+In floors that import downwards only:
 
     cli/        the `fellowship` commands: thin, they validate options and call the runners
     meta_eval/  agreement with humans: scores, reports, charts

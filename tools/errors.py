@@ -39,8 +39,10 @@ class ConfigError(FellowshipError):
 
 
 class EndpointError(FellowshipError):
-    """A model call failed for a reason no retry fixes: a bad key (401), no access (403), an unknown model
-    (404), or an endpoint that still refuses connections after the client's retries.
+    """A model call failed for a reason no retry fixes.
+
+    A bad key (401), no access (403), an unknown model (404), or an endpoint that still refuses connections after
+    the client's retries.
 
     `reason` is the same text for every call that fails the same way, so a run can tell a broken
     configuration (every call fails alike) from one unlucky prompt.

@@ -1,5 +1,7 @@
-"""Pieces shared by the `fellowship` commands: error reporting, common options, progress, and the
-evaluation runner that `evaluate`, `meta-eval` and `winrate` all use.
+"""Pieces shared by the `fellowship` commands.
+
+Error reporting, common options, progress, and the evaluation runner that `evaluate`, `meta-eval` and `winrate` all
+use.
 
 One event loop per command: chat clients are bound to the loop that made them.
 """
@@ -70,8 +72,11 @@ def exit_if_failed(failed: int, total: int, unit: str, retry_hint: str) -> None:
 
 
 def announce_models(roles: list[tuple[str, str, str | None]]) -> None:
-    """Say on stderr which model plays each role: (role, spec, what chose it: a flag, "demo", or None for the
-    default), and warn when a role falls back to the embedded model while others were chosen."""
+    """Say on stderr which model plays each role, and warn when a role falls back to the embedded model.
+
+    `roles` are (role, spec, what chose it: a flag, "demo", or None for the default); the warning comes when
+    some roles were chosen and others fell back.
+    """
     from agents.models import DEFAULT_MODEL
 
     parts = [f"{role} {spec} ({flag or 'default'})" for role, spec, flag in roles]
@@ -126,8 +131,10 @@ EXIT_CODES_HELP = (
 
 
 def interactive() -> bool:
-    """True in a terminal: not piped, not in CI logs, not in a notebook (whose saved outputs would keep
-    every redraw of a progress bar)."""
+    """True in a terminal.
+
+    Not piped, not in CI logs, not in a notebook (whose saved outputs would keep every redraw of a progress bar).
+    """
     in_kernel = "ipykernel" in sys.modules
     return errors.is_terminal and not in_kernel
 
@@ -147,6 +154,7 @@ def progress_bar() -> Progress:
 
 
 def verdict_table(verdicts: list[dict[str, Any]]) -> Table:
+    """The verdicts as a table for the terminal: scores, winner, parse outcome, tokens, time."""
     table = Table(title="verdicts")
     for column in ("id", "method", "scores", "winner", "parsed", "tokens in/out", "seconds"):
         table.add_column(column)
@@ -181,8 +189,10 @@ def check_evaluation_flags(
     items: list[Any], *, method: str, strategy: str, models: list[str], swap: bool, source: str,
     flag: str = "--model", roles: Sequence[Any] = (),
 ) -> None:
-    """One line naming the flag when the evaluator cannot judge these items as asked, or when a model's
-    endpoint cannot be reached; checked before any work. `roles` is the debate panel."""
+    """Check, before any work, that the evaluator can judge these items as asked and reach its models.
+
+    A problem is one line naming the flag. `roles` is the debate panel.
+    """
     from agents.models import check_model_spec, preflight_endpoints
 
     for spec in models:

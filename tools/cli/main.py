@@ -129,8 +129,10 @@ def graph_format(output_format: str | None, output: Path | None) -> str:
 def draw_graph(
     name: str, output_format: str | None, output: Path | None, *, roles: Sequence[RefereeRole] | None = None
 ) -> str:
-    """Mermaid or ASCII text of a workflow graph, or a PNG; with `output`, written there (the line says so).
-    `roles` is the debate panel (of the debate and the pipeline)."""
+    """Mermaid or ASCII text of a workflow graph, or a PNG.
+
+    With `output`, written there (the line says so). `roles` is the debate panel (of the debate and the pipeline).
+    """
     from agents.referees import DEFAULT_ROLES
     from graphs.evaluation import evaluation_graph
     from graphs.feedback_loop import build_feedback_loop_graph
@@ -233,8 +235,10 @@ def run_generate(
     given_flags: frozenset[str] = frozenset(),
     chosen_by: str | None = None,
 ) -> dict[str, Any]:
-    """The generate command as a function (the demo and the notebooks call it): validates these values as
-    GenerateOptions, then runs `run_generate_with`."""
+    """The generate command as a function (the demo and the notebooks call it).
+
+    Validates these values as GenerateOptions, then runs `run_generate_with`.
+    """
     options = GenerateOptions(
         prompts=prompts_source, output=output, generator=generator, reviewer=reviewers, judge=judges,
         evaluator=evaluator, strategy=strategy, scale=scale, swap=swap, iterations=iterations,  # type: ignore[arg-type]
@@ -462,6 +466,7 @@ def demo(
 
 
 def main() -> None:
+    """The `fellowship` entry point."""
     app(prog_name="fellowship")
 
 

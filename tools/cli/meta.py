@@ -81,6 +81,7 @@ def settings_digest(settings: dict[str, Any]) -> str:
 
 
 def benchmark_label(name_or_path: str) -> str:
+    """A short, file-name-safe label for a benchmark given by name or path."""
     return _slug(Path(name_or_path).stem if "/" in name_or_path or "\\" in name_or_path else name_or_path)
 
 
@@ -152,8 +153,10 @@ READING_NOTES = (
 
 
 def evaluator_name(options: MetaEvalOptions, roles: Sequence[Any]) -> str:
-    """The evaluator's name as its records give it (`record_evaluator_name`), so a live run and a re-scoring
-    of its verdicts report it under the same name."""
+    """The evaluator's name as its records give it (`record_evaluator_name`).
+
+    So a live run and a re-scoring of its verdicts report it under the same name.
+    """
     from graphs.debate import referee_model
     from tools.inputs.verdict_files import evaluator_label
 

@@ -1,5 +1,6 @@
-"""The run configuration of each command: one pydantic model per command, shared by the CLI, `--config` files
-and the graphs' contexts.
+"""The run configuration of each command.
+
+One pydantic model per command, shared by the CLI, `--config` files and the graphs' contexts.
 
 A command's options are its model's fields (named as the command's parameters). Values come from the command
 line, else from the `--config` file, else from the field's default, which is also what the command's
@@ -134,8 +135,11 @@ RUN_COMMAND_OPTIONS: tuple[type[CommandOptions], ...] = (EvaluateOptions, MetaEv
 
 
 class GraphOptions(CommandOptions):
-    """`fellowship graph`. It reads the same config files as the run commands and uses their debate panel; the
-    other run options (models, rounds...) do not change a drawing, so they are accepted and left unused."""
+    """`fellowship graph`.
+
+    It reads the same config files as the run commands and uses their debate panel; the other run options (models,
+    rounds...) do not change a drawing, so they are accepted and left unused.
+    """
 
     model_config = ConfigDict(extra="allow")
 
@@ -152,8 +156,10 @@ class GraphOptions(CommandOptions):
 
 
 def option_defaults(options: type[BaseModel]) -> dict[str, Any]:
-    """The fields' defaults, for the CLI's parameter defaults (one source for both). The CLI offers the score
-    scale as a choice of words, so its default is given as one."""
+    """The fields' defaults, for the CLI's parameter defaults (one source for both).
+
+    The CLI offers the score scale as a choice of words, so its default is given as one.
+    """
     defaults = {name: field.default for name, field in options.model_fields.items() if not field.is_required()}
     if "scale" in defaults:
         defaults["scale"] = str(defaults["scale"])

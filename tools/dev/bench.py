@@ -90,6 +90,7 @@ async def _pipeline(base_url: str, prompts: int, concurrency: int) -> int:
 
 
 def run_phase(phase: str, base_url: str, prompts: int, concurrency: int) -> dict[str, float]:
+    """Run one phase (the bare loop or the pipeline) and measure wall time, CPU and peak memory."""
     # Imports happen once per process, not per call: load them before the clock starts.
     import openai  # noqa: F401
 
@@ -107,6 +108,7 @@ def run_phase(phase: str, base_url: str, prompts: int, concurrency: int) -> dict
 
 
 def main() -> None:
+    """`make bench`: both phases against the stub server, printed side by side."""
     parser = argparse.ArgumentParser(description="fellowship pipeline benchmark against the stub server")
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--latency", type=float, default=0.5)

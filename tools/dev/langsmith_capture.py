@@ -37,6 +37,7 @@ class Capture:
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def merge(self, run: dict[str, Any]) -> None:
+        """Add what a request said about a run to what is known of it."""
         run_id = str(run.get("id"))
         self.runs.setdefault(run_id, {}).update({key: value for key, value in run.items() if value is not None})
 
@@ -65,9 +66,11 @@ class LangSmithCapture:
 
     @property
     def endpoint(self) -> str:
+        """The URL to give the LangSmith client (`LANGSMITH_ENDPOINT`)."""
         return f"http://127.0.0.1:{self.port}"
 
     def start_in_thread(self) -> LangSmithCapture:
+        """Serve on a free port of 127.0.0.1 in a background thread; returns once it listens."""
         ready = threading.Event()
 
         def serve() -> None:
@@ -83,6 +86,7 @@ class LangSmithCapture:
         return self
 
     def stop(self) -> None:
+        """Stop serving and wait for the thread."""
         if self._loop is not None and self._server is not None:
             self._loop.call_soon_threadsafe(self._server.close)
             self._loop.call_soon_threadsafe(self._loop.stop)

@@ -39,6 +39,7 @@ from tools.rules.contracts import (
 
 @dataclass
 class StubSettings:
+    """How the stub behaves: latency, a cap on concurrent requests, fault rates, a fixed status."""
     latency_s: float = 0.0
     max_concurrent: int = 64
     error_rate: float = 0.0
@@ -54,6 +55,7 @@ class StubSettings:
 
 @dataclass
 class StubStats:
+    """What the stub has seen: requests, completions, concurrency and faults."""
     requests: int = 0
     completions: int = 0
     in_flight: int = 0
@@ -61,6 +63,7 @@ class StubStats:
     faults: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
+        """The figures as JSON (`GET /stats`)."""
         return {
             "requests": self.requests,
             "completions": self.completions,
@@ -135,8 +138,10 @@ JsonResponder = Callable[[str, str, bytes, dict[str, str]], Awaitable[tuple[int,
 async def serve_json_connection(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, respond: JsonResponder
 ) -> None:
-    """Serve HTTP/1.1 requests on one connection (keep-alive) with `respond(method, path, body, headers)`, which
-    gives (status, JSON payload, extra header lines). Enough HTTP for the clients these test servers meet."""
+    """Serve HTTP/1.1 requests on one connection (keep-alive) with `respond(method, path, body, headers)`.
+
+    `respond` gives (status, JSON payload, extra header lines). Enough HTTP for the clients these test servers meet.
+    """
     try:
         while True:
             request_line = await reader.readline()
@@ -179,14 +184,17 @@ class StubServer:
 
     @property
     def base_url(self) -> str:
+        """The OpenAI-compatible base URL (`http://127.0.0.1:PORT/v1`)."""
         return f"http://127.0.0.1:{self.port}/v1"
 
     async def start_async(self) -> None:
+        """Start listening in the running event loop."""
         self._gate = asyncio.Semaphore(self.settings.max_concurrent)
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self._port, backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]
 
     def start_in_thread(self) -> StubServer:
+        """Serve in a background thread with its own event loop; returns once it listens."""
         ready = threading.Event()
 
         def serve() -> None:
@@ -208,6 +216,7 @@ class StubServer:
         return self
 
     def stop(self) -> None:
+        """Stop serving and wait for the thread."""
         if self._loop is not None and self._server is not None:
             loop, server = self._loop, self._server
 
@@ -311,6 +320,7 @@ async def _serve_for(server: StubServer, lifetime_s: float) -> None:
 
 
 def main() -> None:
+    """`python -m tools.dev.stub_server`: serve until killed or until `--lifetime` has passed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per call")

@@ -24,8 +24,11 @@ _PROMPT_FIELDS = ("prompt", "instruction")
 
 @dataclass
 class Side:
-    """One side of a win-rate comparison: prompt key -> (prompt, answer), and the keys of its prompts that
-    have no answer to speak for them (with `--answer best`: no pick, because the evaluator tied or failed)."""
+    """One side of a win-rate comparison.
+
+    Prompt key -> (prompt, answer), and the keys of its prompts that have no answer to speak for them (with
+    `--answer best`: no pick, because the evaluator tied or failed).
+    """
 
     answers: dict[str, tuple[Any, str]]
     without_answer: set[str]

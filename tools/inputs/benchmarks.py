@@ -23,6 +23,7 @@ LABELS = ("A", "B", "tie")
 
 
 class LabelledItem(BaseModel):
+    """A benchmark item with its human votes and the label they give."""
     id: str
     prompt: str | list[dict[str, str]]
     responses: list[str]
@@ -30,6 +31,7 @@ class LabelledItem(BaseModel):
     label: str
 
     def as_eval_item(self) -> EvalItem:
+        """The item as an evaluator sees it (without the labels)."""
         return EvalItem(id=self.id, prompt=self.prompt, responses=self.responses)
 
 

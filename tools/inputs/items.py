@@ -33,10 +33,12 @@ class EvalItem(BaseModel):
 
     @property
     def key(self) -> str:
+        """The id as text, for matching ids across files."""
         return str(self.id)
 
     @property
     def question(self) -> str:
+        """The prompt as judges read it."""
         return prompt_text(self.prompt)
 
 

@@ -126,8 +126,10 @@ def _first_value(found: list[tuple[int, float]]) -> float | None:
 def published_combined_scores(
     text: str, followup: str | None, *, count: int, scale: int, turns: int | None
 ) -> list[float | None]:
-    """Scores as the published code read them (SPEC.md 2.1): strict lines, first match, and score A only
-    ever read from the first reply, while B, C, ... are read from the whole exchange after a follow-up.
+    """Scores as the published code read them (SPEC.md 2.1).
+
+    Strict lines, first match, and score A only ever read from the first reply, while B, C, ... are read from the
+    whole exchange after a follow-up.
 
     Recorded outputs often hold the first reply and the follow-up replies joined in one text, with the
     number of calls (`turns`). Then the first reply's end is not marked; a follow-up reply restates every
@@ -149,6 +151,7 @@ def published_combined_scores(
 
 
 def direct_winner(text: str, followup: str | None) -> str | None:
+    """A direct comparison's winner, reading the follow-up reply when the first has none."""
     winner = parse_direct_answer(text)
     if winner is None and followup:
         winner = parse_direct_answer(followup)
@@ -156,6 +159,7 @@ def direct_winner(text: str, followup: str | None) -> str | None:
 
 
 def independent_score(text: str, followup: str | None, scale: int) -> float | None:
+    """An independent score, reading the follow-up reply when the first has none."""
     score = parse_overall_score(text, scale)
     if score is None and followup:
         score = parse_overall_score(followup, scale)
@@ -239,8 +243,11 @@ _PICKS = {"model_a": "A", "model_b": "B"}
 
 
 def _published_strategy(row: dict[str, Any]) -> str | None:
-    """The strategy a published-code line was made with, told by its fields: two texts are independent
-    scoring, `score_1`/`score_2` beside one text combined scoring, a `pick` direct comparison."""
+    """The strategy a published-code line was made with, told by its fields.
+
+    Two texts are independent scoring, `score_1`/`score_2` beside one text combined scoring, a `pick` direct
+    comparison.
+    """
     if isinstance(row.get("response_1"), str) and isinstance(row.get("response_2"), str):
         return "independent"
     if isinstance(row.get("response"), str):
@@ -327,8 +334,11 @@ def verdict_from_record(row: dict[str, Any], *, paper_compat: bool, path: Path, 
 
 
 def exchange_order(exchange: dict[str, Any]) -> str | None:
-    """The answer order a recorded exchange saw: its `order` field, or, in files written before the field
-    existed, the order named at the end of its run name (then held in `role`)."""
+    """The answer order a recorded exchange saw.
+
+    Its `order` field, or, in files written before the field existed, the order named at the end of its run name
+    (then held in `role`).
+    """
     if exchange.get("order") in ("forward", "reversed"):
         return str(exchange["order"])
     legacy = str(exchange.get("role", "")).rsplit("/", 1)[-1]
@@ -348,8 +358,11 @@ def _is_json_reply(text: Any) -> bool:
 def evaluator_label(
     *, method: str, strategy: str | None, scale: int | None, models: Sequence[str], swapped: bool
 ) -> str:
-    """The one name of an evaluator in reports: 'judge combined/10 openai:gpt-4o', 'jury combined/plurality
-    a + b', 'debate m + m + m' (one spec per referee), '(both orders)' when judged in both."""
+    """The one name of an evaluator in reports.
+
+    'judge combined/10 openai:gpt-4o', 'jury combined/plurality a + b', 'debate m + m + m' (one spec per referee),
+    '(both orders)' when judged in both.
+    """
     how = strategy or ""
     if method == "judge" and scale:
         how = f"{how}/{scale}"

@@ -35,14 +35,17 @@ class WinRate:
 
     @property
     def n(self) -> int:
+        """Prompts compared."""
         return self.wins + self.ties + self.losses + self.unparsed
 
     @property
     def win_rate(self) -> float:
+        """Wins / n: ties and unparsed verdicts count as non-wins (the paper's figure)."""
         return self.wins / self.n if self.n else 0.0
 
     @property
     def win_rate_half_ties(self) -> float:
+        """(wins + ties / 2) / n: a tie or an unparsed verdict counts as half a win."""
         return (self.wins + (self.ties + self.unparsed) / 2) / self.n if self.n else 0.0
 
 
@@ -61,6 +64,7 @@ def _wrapped(label: str) -> str:
 
 
 def kappa_table_rows(rows: Sequence[EvaluatorScore]) -> list[list[str]]:
+    """The kappa table's rows as text."""
     return [
         [
             row.name, str(row.n), fixed(row.kappa), f"[{fixed(row.kappa_low)}, {fixed(row.kappa_high)}]",
@@ -78,6 +82,7 @@ WINRATE_COLUMNS = ["A", "B", "n", "wins", "ties", "losses", "unparsed", "win rat
 
 
 def jury_table_rows(juries: Sequence[JuryScore]) -> list[list[str]]:
+    """The jury table's rows as text."""
     return [
         [str(rank), " + ".join(jury.members), str(len(jury.members)), str(jury.n), fixed(jury.kappa),
          f"[{fixed(jury.kappa_low)}, {fixed(jury.kappa_high)}]", fixed(jury.agreement)]
@@ -86,6 +91,7 @@ def jury_table_rows(juries: Sequence[JuryScore]) -> list[list[str]]:
 
 
 def winrate_table_rows(results: Sequence[WinRate]) -> list[list[str]]:
+    """The win-rate table's rows as text."""
     return [
         [result.a, result.b, str(result.n), str(result.wins), str(result.ties), str(result.losses),
          str(result.unparsed), fixed(result.win_rate), fixed(result.win_rate_half_ties)]
@@ -94,6 +100,7 @@ def winrate_table_rows(results: Sequence[WinRate]) -> list[list[str]]:
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table."""
     def cell(text: str) -> str:
         return text.replace("|", "\\|")
 
@@ -103,8 +110,11 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 
 
 def interval_bars(intervals: Sequence[tuple[float, float, float]]) -> list[list[float]]:
-    """Error-bar lengths below and above each point. On a few items a percentile bootstrap interval can
-    miss its own point estimate; the bar then stops at the point rather than going negative."""
+    """Error-bar lengths below and above each point.
+
+    On a few items a percentile bootstrap interval can miss its own point estimate; the bar then stops at the point
+    rather than going negative.
+    """
     return [[max(0.0, point - low) for point, low, _ in intervals],
             [max(0.0, high - point) for point, _, high in intervals]]
 

@@ -50,6 +50,7 @@ class EvaluatorScore:
 
 @dataclass(frozen=True)
 class JuryScore:
+    """One row of the jury ranking."""
     members: tuple[str, ...]
     n: int
     kappa: float
@@ -103,6 +104,7 @@ def bias_figures(pairs: Sequence[tuple[LabelledItem, ItemVerdict]]) -> tuple[flo
 
 
 def score_evaluator(name: str, pairs: Sequence[tuple[LabelledItem, ItemVerdict]], *, seed: int = 0) -> EvaluatorScore:
+    """Agreement with the humans and the bias figures of one evaluator's verdicts."""
     if not pairs:
         raise ConfigError(f"{name}: no verdict matches an item of the benchmark")
     predicted = [verdict.winner for _, verdict in pairs]
@@ -118,6 +120,7 @@ def score_evaluator(name: str, pairs: Sequence[tuple[LabelledItem, ItemVerdict]]
 
 
 def longer_answer_label(item: LabelledItem) -> str:
+    """The label of the longer answer (tie when both are as long)."""
     lengths = [len(response) for response in item.responses[:2]]
     if lengths[0] == lengths[1]:
         return TIE

@@ -1,2 +1,5 @@
-"""What runs write: JSON Lines written safely, the run store (progress in SQLite), the DPO/KTO export and
-its dataset card, and local traces."""
+"""What runs write.
+
+JSON Lines written safely, the run store (progress in SQLite), the DPO/KTO export and its dataset card, and local
+traces.
+"""

@@ -21,6 +21,7 @@ from tools.rules.verdicts import TIE, label_index
 
 @dataclass
 class ExportSummary:
+    """Counts of an export: prompts, rows, and prompts per outcome."""
     prompts: int = 0
     dpo_rows: int = 0
     kto_rows: int = 0

@@ -10,6 +10,7 @@ from typing import Any
 
 
 def dump_line(record: Any) -> str:
+    """One JSON line (no newline), non-ASCII kept as is."""
     return json.dumps(record, ensure_ascii=False, sort_keys=False)
 
 
@@ -34,10 +35,12 @@ class JsonlAppender:
         self._handle = path.open("a", encoding="utf-8")
 
     def append(self, record: Any) -> None:
+        """Write one record and flush it to disk."""
         self._handle.write(dump_line(record) + "\n")
         self._handle.flush()
 
     def close(self) -> None:
+        """Close the file."""
         self._handle.close()
 
 

@@ -42,6 +42,7 @@ class PromptSourceId:
     prompts: int
 
     def describe(self) -> str:
+        """The source in a few words, for messages and the card."""
         return f"{self.origin} (field '{self.field}', {self.prompts} prompts, sha256 {self.sha256[:12]})"
 
 
@@ -57,6 +58,7 @@ class RunStore:
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
+        """Close the database connection."""
         self._db.close()
 
     def bind_settings(self, settings: dict[str, Any]) -> None:
@@ -125,6 +127,7 @@ class RunStore:
         return dict(rows.fetchall())
 
     def mark_done(self, prompt_id: str, record: dict[str, Any]) -> None:
+        """Store a prompt's finished record: it is never paid for again."""
         self._db.execute(
             "UPDATE prompts SET status = 'done', record = ?, error = NULL, attempts = attempts + 1, updated = ? "
             "WHERE prompt_id = ?",
@@ -132,6 +135,7 @@ class RunStore:
         )
 
     def mark_failed(self, prompt_id: str, reason: str) -> None:
+        """Record why a prompt failed; `--retry-failed` runs it again."""
         self._db.execute(
             "UPDATE prompts SET status = 'failed', error = ?, attempts = attempts + 1, updated = ? WHERE prompt_id = ?",
             (reason, time.time(), prompt_id),

@@ -95,6 +95,7 @@ class RunTreeRecorder(BaseTracer):
         self.roots.append(run)
 
     def write(self, path: Path) -> None:
+        """Write the run trees as one JSON document, atomically."""
         trees = [run_to_dict(run) for run in self.roots]
         document = trees[0] if len(trees) == 1 else {"name": "runs", "children": trees}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +105,7 @@ class RunTreeRecorder(BaseTracer):
 
 
 def trace_filename(item_id: str) -> str:
+    """A safe file name for an item's trace."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", item_id)[:80] or "item"
     return f"{safe}.json"
 

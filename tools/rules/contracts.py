@@ -82,8 +82,11 @@ def independent_score(scale: int) -> type[CallOutput]:
 
 @cache
 def combined_scores(labels: tuple[str, ...], scale: int, reason: str = EVIDENCE) -> type[CallOutput]:
-    """Combined scoring of N answers: the reasons first (`evaluation_evidence` for a judge, `reasoning` for a
-    debate referee), then one score per label."""
+    """Combined scoring of N answers.
+
+    The reasons first (`evaluation_evidence` for a judge, `reasoning` for a debate referee), then one score per
+    label.
+    """
     described = {EVIDENCE: "a brief justification", REASONING: "one or two sentences"}[reason]
     fields = {score_field(label): _score(scale, f"a number from 0 to {scale}") for label in labels}
     return create_model(

@@ -17,6 +17,7 @@ CLASSES = ["A", "B", "tie"]
 
 @dataclass(frozen=True)
 class Agreement:
+    """Agreement of predicted labels with human labels: kappa with its interval, raw agreement, n."""
     n: int
     kappa: float
     agreement: float
@@ -25,6 +26,7 @@ class Agreement:
 
 
 def kappa(predicted: Sequence[str], human: Sequence[str]) -> float:
+    """Cohen's kappa over {A, B, tie} (scikit-learn, unweighted)."""
     if len(predicted) != len(human):
         raise ValueError(f"{len(predicted)} predictions for {len(human)} labels")
     # A resample with a single class has no defined kappa; count it as no agreement beyond chance.

@@ -147,11 +147,13 @@ def published_score_positions(text: str, name: str, scale: int) -> list[tuple[in
 
 
 def published_overall_score(text: str, scale: int = 10) -> float | None:
+    """The published code's reading of `### Overall Score: X/scale` (strict, first match)."""
     match = re.search(r"###\s*overall\s*score\s*:\s*\n?\s*" + _published_value_pattern(scale), text.lower())
     return float(match.group(1)) if match else None
 
 
 def published_direct_answer(text: str) -> str | None:
+    """The published code's reading of a direct comparison: the letter on the line after `### Answer:`."""
     match = re.search(r"###\s*answer\s*:\s*\n\s*([abc])\b", text.lower())
     if match is None:
         return None

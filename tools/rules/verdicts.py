@@ -24,10 +24,12 @@ def candidate_label(index: int) -> str:
 
 
 def candidate_labels(count: int) -> list[str]:
+    """Answer labels A, B, C... for `count` answers."""
     return [candidate_label(index) for index in range(count)]
 
 
 def label_index(label: str) -> int:
+    """The position of an answer label (A is 0)."""
     return string.ascii_uppercase.index(label)
 
 
