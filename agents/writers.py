@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage, convert_to_messages
 
 import prompts
 from agents.calls import complete, complete_with_followup
@@ -21,14 +21,11 @@ from tools.rules.parsing import parse_feedback, parse_overall_score
 
 def opening_messages(prompt: str | list[dict[str, str]]) -> list[BaseMessage]:
     """The generator's conversation before its first answer; a message-list prompt is kept as given."""
+    system = [SystemMessage(content=prompts.render("generator_system"))]
     if isinstance(prompt, str):
-        return [SystemMessage(content=prompts.render("generator_system")), HumanMessage(content=prompt)]
-    converted: list[BaseMessage] = []
-    if prompt[0]["role"] != "system":
-        converted.append(SystemMessage(content=prompts.render("generator_system")))
-    kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
-    converted.extend(kinds[message["role"]](content=message["content"]) for message in prompt)
-    return converted
+        return [*system, HumanMessage(content=prompt)]
+    given = convert_to_messages(prompt)
+    return given if given[0].type == "system" else [*system, *given]
 
 
 def revision_request(feedbacks: Sequence[dict[str, str]]) -> HumanMessage:

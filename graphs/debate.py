@@ -24,11 +24,12 @@ from langgraph.types import Send
 from typing_extensions import TypedDict
 
 from agents.models import ModelSource
-from agents.records import Exchange, Turn, Usage, Verdict
+from agents.records import Turn
 from agents.referees import DEFAULT_ROLES, RESERVED_KEYS, RefereeRole, final_scores, speak
 from graphs.binding import resolve_model_source
 from graphs.context import EvaluationContext
 from graphs.state import EvaluationInput, EvaluationOutput, ItemState, RefereeScore
+from graphs.verdicts import verdict_update
 from tools.errors import ConfigError
 from tools.inputs.items import prompt_text
 from tools.inputs.panels import configured_panel
@@ -172,23 +173,14 @@ def aggregate_scores(state: DebateState) -> dict[str, Any]:
     complete_rows = [entry["scores"] for entry in entries if all(score is not None for score in entry["scores"])]
     scores: list[float | None] = mean_scores(complete_rows) if complete_rows else [None] * len(item["responses"])
     winner = winner_from_scores(scores)
-    exchanges = [Exchange(**raw) for raw in state.get("exchanges", [])]
-    verdict = Verdict(
-        id=item["id"],
-        method="debate",
-        scale=10,
-        models=[entry["model"] for entry in entries],
-        scores=scores,
-        winner=winner,
-        parse_ok=winner is not None and len(complete_rows) == len(entries),
-        exchanges=exchanges,
+    update = verdict_update(
+        item, method="debate", models=[entry["model"] for entry in entries], scores=scores, winner=winner,
+        raw_exchanges=state.get("exchanges", []), started_at=state.get("started_at"),
+        parsed=len(complete_rows) == len(entries), scale=10,
         transcript=[Turn(**raw) for raw in state.get("transcript", [])],
-        usage=Usage.total(exchanges),
-        latency_s=time.perf_counter() - state.get("started_at", time.perf_counter()),
     )
-    dumped = verdict.model_dump()
-    dumped["referee_scores"] = entries
-    return {"verdict": dumped}
+    update["verdict"]["referee_scores"] = entries
+    return update
 
 
 def build_debate_graph(

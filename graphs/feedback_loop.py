@@ -13,8 +13,9 @@ from __future__ import annotations
 import operator
 from typing import Annotated, Any, Literal
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, AnyMessage
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 from typing_extensions import TypedDict
@@ -34,8 +35,8 @@ class LoopState(TypedDict, total=False):
     """The prompt's content-derived id."""
     prompt: Any
     """The prompt: a string, or a list of {role, content} messages ending with the user turn."""
-    conversation: list[dict[str, str]]
-    """The generator's own conversation, as {role, content} dicts; replaced whole by each node."""
+    conversation: Annotated[list[AnyMessage], add_messages]
+    """The generator's own conversation as LangChain messages; nodes return only the messages they add."""
     answers: Annotated[list[Answer], operator.add]
     """Every answer written, in order (r1, r2, ... rN)."""
     reviews: Annotated[list[Review], operator.add]
@@ -59,34 +60,23 @@ class ReviewTask(TypedDict):
     seat: int
 
 
-_KINDS = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
-_ROLES = {"system": "system", "human": "user", "ai": "assistant"}
-
-
-def _to_messages(conversation: list[dict[str, str]]) -> list[BaseMessage]:
-    return [_KINDS[message["role"]](content=message["content"]) for message in conversation]
-
-
-def _to_dicts(messages: list[BaseMessage]) -> list[dict[str, str]]:
-    return [{"role": _ROLES[message.type], "content": str(message.content)} for message in messages]
-
-
 async def generate(state: LoopState, runtime: Runtime[GenerationContext], models: ModelSource) -> dict[str, Any]:
     """The generator's next answer: to the request, or rewritten from the feedback it was just given."""
     context = runtime.context
-    conversation = state.get("conversation") or _to_dicts(opening_messages(state["prompt"]))
+    opening = [] if state.get("conversation") else opening_messages(state["prompt"])
+    conversation = [*state.get("conversation", []), *opening]
     iteration = len(state.get("answers", [])) + 1
     exchange = await write_answer(
         models.chat_model(context.generator),
         model_spec=context.generator,
-        conversation=_to_messages(conversation),
+        conversation=conversation,
         iteration=iteration,
         metadata={"item_id": state["prompt_id"], "role": "Generator", "round": iteration},
     )
     answer: Answer = {"iteration": iteration, "text": exchange.text, "exchange": exchange.model_dump()}
     return {
         "answers": [answer],
-        "conversation": [*conversation, {"role": "assistant", "content": exchange.text}],
+        "conversation": [*opening, AIMessage(content=exchange.text)],
     }
 
 
@@ -143,7 +133,7 @@ def gather_feedback(state: LoopState, runtime: Runtime[GenerationContext]) -> di
         for entry in latest
     ]
     request = revision_request(feedbacks)
-    return {"conversation": [*state["conversation"], {"role": "user", "content": str(request.content)}]}
+    return {"conversation": [request]}
 
 
 def route_after_feedback(state: LoopState, runtime: Runtime[GenerationContext]) -> Literal["generate", "__end__"]:

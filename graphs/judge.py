@@ -20,10 +20,11 @@ from typing_extensions import TypedDict
 
 from agents.judge import judge_combined, judge_direct, score_alone
 from agents.models import ModelSource
-from agents.records import AnswerOrder, Exchange, Usage, Verdict
+from agents.records import AnswerOrder
 from graphs.binding import bind_models, resolve_model_source
 from graphs.context import EvaluationContext
 from graphs.state import EvaluationInput, EvaluationOutput, ItemState, JudgementEntry
+from graphs.verdicts import verdict_update
 from tools.inputs.items import prompt_text
 from tools.rules.verdicts import merge_orders, winner_from_scores
 
@@ -130,7 +131,6 @@ def decide(state: JudgeState, runtime: Runtime[EvaluationContext]) -> dict[str, 
     context = runtime.context
     item = state["item"]
     judgements = state.get("judgements", [])
-    exchanges = [Exchange(**raw) for entry in judgements for raw in entry["exchanges"]]
     order_winners: list[str | None] = []
     if context.strategy == "independent":
         by_index = {entry["index"]: entry["score"] for entry in judgements}
@@ -140,22 +140,12 @@ def decide(state: JudgeState, runtime: Runtime[EvaluationContext]) -> dict[str, 
         scores, winner, order_winners = merge_orders(
             [(entry["reversed"], entry["scores"], entry["winner"]) for entry in judgements]
         )
-    verdict = Verdict(
-        id=item["id"],
-        method="judge",
-        strategy=context.strategy,
-        scale=None if context.strategy == "direct" else context.scale,
-        models=[context.models[0]],
-        scores=scores,
-        winner=winner,
-        parse_ok=winner is not None and all(exchange.parse_ok for exchange in exchanges),
-        swapped=context.swap and context.strategy != "independent",
-        order_winners=order_winners,
-        exchanges=exchanges,
-        usage=Usage.total(exchanges),
-        latency_s=time.perf_counter() - state.get("started_at", time.perf_counter()),
+    return verdict_update(
+        item, method="judge", models=[context.models[0]], scores=scores, winner=winner,
+        raw_exchanges=[raw for entry in judgements for raw in entry["exchanges"]], started_at=state.get("started_at"),
+        strategy=context.strategy, scale=None if context.strategy == "direct" else context.scale,
+        swapped=context.swap and context.strategy != "independent", order_winners=order_winners,
     )
-    return {"verdict": verdict.model_dump()}
 
 
 def build_judge_graph(*, model_source: ModelSource | None = None) -> StateGraph[Any, Any, Any, Any]:

@@ -19,10 +19,11 @@ from typing_extensions import TypedDict
 
 from agents.judge import judge_combined
 from agents.models import ModelSource
-from agents.records import AnswerOrder, Exchange, Usage, Verdict
+from agents.records import AnswerOrder
 from graphs.binding import bind_models, resolve_model_source
 from graphs.context import EvaluationContext
 from graphs.state import Ballot, EvaluationInput, EvaluationOutput, ItemState
+from graphs.verdicts import verdict_update
 from tools.inputs.items import prompt_text
 from tools.rules.verdicts import mean_scores, merge_orders, plurality_verdict, winner_from_scores
 
@@ -118,24 +119,12 @@ def aggregate_votes(state: JuryState, runtime: Runtime[EvaluationContext]) -> di
             order_winners.append(
                 plurality_verdict(votes) if by_plurality else winner_from_scores(mean_scores([s for s, _, _ in merged]))
             )
-    exchanges = [Exchange(**raw) for ballot in ballots for raw in ballot["exchanges"]]
-    verdict = Verdict(
-        id=item["id"],
-        method="jury",
-        strategy=f"combined/{context.jury_rule}",
-        scale=context.scale,
-        models=list(context.models),
-        scores=jury_scores,
-        winner=winner,
-        parse_ok=winner is not None and all(exchange.parse_ok for exchange in exchanges),
-        swapped=context.swap,
-        juror_votes=seat_votes,
-        order_winners=order_winners,
-        exchanges=exchanges,
-        usage=Usage.total(exchanges),
-        latency_s=time.perf_counter() - state.get("started_at", time.perf_counter()),
+    return verdict_update(
+        item, method="jury", models=context.models, scores=jury_scores, winner=winner,
+        raw_exchanges=[raw for ballot in ballots for raw in ballot["exchanges"]], started_at=state.get("started_at"),
+        strategy=f"combined/{context.jury_rule}", scale=context.scale, swapped=context.swap,
+        juror_votes=seat_votes, order_winners=order_winners,
     )
-    return {"verdict": verdict.model_dump()}
 
 
 def build_jury_graph(*, model_source: ModelSource | None = None) -> StateGraph[Any, Any, Any, Any]:
