@@ -100,6 +100,9 @@ async def complete(
     bound: dict[str, Any] = {}
     if json_schema is not None:
         bound["response_format"] = response_format(*json_schema)
+        # A structured reply repeats its keys and quotes by design: repetition penalties (set for local models'
+        # free text) would bend it, so structured calls send none.
+        bound["extra_body"] = {}
     if max_tokens is not None:
         bound["max_tokens"] = max_tokens
     runnable: Any = model.bind(**bound) if bound else model

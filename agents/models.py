@@ -36,6 +36,9 @@ API_KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "together": "TOGETHER_API_KEY",
 BASE_URL_VARIABLES = {"openai": ("OPENAI_API_BASE", "OPENAI_BASE_URL"), "together": ("TOGETHER_API_BASE",)}
 DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1", "together": "https://api.together.xyz/v1"}
 PREFLIGHT_TIMEOUT_S = 3.0
+# llama.cpp's repetition controls for `local:` models: small models at temperature 0 fall into loops
+# (one sentence four times), and a looping answer is a useless DPO row. Deterministic, like greedy decoding.
+LOCAL_SAMPLING = {"repeat_penalty": 1.15, "repeat_last_n": 256, "dry_multiplier": 0.8}
 
 OutputFormat = Literal["auto", "text", "json"]
 
@@ -239,7 +242,8 @@ class ModelRegistry:
             return ChatOpenAI(api_key=SecretStr(key), base_url=spec.base_url, **common)
         server = self._server_for(spec.model)
         # The local server answers for whatever model name it is given; keep the spec's for traces.
-        return ChatOpenAI(api_key=SecretStr("not-needed"), base_url=server.base_url, **common)
+        return ChatOpenAI(api_key=SecretStr("not-needed"), base_url=server.base_url, extra_body=LOCAL_SAMPLING,
+                          **common)
 
     def _server_for(self, name: str) -> EmbeddedServer:
         path = resolve_gguf(name)

@@ -22,6 +22,7 @@ from tests.fakes import FakeModelSource, ScriptedChatModel, last_user_text
 from tools.cli import app
 from tools.dev.stub_server import StubServer, StubSettings
 from tools.outputs.export import check_trl_rows, preference_rows
+from tools.rules.pairing import PairingRules
 
 runner = CliRunner()
 
@@ -107,7 +108,9 @@ def test_preference_rows_dpo_and_kto() -> None:
 
 
 def test_preference_rows_ties_and_identical_answers_give_no_rows() -> None:
-    assert preference_rows(record_with(["a", "b", "c"], "tie", [8, 8, 3]))[2] == "tied_top"
+    skip = PairingRules(top_tie="skip")
+    assert preference_rows(record_with(["a", "b", "c"], "tie", [8, 8, 3]), skip)[2] == "tied_top"
+    assert preference_rows(record_with(["a", "b", "c"], "tie", [8, 8, 8]))[:3] == ([], [], "tied_top")
     assert preference_rows(record_with(["only"], "A", [7]))[:3] == ([], [], "single_answer")
     assert preference_rows(record_with(["a", "b", "c"], None, [None, None, None]))[2] == "no_verdict"
     assert preference_rows(record_with(["same", "same ", "same"], "A", [9, 4, 4]))[:2] == ([], [])

@@ -329,7 +329,8 @@ def run_generate_with(
             )
         )
         progress.update(task, completed=result.skipped_done + len(result.outcomes) + result.skipped_failed)
-    summary, dpo_rows, _ = export_records(result.records, output)
+    rules = options.pairing_rules()
+    summary, dpo_rows, _ = export_records(result.records, output, rules)
     usage = {
         "input_tokens": sum(record["usage"]["input_tokens"] for record in result.records),
         "output_tokens": sum(record["usage"]["output_tokens"] for record in result.records),
@@ -337,8 +338,9 @@ def run_generate_with(
         "cost_usd": None if any(record["usage"]["cost_usd"] is None for record in result.records)
         else sum(record["usage"]["cost_usd"] for record in result.records),
     }
-    card = dataset_card(settings=settings, summary=summary, failures=result.failures, usage=usage,
-                        prompt_sources=result.prompt_sources)
+    card = dataset_card(settings={**settings, "pairs": rules.pairs, "min_margin": rules.min_margin,
+                                  "top_tie": rules.top_tie, "max_repetition": rules.degenerate_share},
+                        summary=summary, failures=result.failures, usage=usage, prompt_sources=result.prompt_sources)
     (output / "README.md").write_text(card, encoding="utf-8")
     failed_now = {prompt_id for prompt_id, _ in result.failures} & set(result.prompt_ids)
     return {
@@ -430,6 +432,17 @@ def generate(
     max_retries: MaxRetriesOption = GENERATE_DEFAULTS["max_retries"],
     timeout: TimeoutOption = GENERATE_DEFAULTS["timeout"],
     trace: TraceOption = None,
+    pairs: Annotated[Literal["best-vs-rest", "best-vs-worst", "all-pairs"], typer.Option(
+        help="DPO pairs per prompt: the best against every lower answer (the paper), against the worst only, or "
+        "every pair whose scores differ")] = GENERATE_DEFAULTS["pairs"],
+    min_margin: Annotated[float, typer.Option(min=0, help="least score gap between chosen and rejected")]
+    = GENERATE_DEFAULTS["min_margin"],
+    top_tie: Annotated[Literal["later", "skip"], typer.Option(
+        help="when the top answers tie: choose the later one (the published pipeline), or give the prompt no rows")]
+    = GENERATE_DEFAULTS["top_tie"],
+    max_repetition: Annotated[float, typer.Option(
+        min=0.01, max=1, help="share of repeated word 3-grams from which an answer is degenerate and never chosen")]
+    = GENERATE_DEFAULTS["max_repetition"],
     config: ConfigOption = None,
 ) -> None:
     """Write N answers per prompt with a feedback loop, rank them, and export DPO and KTO datasets."""
@@ -452,7 +465,8 @@ def demo(
     prompts_file = str(resources.files("tools").joinpath("data/demo_prompts.jsonl"))
     report = run_generate(
         prompts_source=prompts_file, output=output, generator="local:smollm2", reviewers=["local:smollm2"],
-        judges=["local:smollm2"], evaluator="judge", strategy="combined", scale=10, swap=False, iterations=3,
+        # Independent scoring: the 135M judge gives every answer the same combined score, which ranks nothing.
+        judges=["local:smollm2"], evaluator="judge", strategy="independent", scale=10, swap=False, iterations=3,
         stop_score=None, concurrency=3, limit=None, prompt_field=None, retry_failed=False, max_tokens=256,
         output_format="auto", chosen_by="demo",
     )

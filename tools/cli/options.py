@@ -22,6 +22,7 @@ from graphs.context import EvaluationContext, GenerationContext
 from tools.errors import ConfigError
 from tools.inputs.config_files import read_config_file, validation_problem
 from tools.inputs.panels import panel_from_entries
+from tools.rules.pairing import DEFAULT_DEGENERATE_SHARE, Pairing, PairingRules, TopTie
 
 Method = Literal["judge", "jury", "debate"]
 Strategy = Literal["direct", "independent", "combined"]
@@ -120,6 +121,18 @@ class GenerateOptions(CommandOptions):
     max_retries: int = Field(default=6, ge=0, le=20, description="retries of timeouts, 5xx and 429 per call")
     timeout: float = Field(default=120.0, ge=1, description="seconds before a call times out")
     trace: Path | None = Field(default=None, description="folder for each prompt's run tree as JSON")
+    pairs: Pairing = Field(default="best-vs-rest", description="which DPO pairs a prompt gives")
+    min_margin: float = Field(default=0.0, ge=0, description="least score gap between chosen and rejected")
+    top_tie: TopTie = Field(default="later", description="a tied top: choose the later answer, or skip the prompt")
+    max_repetition: float = Field(
+        default=DEFAULT_DEGENERATE_SHARE, gt=0, le=1,
+        description="share of repeated word 3-grams from which an answer is degenerate (never chosen)",
+    )
+
+    def pairing_rules(self) -> PairingRules:
+        """How the export turns ranked answers into rows (export options: not bound to the run directory)."""
+        return PairingRules(pairs=self.pairs, min_margin=self.min_margin, top_tie=self.top_tie,
+                            degenerate_share=self.max_repetition)
 
     def context(self) -> GenerationContext:
         """The pipeline's context for these options."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.outputs.jsonl import write_jsonl_atomic
-from tools.rules.verdicts import TIE, label_index
+from tools.rules.pairing import PairingRules, rank_answers, repetition_share
 
 
 @dataclass
@@ -26,61 +26,54 @@ class ExportSummary:
     dpo_rows: int = 0
     kto_rows: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
+    rows_by_outcome: Counter[str] = field(default_factory=Counter)
 
 
 def _assistant(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
 
 
-def best_answer_index(record: dict[str, Any]) -> tuple[int | None, str]:
-    """Index of the evaluator's best answer, or None with the reason there is none."""
-    verdict = record.get("verdict") or {}
-    winner = verdict.get("winner")
-    if winner is None:
-        return None, "no_verdict"
-    if winner == TIE:
-        return None, "tied_top"
-    return label_index(winner), "ok"
+def annotate_repetition(record: dict[str, Any], rules: PairingRules) -> dict[str, Any]:
+    """The record with each answer's repetition share and whether it counts as degenerate."""
+    answers = []
+    for answer in record["answers"]:
+        share = repetition_share(answer["text"])
+        answers.append({**answer, "repetition": round(share, 3), "degenerate": share >= rules.degenerate_share})
+    return {**record, "answers": answers}
 
 
-def preference_rows(record: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
-    """DPO rows (N-1: best against each other answer) and KTO rows (N: best True, others False)."""
+def preference_rows(
+    record: dict[str, Any], rules: PairingRules | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    """DPO and KTO rows of one record by the pairing rules (`tools.rules.pairing`), and the prompt's outcome."""
+    rules = rules or PairingRules()
     answers = [answer["text"] for answer in record["answers"]]
-    if len(answers) < 2:
-        return [], [], "single_answer"  # --iterations 1: a baseline for winrate, nothing to prefer
-    best, outcome = best_answer_index(record)
-    if best is None:
-        return [], [], outcome
-    scores = (record.get("verdict") or {}).get("scores") or [None] * len(answers)
+    verdict = record.get("verdict") or {}
+    scores = list(verdict.get("scores") or [])
+    degenerate = [bool(answer.get("degenerate", repetition_share(answer["text"]) >= rules.degenerate_share))
+                  for answer in record["answers"]]
+    ranked = rank_answers(answers, scores, verdict.get("winner"), rules, degenerate)
+    if not ranked.dpo:
+        return [], [], ranked.outcome
+    score = (lambda index: scores[index]) if len(scores) == len(answers) else (lambda index: None)
     common = {
         "prompt_id": record["prompt_id"],
         "generator": record["models"]["generator"],
         "evaluator": record["models"]["evaluator"],
     }
-    chosen_text = answers[best]
-    dpo: list[dict[str, Any]] = []
-    kto: list[dict[str, Any]] = [
-        {"prompt": record["prompt"], "completion": _assistant(chosen_text), "label": True,
-         "score": scores[best], "iteration": best + 1, **common}
-    ]
-    for index, text in enumerate(answers):
-        if index == best or text.strip() == chosen_text.strip():
-            continue  # an identical text would teach the model nothing but noise
-        dpo.append({
-            "prompt": record["prompt"],
-            "chosen": _assistant(chosen_text),
-            "rejected": _assistant(text),
-            "score_chosen": scores[best],
-            "score_rejected": scores[index],
-            "chosen_iteration": best + 1,
-            "rejected_iteration": index + 1,
-            **common,
-        })
-        kto.append({"prompt": record["prompt"], "completion": _assistant(text), "label": False,
-                    "score": scores[index], "iteration": index + 1, **common})
-    if not dpo:
-        return [], [], "identical_answers"
-    return dpo, kto, outcome
+    dpo = [{
+        "prompt": record["prompt"],
+        "chosen": _assistant(answers[high]),
+        "rejected": _assistant(answers[low]),
+        "score_chosen": score(high),
+        "score_rejected": score(low),
+        "chosen_iteration": high + 1,
+        "rejected_iteration": low + 1,
+        **common,
+    } for high, low in ranked.dpo]
+    kto = [{"prompt": record["prompt"], "completion": _assistant(answers[index]), "label": label,
+            "score": score(index), "iteration": index + 1, **common} for index, label in ranked.kto]
+    return dpo, kto, ranked.outcome
 
 
 def check_trl_rows(rows: Iterable[dict[str, Any]], kind: str) -> None:
@@ -128,14 +121,22 @@ def _save_dataset(rows: list[dict[str, Any]], target: Path, kind: str) -> None:
     staging.rename(target)
 
 
-def export_records(records: list[dict[str, Any]], output_dir: Path) -> tuple[ExportSummary, list[dict], list[dict]]:
-    """Write records.jsonl, dpo.jsonl, kto.jsonl and the `dpo/`, `kto/` datasets; return the counts."""
+def export_records(
+    records: list[dict[str, Any]], output_dir: Path, rules: PairingRules | None = None
+) -> tuple[ExportSummary, list[dict], list[dict]]:
+    """Write records.jsonl, dpo.jsonl, kto.jsonl and the `dpo/`, `kto/` datasets; return the counts.
+
+    Each answer in records.jsonl carries its repetition share and whether it counts as degenerate.
+    """
+    rules = rules or PairingRules()
+    records = [annotate_repetition(record, rules) for record in records]
     summary = ExportSummary(prompts=len(records))
     dpo_rows: list[dict[str, Any]] = []
     kto_rows: list[dict[str, Any]] = []
     for record in records:
-        dpo, kto, outcome = preference_rows(record)
+        dpo, kto, outcome = preference_rows(record, rules)
         summary.outcomes[outcome] += 1
+        summary.rows_by_outcome[outcome] += len(dpo)
         dpo_rows.extend(dpo)
         kto_rows.extend(kto)
     check_trl_rows(dpo_rows, "dpo")
@@ -184,12 +185,15 @@ def dataset_card(
         f"- prompts exported: {summary.prompts}",
         f"- DPO rows (`dpo/`, `dpo.jsonl`): {summary.dpo_rows}",
         f"- KTO rows (`kto/`, `kto.jsonl`): {summary.kto_rows}",
-        *[f"- prompts with outcome `{name}`: {count}" for name, count in sorted(summary.outcomes.items())],
+        *[f"- prompts with outcome `{name}`: {count} (DPO rows: {summary.rows_by_outcome[name]})"
+          for name, count in sorted(summary.outcomes.items())],
         f"- prompts failed: {len(failures)}",
         "",
-        "Prompts whose top answers tied (`tied_top`), that got no verdict (`no_verdict`) or whose answers",
-        "were identical (`identical_answers`) give no rows, nor does a run with one answer per prompt",
-        "(`single_answer`).",
+        "Rows follow the pairing rules in the configuration (`pairs`, `min_margin`, `top_tie`, `max_repetition`):",
+        "`ok_tied_top_later` counts prompts whose evaluator tied the top answers and whose latest top answer was",
+        "chosen. No rows come from prompts whose answers all tied (`tied_top`), differ by less than the margin",
+        "(`below_margin`), have no answer fit to be chosen (`degenerate_top`: each repeats itself), are identical",
+        "(`identical_answers`), got no verdict (`no_verdict`), or have one answer (`single_answer`).",
         "",
         "## Tokens",
         "",
