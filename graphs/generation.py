@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.models import ModelSource
-from agents.prices import total_cost
+from agents.prices import BUILT_IN_PRICES, PriceTable
 from agents.records import Exchange, Usage
 from agents.referees import DEFAULT_ROLES, RefereeRole
 from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, run_guarded
@@ -53,6 +53,35 @@ class GenerationResult:
     skipped_failed: int
     outcomes: list[PromptOutcome] = field(default_factory=list)
     prompt_sources: list[PromptSourceId] = field(default_factory=list)
+    budget_stopped: bool = False
+    spent_usd: float = 0.0
+
+
+@dataclass
+class Budget:
+    """A spending cap for a run.
+
+    `admit` lets a prompt start only while the money spent plus a reserve for every prompt in flight (this one
+    included) stays within `max_usd`; once it refuses, no later prompt starts.
+    """
+
+    max_usd: float
+    reserve_per_prompt_usd: float
+    spent: float = 0.0
+    in_flight: int = 0
+    stopped: bool = False
+
+    def admit(self) -> bool:
+        """Whether one more prompt may start now."""
+        if self.stopped or self.spent + (self.in_flight + 1) * self.reserve_per_prompt_usd > self.max_usd:
+            self.stopped = True
+            return False
+        self.in_flight += 1
+        return True
+
+    def release(self) -> None:
+        """A prompt admitted earlier has finished (or failed)."""
+        self.in_flight -= 1
 
 
 def record_exchanges(record: dict[str, Any]) -> list[Exchange]:
@@ -63,7 +92,10 @@ def record_exchanges(record: dict[str, Any]) -> list[Exchange]:
     return exchanges
 
 
-def make_record(prompt_id: str, prompt: Prompt, values: dict[str, Any], context: GenerationContext) -> dict[str, Any]:
+def make_record(
+    prompt_id: str, prompt: Prompt, values: dict[str, Any], context: GenerationContext,
+    prices: PriceTable = BUILT_IN_PRICES,
+) -> dict[str, Any]:
     """The canonical record of one prompt: every answer with its reviews, the verdict, the models."""
     reviews = values.get("reviews", [])
     answers = []
@@ -82,7 +114,7 @@ def make_record(prompt_id: str, prompt: Prompt, values: dict[str, Any], context:
         },
     }
     exchanges = record_exchanges(record)
-    record["usage"] = {**Usage.total(exchanges).model_dump(), "cost_usd": total_cost(exchanges)}
+    record["usage"] = {**Usage.total(exchanges).model_dump(), "cost_usd": prices.total_cost(exchanges)}
     return record
 
 
@@ -99,13 +131,16 @@ async def run_generation(
     trace_dir: Path | None = None,
     model_source: ModelSource | None = None,
     roles: Sequence[RefereeRole] = DEFAULT_ROLES,
+    prices: PriceTable = BUILT_IN_PRICES,
+    budget: Budget | None = None,
     on_outcome: Callable[[PromptOutcome], None] | None = None,
 ) -> GenerationResult:
     """Run every prompt that is not finished yet, at most `concurrency` at a time.
 
     The directory is bound to its settings and its prompt source: other settings are refused, and other
     prompts only with `extend`. A run whose first calls all fail the same way for good stops at once
-    (RunStopped), keeping what it finished.
+    (RunStopped), keeping what it finished. With a `budget`, no prompt starts once the money spent in the
+    directory plus a reserve for the prompts in flight would pass it (`budget_stopped` in the result).
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     store = RunStore(output_dir / "progress.sqlite")
@@ -123,6 +158,8 @@ async def run_generation(
         gate = asyncio.Semaphore(max(1, concurrency))
         outcomes: list[PromptOutcome] = []
         breaker = CircuitBreaker(min(DEFAULT_TRIP_AFTER, len(pending)))
+        if budget is not None:
+            budget.spent = sum(record["usage"]["cost_usd"] or 0.0 for record in store.records(store.prompt_ids()))
 
         saver = InlineSqliteSaver.open(output_dir / "checkpoints.sqlite")
         try:
@@ -132,9 +169,16 @@ async def run_generation(
 
             async def run_one(prompt_id: str, prompt: Prompt) -> None:
                 async with gate:
-                    if breaker.tripped:
+                    if breaker.tripped or (budget is not None and not budget.admit()):
                         return
-                    outcome = await _run_prompt(graph, store, prompt_id, prompt, context, breaker, trace_dir)
+                    try:
+                        outcome = await _run_prompt(graph, store, prompt_id, prompt, context, breaker, trace_dir,
+                                                    prices)
+                    finally:
+                        if budget is not None:
+                            budget.release()
+                if budget is not None:
+                    budget.spent += outcome.cost_usd or 0.0
                 outcomes.append(outcome)
                 if on_outcome is not None:
                     on_outcome(outcome)
@@ -154,6 +198,8 @@ async def run_generation(
             skipped_failed=skipped_failed,
             outcomes=outcomes,
             prompt_sources=store.prompt_sources(),
+            budget_stopped=budget is not None and budget.stopped,
+            spent_usd=budget.spent if budget is not None else 0.0,
         )
     finally:
         store.close()
@@ -167,6 +213,7 @@ async def _run_prompt(
     context: GenerationContext,
     breaker: CircuitBreaker,
     trace_dir: Path | None,
+    prices: PriceTable = BUILT_IN_PRICES,
 ) -> PromptOutcome:
     config: dict[str, Any] = {
         "configurable": {"thread_id": prompt_id},
@@ -189,7 +236,7 @@ async def _run_prompt(
             values = snapshot.values
         else:
             values = await graph.ainvoke(graph_input, config=config, context=context, durability="sync")
-        record = make_record(prompt_id, prompt, values, context)
+        record = make_record(prompt_id, prompt, values, context, prices)
         store.mark_done(prompt_id, record)
         breaker.record_success()
         usage = record["usage"]

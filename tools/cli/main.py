@@ -49,7 +49,7 @@ from tools.cli.options import (
     GraphOptions,
     resolve_options,
 )
-from tools.errors import ConfigError
+from tools.errors import EXIT_BUDGET, ConfigError
 
 if TYPE_CHECKING:
     from agents.referees import RefereeRole
@@ -249,6 +249,53 @@ def run_generate(
     return run_generate_with(options, given_flags=given_flags, chosen_by=chosen_by)
 
 
+def estimated_cost(estimate: Any, prices: Any) -> float | None:
+    """The estimate's cost in USD, or None when a model has no price."""
+    total = 0.0
+    for role in estimate.roles:
+        cost = prices.call_cost(role.model, role.input_tokens, role.output_tokens)
+        if cost is None:
+            return None
+        total += cost
+    return total
+
+
+def dry_run_report(options: GenerateOptions, prompts: list[Any], context: Any, panel: Any, prices: Any) -> dict:
+    """Print what the run would cost, without a call and without writing anything; return the figures."""
+    from rich.table import Table
+
+    from graphs.estimate import estimate_run
+    from tools.inputs.prompt_sets import prompt_id_for
+    from tools.outputs.run_store import done_prompt_ids
+
+    done = done_prompt_ids(options.output / "progress.sqlite")
+    to_run = [prompt for prompt in prompts if prompt_id_for(prompt) not in done]
+    estimate = estimate_run(to_run, context, panel, max_tokens=options.max_tokens)
+    console.print(f"dry run: no call made, nothing written; prompts to run: {len(to_run)} "
+                  f"({len(prompts) - len(to_run)} already done in {options.output})", markup=False)
+    if estimate.calls_low == estimate.calls_high:
+        calls = f"calls: {estimate.calls_high}"
+    else:
+        calls = f"calls: {estimate.calls_low} to {estimate.calls_high} (--stop-score may end loops early)"
+    console.print(calls + " (follow-ups to unparsed replies not included)", markup=False)
+    table = Table(title="estimate")
+    for column in ("role", "model", "calls", "input tokens", "output tokens", "cost USD"):
+        table.add_column(column)
+    for role in estimate.roles:
+        cost = prices.call_cost(role.model, role.input_tokens, role.output_tokens)
+        table.add_row(role.role, role.model, str(role.calls_high), str(role.input_tokens), str(role.output_tokens),
+                      "no price: --price" if cost is None else f"{cost:.4f}")
+    console.print(table)
+    total = estimated_cost(estimate, prices)
+    console.print("cost: " + (f"${total:.4f} estimated" if total is not None else
+                              "unknown (a model has no price: add --price SPEC=IN:OUT)"), markup=False)
+    hours = estimate.hours(options.concurrency, options.assumed_latency)
+    console.print(f"time: about {hours * 60:.1f} min at --concurrency {options.concurrency} with "
+                  f"{options.assumed_latency:g} s per call (--assumed-latency)", markup=False)
+    return {"dry_run": True, "prompts": len(to_run), "calls_low": estimate.calls_low,
+            "calls_high": estimate.calls_high, "cost_usd": total}
+
+
 def run_generate_with(
     options: GenerateOptions, *, given_flags: frozenset[str] = frozenset(), chosen_by: str | None = None
 ) -> dict[str, Any]:
@@ -258,7 +305,9 @@ def run_generate_with(
     every model instead (the demo). The start-up line says which model plays each role and why.
     """
     from agents.models import ModelRegistry, ModelSettings, check_model_roles
-    from graphs.generation import PromptOutcome, run_generation
+    from agents.prices import parse_prices
+    from graphs.estimate import estimate_run
+    from graphs.generation import Budget, PromptOutcome, run_generation
     from tools.inputs.prompt_sets import load_prompts
     from tools.outputs.export import dataset_card, export_records
     from tools.outputs.run_store import PromptSourceId
@@ -295,6 +344,18 @@ def run_generate_with(
                      "debate_roles": [[role.key, role.name, role.description, role.model] for role in panel]}
     prompt_source = PromptSourceId(origin=source.origin, field=source.field, sha256=source.sha256,
                                    prompts=len(source.prompts))
+    prices = parse_prices(options.price or [])
+    if options.dry_run:
+        return dry_run_report(options, prompts, context, panel, prices)
+    budget = None
+    if options.max_cost_usd is not None:
+        unpriced = sorted({spec for _, spec in roles if prices.per_million(spec) is None})
+        if unpriced:
+            raise ConfigError(f"--max-cost-usd: no price for {unpriced[0]}; add --price {unpriced[0]}=IN:OUT "
+                              "(USD per million input and output tokens)")
+        estimate = estimate_run(prompts, context, panel, max_tokens=options.max_tokens)
+        per_prompt = (estimated_cost(estimate, prices) or 0.0) / max(1, len(prompts))
+        budget = Budget(max_usd=options.max_cost_usd, reserve_per_prompt_usd=per_prompt)
     check_run_directory(output, settings, prompt_source, extend=options.extend)
     check_model_roles(roles)
     role_names = {"--generator": "generator", "--reviewer": "reviewer", "--judge": evaluator,
@@ -323,7 +384,8 @@ def run_generate_with(
                 run_generation(
                     prompts, context=context, output_dir=output, settings=settings, prompt_source=prompt_source,
                     extend=options.extend, concurrency=options.concurrency, retry_failed=options.retry_failed,
-                    trace_dir=options.trace, model_source=registry, roles=panel, on_outcome=on_outcome,
+                    trace_dir=options.trace, model_source=registry, roles=panel, prices=prices, budget=budget,
+                    on_outcome=on_outcome,
                 ),
                 registry,
             )
@@ -350,6 +412,7 @@ def run_generate_with(
         "calls_made": sum(outcome.calls_made for outcome in result.outcomes),
         "dpo_rows": summary.dpo_rows, "kto_rows": summary.kto_rows, "outcomes": dict(summary.outcomes),
         "first_dpo_row": dpo_rows[0] if dpo_rows else None, "usage": usage, "failures": result.failures,
+        "budget_stopped": result.budget_stopped, "spent_usd": result.spent_usd, "max_cost_usd": options.max_cost_usd,
     }
 
 
@@ -440,6 +503,14 @@ def generate(
     top_tie: Annotated[Literal["later", "skip"], typer.Option(
         help="when the top answers tie: choose the later one (the published pipeline), or give the prompt no rows")]
     = GENERATE_DEFAULTS["top_tie"],
+    dry_run: Annotated[bool, typer.Option(help="print prompts, calls, tokens, cost and time; call nothing, write "
+                                          "nothing")] = False,
+    price: Annotated[list[str] | None, typer.Option(help="SPEC=IN:OUT: USD per million input / output tokens, "
+                                                    "repeatable; overrides the built-in prices")] = None,
+    max_cost_usd: Annotated[float | None, typer.Option(min=0, help="start no prompt once the money spent plus a "
+                                                       "reserve for those in flight would pass this")] = None,
+    assumed_latency: Annotated[float, typer.Option(min=0, help="seconds per call for --dry-run's time estimate")]
+    = GENERATE_DEFAULTS["assumed_latency"],
     max_repetition: Annotated[float, typer.Option(
         min=0.01, max=1, help="share of repeated word 3-grams from which an answer is degenerate and never chosen")]
     = GENERATE_DEFAULTS["max_repetition"],
@@ -450,7 +521,14 @@ def generate(
     given = {flag for flag, value in (("--generator", options.generator), ("--reviewer", options.reviewer),
                                       ("--judge", options.judge)) if value}
     report = run_generate_with(options, given_flags=frozenset(given))
+    if report.get("dry_run"):
+        return
     _print_generate_summary(options.output, report)
+    if report["budget_stopped"]:
+        errors.print(f"stopped at the budget: ${report['spent_usd']:.4f} spent of --max-cost-usd "
+                     f"{report['max_cost_usd']:g}; finished prompts are kept: run again with a higher --max-cost-usd "
+                     "to continue", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BUDGET)
     _exit_for(report)
 
 

@@ -46,6 +46,17 @@ class PromptSourceId:
         return f"{self.origin} (field '{self.field}', {self.prompts} prompts, sha256 {self.sha256[:12]})"
 
 
+def done_prompt_ids(path: Path) -> set[str]:
+    """The finished prompts of a progress file, read without writing anything (none if there is no file)."""
+    if not path.is_file():
+        return set()
+    database = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return {row[0] for row in database.execute("SELECT prompt_id FROM prompts WHERE status = 'done'")}
+    finally:
+        database.close()
+
+
 class RunStore:
     """The progress file of one output directory; the only writer of which prompts are done."""
 

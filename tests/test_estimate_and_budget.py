@@ -1,0 +1,109 @@
+"""Estimate before spending (`--dry-run`) and a budget (`--max-cost-usd`), against the stub server."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tools.cli import app
+from tools.dev.stub_server import StubServer
+
+runner = CliRunner()
+
+
+def write_prompts(path: Path, count: int) -> Path:
+    path.write_text("".join(json.dumps({"prompt": f"Question number {index}?"}) + "\n" for index in range(count)))
+    return path
+
+
+def generate(prompts: Path, output: Path, spec: str, *extra: str) -> list[str]:
+    return ["generate", "--prompts", str(prompts), "--output", str(output), "--generator", spec, "--reviewer", spec,
+            "--judge", spec, *extra]
+
+
+def dry_run_calls(output: str) -> tuple[int, int]:
+    found = re.search(r"calls: (\d+)(?: to (\d+))?", output)
+    assert found, output
+    return int(found.group(1)), int(found.group(2) or found.group(1))
+
+
+@pytest.mark.parametrize("extra", [
+    [],
+    ["--strategy", "independent"],
+    ["--iterations", "2", "--swap", "--reviewer", "{spec}"],
+    ["--evaluator", "jury", "--judge", "{spec}"],
+    ["--evaluator", "debate", "--rounds", "3"],
+    ["--iterations", "1"],
+])
+def test_dry_run_calls_nothing_and_counts_the_calls_the_run_makes(
+    tmp_path: Path, stub: StubServer, extra: list[str]
+) -> None:
+    spec = f"compat:stub@{stub.base_url}"
+    args = generate(write_prompts(tmp_path / "p.jsonl", 4), tmp_path / "run", spec,
+                    *[value.format(spec=spec) for value in extra])
+    dry = runner.invoke(app, [*args, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert stub.stats.requests == 0 and not (tmp_path / "run").exists()
+    low, high = dry_run_calls(dry.output)
+    assert low == high
+    real = runner.invoke(app, args)
+    assert real.exit_code == 0, real.output
+    assert stub.stats.completions == high
+
+
+def test_dry_run_with_a_stop_score_gives_a_range_and_counts_only_prompts_not_done(
+    tmp_path: Path, stub: StubServer
+) -> None:
+    spec = f"compat:stub@{stub.base_url}"
+    prompts = write_prompts(tmp_path / "p.jsonl", 5)
+    dry = runner.invoke(app, [*generate(prompts, tmp_path / "run", spec, "--stop-score", "9"), "--dry-run"])
+    assert dry_run_calls(dry.output) == (5 * 2, 5 * 6)
+    assert runner.invoke(app, generate(prompts, tmp_path / "run", spec, "--limit", "2")).exit_code == 0
+    again = runner.invoke(app, [*generate(prompts, tmp_path / "run", spec), "--dry-run"])
+    assert "prompts to run: 3 (2 already done" in again.output and dry_run_calls(again.output) == (18, 18)
+
+
+def test_prices_are_checked_and_shown(tmp_path: Path, stub: StubServer) -> None:
+    spec = f"compat:stub@{stub.base_url}"
+    prompts = write_prompts(tmp_path / "p.jsonl", 2)
+    bad = runner.invoke(app, [*generate(prompts, tmp_path / "run", spec), "--dry-run", "--price", "nonsense"])
+    assert bad.exit_code == 1 and "--price 'nonsense': expected SPEC=IN:OUT" in bad.output
+    priced = runner.invoke(app, [*generate(prompts, tmp_path / "run", spec), "--dry-run", "--price", f"{spec}=1:2"])
+    assert re.search(r"cost: \$0\.\d{4} estimated", priced.output), priced.output
+
+
+def test_budget_stops_then_a_higher_cap_finishes_without_paying_twice(tmp_path: Path, stub: StubServer) -> None:
+    spec = f"compat:stub@{stub.base_url}"
+    prompts = write_prompts(tmp_path / "p.jsonl", 12)
+    price = ["--price", f"{spec}=1000:1000", "--concurrency", "2"]  # a dear model
+    dry = runner.invoke(app, [*generate(prompts, tmp_path / "run", spec), *price, "--dry-run"])
+    estimated = float(re.search(r"cost: \$([\d.]+) estimated", dry.output).group(1))  # type: ignore[union-attr]
+    # The reserve for a prompt in flight is the estimate per prompt; the cap leaves room for two in flight and
+    # a little spending, so the run must stop part way (the stub's replies cost less than the estimate).
+    cap = 2.5 * estimated / 12
+    stopped = runner.invoke(app, [*generate(prompts, tmp_path / "run", spec), *price, "--max-cost-usd", f"{cap:.4f}"])
+    assert stopped.exit_code == 3, stopped.output
+    assert "stopped at the budget: $" in stopped.output and "run again with a higher --max-cost-usd" in stopped.output
+    records = (tmp_path / "run" / "records.jsonl").read_text().splitlines()
+    spent = sum(json.loads(line)["usage"]["cost_usd"] for line in records)
+    assert 0 < len(records) < 12 and spent <= cap
+    paid = stub.stats.completions
+    assert paid == 6 * len(records)  # no prompt was started and left unfinished
+    finished = runner.invoke(app, [*generate(prompts, tmp_path / "run", spec), *price, "--max-cost-usd", "1000"])
+    assert finished.exit_code == 0, finished.output
+    assert stub.stats.completions == 12 * 6  # the first run's prompts were not paid again
+
+
+def test_a_budget_needs_every_model_priced(tmp_path: Path, stub: StubServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789")
+    spec = f"compat:stub@{stub.base_url}"
+    args = ["generate", "--prompts", str(write_prompts(tmp_path / "p.jsonl", 1)), "--output", str(tmp_path / "r"),
+            "--generator", spec, "--reviewer", spec, "--judge", "openai:gpt-4.1-nano", "--max-cost-usd", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert result.output.strip() == ("error: --max-cost-usd: no price for openai:gpt-4.1-nano; add --price "
+                                     "openai:gpt-4.1-nano=IN:OUT (USD per million input and output tokens)")
