@@ -12,6 +12,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 import prompts
+from agents.cache import CACHED_MARK
 from agents.records import AnswerOrder, Exchange
 from tools.errors import EndpointError
 from tools.rules.secrets import mask_secrets
@@ -21,11 +22,13 @@ ParsedT = TypeVar("ParsedT")
 
 @dataclass
 class Reply:
-    """One model reply: its text, token counts and latency."""
+    """One model reply: its text, token counts and latency, and whether the call cache served it."""
+
     text: str
     input_tokens: int
     output_tokens: int
     latency_s: float
+    cached: bool = False
 
 
 def response_format(name: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -127,6 +130,7 @@ async def complete(
         input_tokens=int(usage.get("input_tokens", 0)),
         output_tokens=int(usage.get("output_tokens", 0)),
         latency_s=latency,
+        cached=bool((getattr(message, "response_metadata", None) or {}).get(CACHED_MARK)),
     )
 
 
@@ -170,6 +174,7 @@ async def complete_with_followup(
         role=role,
         run=run_name,
         order=order,
+        cached=first.cached,
         text=first.text,
         input_tokens=first.input_tokens,
         output_tokens=first.output_tokens,
@@ -188,6 +193,7 @@ async def complete_with_followup(
     )
     parsed = parse(second.text)
     exchange.followup_text = second.text
+    exchange.cached = exchange.cached and second.cached
     exchange.parse_ok = is_complete(parsed)
     exchange.input_tokens += second.input_tokens
     exchange.output_tokens += second.output_tokens

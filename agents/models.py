@@ -20,12 +20,14 @@ import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import urlparse
 
 from langchain_core.language_models import BaseChatModel
 from pydantic import SecretStr
 
+from agents.cache import CacheStats, CallCache, CallCacheFile
 from agents.embedded import EmbeddedServer, resolve_gguf
 from tools.errors import ConfigError
 
@@ -166,6 +168,9 @@ class ModelSettings:
         default="auto",
         metadata={"help": "evaluator answer format: text lines, a JSON schema, or auto (JSON for local models)"},
     )
+    cache_path: Path | None = field(
+        default=None, metadata={"help": "SQLite file of the cross-run call cache (agents/cache.py); None: no cache"}
+    )
 
 
 class ModelSource(Protocol):
@@ -188,6 +193,8 @@ class ModelRegistry:
         self._models: dict[str, BaseChatModel] = {}
         self._servers: dict[str, EmbeddedServer] = {}
         self._http: Any = None
+        self.cache_stats = CacheStats()
+        self._cache_file: CallCacheFile | None = None
 
     def _http_client(self) -> Any:
         """One connection pool per registry.
@@ -225,6 +232,10 @@ class ModelRegistry:
             "max_retries": self.settings.max_retries,
             "http_async_client": self._http_client(),
         }
+        if self.settings.cache_path is not None:
+            if self._cache_file is None:
+                self._cache_file = CallCacheFile(self.settings.cache_path)
+            common["cache"] = CallCache(self._cache_file, spec.text, self.cache_stats)
         if spec.provider == "together":
             from langchain_together import ChatTogether
 
@@ -259,6 +270,9 @@ class ModelRegistry:
         self._servers.clear()
         self._models.clear()
         self._http = None
+        if self._cache_file is not None:
+            self._cache_file.close()
+            self._cache_file = None
 
     async def aclose(self) -> None:
         """Close the HTTP pool inside the event loop, then stop the embedded servers."""

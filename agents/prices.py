@@ -47,9 +47,11 @@ class PriceTable:
         return (input_tokens * price[0] + output_tokens * price[1]) / 1_000_000
 
     def total_cost(self, exchanges: Iterable[Exchange]) -> float | None:
-        """Sum over calls; None as soon as one model's price is unknown (a partial sum would mislead)."""
+        """Sum over calls paid for (not those the call cache served); None as soon as a model has no price."""
         total = 0.0
         for exchange in exchanges:
+            if exchange.cached:
+                continue
             cost = self.call_cost(exchange.model, exchange.input_tokens, exchange.output_tokens)
             if cost is None:
                 return None

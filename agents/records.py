@@ -22,6 +22,7 @@ class Exchange(BaseModel):
     text: str
     run: str | None = None
     order: AnswerOrder | None = None
+    cached: bool = False
     followup_text: str | None = None
     parse_ok: bool = True
     input_tokens: int = 0
@@ -39,10 +40,12 @@ class Turn(BaseModel):
 
 
 class Usage(BaseModel):
-    """Tokens and calls spent, summed over exchanges."""
+    """Tokens and calls spent, summed over exchanges; `cached_calls` of the calls came from the call cache."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     calls: int = 0
+    cached_calls: int = 0
 
     @classmethod
     def total(cls, exchanges: list[Exchange]) -> Usage:
@@ -51,6 +54,7 @@ class Usage(BaseModel):
             input_tokens=sum(exchange.input_tokens for exchange in exchanges),
             output_tokens=sum(exchange.output_tokens for exchange in exchanges),
             calls=sum(1 + (exchange.followup_text is not None) for exchange in exchanges),
+            cached_calls=sum((1 + (exchange.followup_text is not None)) * exchange.cached for exchange in exchanges),
         )
 
 

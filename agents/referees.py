@@ -115,6 +115,7 @@ async def speak(
         input_tokens=reply.input_tokens,
         output_tokens=reply.output_tokens,
         latency_s=reply.latency_s,
+        cached=reply.cached,
     )
     return turn, exchange
 

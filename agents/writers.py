@@ -52,6 +52,7 @@ async def write_answer(
         input_tokens=reply.input_tokens,
         output_tokens=reply.output_tokens,
         latency_s=reply.latency_s,
+        cached=reply.cached,
     )
 
 

@@ -6,7 +6,7 @@ traceback (set FELLOWSHIP_DEBUG=1 to see one). Exit statuses, documented in READ
     0    everything asked for was done
     1    bad input or configuration: nothing was done (or, for a circuit-breaker stop, nothing more)
     2    the run finished, but some prompts or items failed: run again with --retry-failed
-    3    stopped at the budget (reserved for --max-cost-usd)
+    3    stopped at the budget (--max-cost-usd): finished work kept; a higher cap continues
     130  interrupted (Ctrl-C): run the same command again to resume
 """
 

@@ -7,6 +7,7 @@ shows the traceback). One event loop per command: chat clients are bound to the 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -363,8 +364,10 @@ def run_generate_with(
     own = {"debate_roles"} | given_flags
     announce_models([(role_names[flag], spec, chosen_by or (flag if flag in own else None))
                      for flag, spec in roles])
+    cache = options.cache or (Path(os.environ["FELLOWSHIP_CACHE"]) if os.environ.get("FELLOWSHIP_CACHE") else None)
     registry = ModelRegistry(ModelSettings(max_tokens=options.max_tokens, output_format=options.output_format,
-                                           max_retries=options.max_retries, timeout_s=options.timeout))
+                                           max_retries=options.max_retries, timeout_s=options.timeout,
+                                           cache_path=cache))
     with progress_bar() as progress:
         task = progress.add_task("prompts", total=len(prompts), status="")
         totals = {"failed": 0, "tokens": 0, "cost": 0.0, "priced": True}
@@ -397,6 +400,7 @@ def run_generate_with(
         "input_tokens": sum(record["usage"]["input_tokens"] for record in result.records),
         "output_tokens": sum(record["usage"]["output_tokens"] for record in result.records),
         "calls": sum(record["usage"]["calls"] for record in result.records),
+        "cached_calls": sum(record["usage"].get("cached_calls", 0) for record in result.records),
         "cost_usd": None if any(record["usage"]["cost_usd"] is None for record in result.records)
         else sum(record["usage"]["cost_usd"] for record in result.records),
     }
@@ -428,6 +432,7 @@ def _print_generate_summary(output: Path, report: dict[str, Any]) -> None:
     console.print(
         f"tokens in/out: {report['usage']['input_tokens']}/{report['usage']['output_tokens']}  "
         f"calls: {report['usage']['calls']}" + (f"  cost: ${cost:.4f}" if cost is not None else "")
+        + (f"  from the call cache: {report['usage']['cached_calls']}" if report["usage"]["cached_calls"] else "")
     )
     console.print(f"DPO rows: {report['dpo_rows']} -> {output / 'dpo'} and {output / 'dpo.jsonl'}")
     console.print(f"KTO rows: {report['kto_rows']} -> {output / 'kto'} and {output / 'kto.jsonl'}")
@@ -495,6 +500,9 @@ def generate(
     max_retries: MaxRetriesOption = GENERATE_DEFAULTS["max_retries"],
     timeout: TimeoutOption = GENERATE_DEFAULTS["timeout"],
     trace: TraceOption = None,
+    cache: Annotated[Path | None, typer.Option(
+        help="SQLite file caching model calls across runs and directories (default: $FELLOWSHIP_CACHE; none)")]
+    = None,
     pairs: Annotated[Literal["best-vs-rest", "best-vs-worst", "all-pairs"], typer.Option(
         help="DPO pairs per prompt: the best against every lower answer (the paper), against the worst only, or "
         "every pair whose scores differ")] = GENERATE_DEFAULTS["pairs"],

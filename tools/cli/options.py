@@ -122,6 +122,7 @@ class GenerateOptions(CommandOptions):
     timeout: float = Field(default=120.0, ge=1, description="seconds before a call times out")
     trace: Path | None = Field(default=None, description="folder for each prompt's run tree as JSON")
     dry_run: bool = Field(default=False, description="estimate prompts, calls, tokens, cost and time; run nothing")
+    cache: Path | None = Field(default=None, description="SQLite call cache shared across runs (or $FELLOWSHIP_CACHE)")
     price: list[str] | None = Field(default=None, description="SPEC=IN:OUT prices, USD per million tokens")
     max_cost_usd: float | None = Field(default=None, ge=0, description="the run's spending cap in USD")
     assumed_latency: float = Field(default=3.0, ge=0, description="seconds per call for the dry run's time")

@@ -200,6 +200,7 @@ def dataset_card(
         f"- input tokens: {usage.get('input_tokens', 0)}",
         f"- output tokens: {usage.get('output_tokens', 0)}",
         f"- model calls: {usage.get('calls', 0)}",
+        f"- calls answered from the call cache (not paid): {usage.get('cached_calls', 0)}",
     ]
     if usage.get("cost_usd") is not None:
         lines.append(f"- estimated cost: ${usage['cost_usd']:.4f}")
