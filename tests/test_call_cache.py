@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from tools.cli import app
@@ -55,3 +56,73 @@ def test_without_the_cache_every_run_pays(tmp_path: Path, stub: StubServer) -> N
                                      "--generator", spec, "--reviewer", spec, "--judge", spec])
         assert result.exit_code == 0, result.output
     assert stub.stats.completions == 2 * 6
+
+
+def test_the_card_is_a_valid_hub_dataset_card(tmp_path: Path, stub: StubServer) -> None:
+    from huggingface_hub import DatasetCard
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Question {index}?"}) + "\n" for index in range(3)))
+    spec = f"compat:stub@{stub.base_url}"
+    output = tmp_path / "run"
+    run(prompts, output, spec, tmp_path / "calls.sqlite")
+    card = DatasetCard.load(output / "README.md")
+    data = card.data.to_dict()
+    assert data["configs"] == [
+        {"config_name": "dpo", "data_files": [{"split": "train", "path": "dpo.jsonl"}]},
+        {"config_name": "kto", "data_files": [{"split": "train", "path": "kto.jsonl"}]},
+    ]
+    assert {"dpo", "kto", "trl", "synthetic"} <= set(data["tags"]) and data["license"] == "other"
+    assert f"**generator**: `{spec}`" in card.text and "DPO rows (`dpo/`, `dpo.jsonl`)" in card.text
+    # The configs name files that exist and load as the card says.
+    import datasets
+
+    for config in data["configs"]:
+        rows = datasets.load_dataset("json", data_files=str(output / config["data_files"][0]["path"]), split="train")
+        assert len(rows) > 0
+
+
+def test_push_to_hub_publishes_the_card_and_both_configs(
+    tmp_path: Path, stub: StubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tools.dev.hub_stub import HubStub
+
+    hub = HubStub().start_in_thread()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        monkeypatch.setenv("HF_TOKEN", "hf_realLookingToken0123456789")
+        prompts = tmp_path / "p.jsonl"
+        prompts.write_text(json.dumps({"prompt": "Question?"}) + "\n")
+        spec = f"compat:stub@{stub.base_url}"
+        output = run(prompts, tmp_path / "run", spec, tmp_path / "c.sqlite", "--push-to-hub", "me/prefs", "--private")
+        assert "published: " in output
+        assert hub.state.repos == {"me/prefs": True}
+        files = hub.state.files["me/prefs"]
+        assert sorted(files) == ["README.md", "dpo.jsonl", "kto.jsonl"]
+        for name in files:
+            assert files[name] == (tmp_path / "run" / name).read_bytes()
+        assert all(token == "Bearer hf_realLookingToken0123456789" for token in hub.state.tokens)
+    finally:
+        hub.stop()
+
+
+def test_push_without_the_hub_is_one_line_and_loses_nothing(
+    tmp_path: Path, stub: StubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed}")
+    monkeypatch.setenv("HF_TOKEN", "hf_realLookingToken0123456789")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Question?"}) + "\n")
+    spec = f"compat:stub@{stub.base_url}"
+    result = runner.invoke(app, ["generate", "--prompts", str(prompts), "--output", str(tmp_path / "run"),
+                                 "--generator", spec, "--reviewer", spec, "--judge", spec, "--push-to-hub", "me/p"])
+    assert result.exit_code == 1, result.exception
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(f"error: --push-to-hub me/p: could not publish to http://127.0.0.1:{closed}")
+    assert "nothing is lost" in last and "hf_realLookingToken" not in result.output
+    assert (tmp_path / "run" / "dpo.jsonl").exists() and (tmp_path / "run" / "README.md").exists()

@@ -406,8 +406,14 @@ def run_generate_with(
     }
     card = dataset_card(settings={**settings, "pairs": rules.pairs, "min_margin": rules.min_margin,
                                   "top_tie": rules.top_tie, "max_repetition": rules.degenerate_share},
-                        summary=summary, failures=result.failures, usage=usage, prompt_sources=result.prompt_sources)
+                        summary=summary, failures=result.failures, usage=usage, prompt_sources=result.prompt_sources,
+                        license=options.license)
     (output / "README.md").write_text(card, encoding="utf-8")
+    published = None
+    if options.push_to_hub:
+        from tools.outputs.hub import push_to_hub
+
+        published = push_to_hub(output, options.push_to_hub, private=options.private)
     failed_now = {prompt_id for prompt_id, _ in result.failures} & set(result.prompt_ids)
     return {
         "prompts": len(prompts), "done": len(result.records), "failed": len(result.failures),
@@ -416,7 +422,8 @@ def run_generate_with(
         "calls_made": sum(outcome.calls_made for outcome in result.outcomes),
         "dpo_rows": summary.dpo_rows, "kto_rows": summary.kto_rows, "outcomes": dict(summary.outcomes),
         "first_dpo_row": dpo_rows[0] if dpo_rows else None, "usage": usage, "failures": result.failures,
-        "budget_stopped": result.budget_stopped, "spent_usd": result.spent_usd, "max_cost_usd": options.max_cost_usd,
+        "published": published, "budget_stopped": result.budget_stopped, "spent_usd": result.spent_usd,
+        "max_cost_usd": options.max_cost_usd,
     }
 
 
@@ -437,6 +444,8 @@ def _print_generate_summary(output: Path, report: dict[str, Any]) -> None:
     console.print(f"DPO rows: {report['dpo_rows']} -> {output / 'dpo'} and {output / 'dpo.jsonl'}")
     console.print(f"KTO rows: {report['kto_rows']} -> {output / 'kto'} and {output / 'kto.jsonl'}")
     console.print(f"records: {output / 'records.jsonl'}  card: {output / 'README.md'}")
+    if report.get("published"):
+        console.print(f"published: {report['published']}", markup=False)
     for prompt_id, reason in report["failures"][:5]:
         console.print(f"failed {prompt_id}: {reason}", markup=False)
 
@@ -500,6 +509,11 @@ def generate(
     max_retries: MaxRetriesOption = GENERATE_DEFAULTS["max_retries"],
     timeout: TimeoutOption = GENERATE_DEFAULTS["timeout"],
     trace: TraceOption = None,
+    push_to_hub: Annotated[str | None, typer.Option(
+        "--push-to-hub", help="publish the card and the dpo and kto configs to this Hugging Face dataset repo "
+        "(token from HF_TOKEN)")] = None,
+    private: Annotated[bool, typer.Option(help="with --push-to-hub: create the repository private")] = False,
+    license: Annotated[str, typer.Option(help="the licence the dataset card names")] = GENERATE_DEFAULTS["license"],
     cache: Annotated[Path | None, typer.Option(
         help="SQLite file caching model calls across runs and directories (default: $FELLOWSHIP_CACHE; none)")]
     = None,
