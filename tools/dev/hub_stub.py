@@ -7,15 +7,13 @@ line per file with its content in base64). It keeps the repositories and their f
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import gzip
 import json
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from tools.dev.stub_server import serve_json_connection
+from tools.dev.stub_server import ThreadedJsonServer
 
 
 @dataclass
@@ -28,47 +26,12 @@ class HubState:
     tokens: list[str] = field(default_factory=list)
 
 
-class HubStub:
+class HubStub(ThreadedJsonServer):
     """The stand-in server; `start_in_thread()` serves it on a free port, `stop()` ends it."""
 
     def __init__(self) -> None:
         self.state = HubState()
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def endpoint(self) -> str:
-        """The URL to give the Hub client (`HF_ENDPOINT`)."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def start_in_thread(self) -> HubStub:
-        """Serve on a free port of 127.0.0.1 in a background thread; returns once it listens."""
-        ready = threading.Event()
-
-        def serve() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
-            self.port = self._server.sockets[0].getsockname()[1]
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=serve, daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and wait for the thread."""
-        if self._loop is not None and self._server is not None:
-            self._loop.call_soon_threadsafe(self._server.close)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await serve_json_connection(reader, writer, self._respond)
+        super().__init__()
 
     async def _respond(
         self, method: str, path: str, body: bytes, headers: dict[str, str]

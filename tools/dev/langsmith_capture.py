@@ -8,14 +8,12 @@ It answers `GET /info` (no compression, multipart ingestion on), accepts runs at
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from tools.dev.stub_server import serve_json_connection
+from tools.dev.stub_server import ThreadedJsonServer
 
 INFO = {
     "version": "0.0.0-capture",
@@ -54,47 +52,12 @@ def _multipart_parts(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
     return parts
 
 
-class LangSmithCapture:
+class LangSmithCapture(ThreadedJsonServer):
     """The capture server; `start_in_thread()` serves it on a free port, `stop()` ends it."""
 
     def __init__(self) -> None:
         self.capture = Capture()
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def endpoint(self) -> str:
-        """The URL to give the LangSmith client (`LANGSMITH_ENDPOINT`)."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def start_in_thread(self) -> LangSmithCapture:
-        """Serve on a free port of 127.0.0.1 in a background thread; returns once it listens."""
-        ready = threading.Event()
-
-        def serve() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
-            self.port = self._server.sockets[0].getsockname()[1]
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=serve, daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and wait for the thread."""
-        if self._loop is not None and self._server is not None:
-            self._loop.call_soon_threadsafe(self._server.close)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await serve_json_connection(reader, writer, self._respond)
+        super().__init__()
 
     async def _respond(
         self, method: str, path: str, body: bytes, headers: dict[str, str]

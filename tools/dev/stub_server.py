@@ -168,6 +168,65 @@ async def serve_json_connection(
         writer.close()
 
 
+class ThreadedJsonServer:
+    """A small JSON HTTP server on a free port of 127.0.0.1, served by a background thread with its own loop.
+
+    Subclasses answer requests in `_respond(method, path, body, headers)`.
+    """
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The server's root URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start_in_thread(self) -> Any:
+        """Serve in a background thread; returns the server once it listens."""
+        ready = threading.Event()
+
+        def serve() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+            self.port = self._server.sockets[0].getsockname()[1]
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving: close the listener and the open connections in the loop, then end the thread."""
+        loop, server = self._loop, self._server
+        if loop is not None and server is not None:
+
+            async def shutdown() -> None:
+                server.close()
+                connections = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+                for task in connections:
+                    task.cancel()
+                await asyncio.gather(*connections, return_exceptions=True)
+
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
+            loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await serve_json_connection(reader, writer, self._respond)
+
+    async def _respond(
+        self, method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, Any, list[str]]:
+        raise NotImplementedError
+
+
 class StubServer:
     """The server, runnable in a background thread (tests) or in its own process (benchmarks)."""
 
