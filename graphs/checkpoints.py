@@ -40,6 +40,17 @@ class InlineSqliteSaver(SqliteSaver):
         """Close the database connection."""
         self.conn.close()
 
+    def thread_ids(self) -> set[str]:
+        """Every thread with a checkpoint."""
+        with self.lock:
+            return {row[0] for row in self.conn.execute("SELECT DISTINCT thread_id FROM checkpoints")}
+
+    def compact(self) -> None:
+        """Give the space of deleted threads back to the file system (after a run, when nothing is in flight)."""
+        with self.lock:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.conn.execute("VACUUM")
+
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The latest checkpoint of a thread (or the one `config` names), read inline."""
         return self.get_tuple(config)

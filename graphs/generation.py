@@ -166,6 +166,11 @@ async def run_generation(
             graph = build_pipeline_graph(roles=roles, model_source=model_source).compile(
                 checkpointer=saver, name="pipeline"
             )
+            # A run killed between committing a record and deleting its checkpoints left them behind.
+            finished = set(store.prompt_ids()) - {pid for pid, _ in pending}
+            for thread_id in saver.thread_ids() & finished:
+                if store.status_of([thread_id]).get(thread_id) == "done":
+                    await saver.adelete_thread(thread_id)
 
             async def run_one(prompt_id: str, prompt: Prompt) -> None:
                 async with gate:
@@ -184,6 +189,7 @@ async def run_generation(
                     on_outcome(outcome)
 
             await run_guarded([run_one(pid, prompt) for pid, prompt in pending], breaker)
+            saver.compact()
         finally:
             saver.close()
 
@@ -238,6 +244,9 @@ async def _run_prompt(
             values = await graph.ainvoke(graph_input, config=config, context=context, durability="sync")
         record = make_record(prompt_id, prompt, values, context, prices)
         store.mark_done(prompt_id, record)
+        # The record is committed: the prompt's checkpoints can never be needed again, and they are most of
+        # the directory's size (every step of every prompt).
+        await graph.checkpointer.adelete_thread(prompt_id)
         breaker.record_success()
         usage = record["usage"]
         return PromptOutcome(

@@ -160,6 +160,9 @@ def test_generate_writes_trl_datasets_and_rerun_makes_no_calls(tmp_path: Path, s
     result = runner.invoke(app, generate_args(prompts, output, stub.base_url))
     assert result.exit_code == 0, result.output
     assert stub.stats.completions == 6 * 6  # 3 answers, 2 reviews, 1 judgement per prompt
+    with sqlite3.connect(output / "checkpoints.sqlite") as db:  # every prompt finished: no checkpoint is kept
+        assert db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 0
+        assert db.execute("SELECT COUNT(*) FROM writes").fetchone()[0] == 0
     dpo = datasets.load_from_disk(str(output / "dpo"))
     kto = datasets.load_from_disk(str(output / "kto"))
     assert {"prompt", "chosen", "rejected", "prompt_id"} <= set(dpo.column_names)
@@ -288,6 +291,12 @@ def test_kill_and_resume_gives_rows_of_uninterrupted_run(tmp_path: Path) -> None
         os.kill(process.pid, signal.SIGKILL)
         process.wait(10)
         assert 4 <= done < 12, f"kill landed at {done} prompts done"
+        # Finished prompts left no checkpoint behind; the unfinished ones kept theirs, to resume from.
+        with sqlite3.connect(killed / "progress.sqlite") as db:
+            finished = {row[0] for row in db.execute("SELECT prompt_id FROM prompts WHERE status = 'done'")}
+        with sqlite3.connect(killed / "checkpoints.sqlite") as db:
+            threads = {row[0] for row in db.execute("SELECT DISTINCT thread_id FROM checkpoints")}
+        assert threads and not threads & finished
         before_resume = server.stats.completions
 
         resumed = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)

@@ -311,6 +311,7 @@ def run_generate_with(
     from graphs.generation import Budget, PromptOutcome, run_generation
     from tools.inputs.prompt_sets import load_prompts
     from tools.outputs.export import dataset_card, export_records
+    from tools.outputs.run_lock import RunLock
     from tools.outputs.run_store import PromptSourceId
 
     context = options.context()
@@ -364,67 +365,69 @@ def run_generate_with(
     own = {"debate_roles"} | given_flags
     announce_models([(role_names[flag], spec, chosen_by or (flag if flag in own else None))
                      for flag, spec in roles])
-    cache = options.cache or (Path(os.environ["FELLOWSHIP_CACHE"]) if os.environ.get("FELLOWSHIP_CACHE") else None)
-    registry = ModelRegistry(ModelSettings(max_tokens=options.max_tokens, output_format=options.output_format,
-                                           max_retries=options.max_retries, timeout_s=options.timeout,
-                                           cache_path=cache))
-    with progress_bar() as progress:
-        task = progress.add_task("prompts", total=len(prompts), status="")
-        totals = {"failed": 0, "tokens": 0, "cost": 0.0, "priced": True}
+    # One run per directory: a second run on it stops here, before anything is written or paid for.
+    with RunLock(output):
+        cache = options.cache or (Path(os.environ["FELLOWSHIP_CACHE"]) if os.environ.get("FELLOWSHIP_CACHE") else None)
+        registry = ModelRegistry(ModelSettings(max_tokens=options.max_tokens, output_format=options.output_format,
+                                               max_retries=options.max_retries, timeout_s=options.timeout,
+                                               cache_path=cache))
+        with progress_bar() as progress:
+            task = progress.add_task("prompts", total=len(prompts), status="")
+            totals = {"failed": 0, "tokens": 0, "cost": 0.0, "priced": True}
 
-        def on_outcome(outcome: PromptOutcome) -> None:
-            totals["failed"] += not outcome.ok
-            totals["tokens"] += outcome.input_tokens + outcome.output_tokens
-            if outcome.cost_usd is None:
-                totals["priced"] = False
-            else:
-                totals["cost"] += outcome.cost_usd
-            cost = f", ${totals['cost']:.4f}" if totals["priced"] else ""
-            progress.update(task, advance=1, status=f"failed {totals['failed']}, tokens {totals['tokens']}{cost}")
+            def on_outcome(outcome: PromptOutcome) -> None:
+                totals["failed"] += not outcome.ok
+                totals["tokens"] += outcome.input_tokens + outcome.output_tokens
+                if outcome.cost_usd is None:
+                    totals["priced"] = False
+                else:
+                    totals["cost"] += outcome.cost_usd
+                cost = f", ${totals['cost']:.4f}" if totals["priced"] else ""
+                progress.update(task, advance=1, status=f"failed {totals['failed']}, tokens {totals['tokens']}{cost}")
 
-        result = run_coroutine(
-            run_then_close(
-                run_generation(
-                    prompts, context=context, output_dir=output, settings=settings, prompt_source=prompt_source,
-                    extend=options.extend, concurrency=options.concurrency, retry_failed=options.retry_failed,
-                    trace_dir=options.trace, model_source=registry, roles=panel, prices=prices, budget=budget,
-                    on_outcome=on_outcome,
-                ),
-                registry,
+            result = run_coroutine(
+                run_then_close(
+                    run_generation(
+                        prompts, context=context, output_dir=output, settings=settings, prompt_source=prompt_source,
+                        extend=options.extend, concurrency=options.concurrency, retry_failed=options.retry_failed,
+                        trace_dir=options.trace, model_source=registry, roles=panel, prices=prices, budget=budget,
+                        on_outcome=on_outcome,
+                    ),
+                    registry,
+                )
             )
-        )
-        progress.update(task, completed=result.skipped_done + len(result.outcomes) + result.skipped_failed)
-    rules = options.pairing_rules()
-    summary, dpo_rows, _ = export_records(result.records, output, rules)
-    usage = {
-        "input_tokens": sum(record["usage"]["input_tokens"] for record in result.records),
-        "output_tokens": sum(record["usage"]["output_tokens"] for record in result.records),
-        "calls": sum(record["usage"]["calls"] for record in result.records),
-        "cached_calls": sum(record["usage"].get("cached_calls", 0) for record in result.records),
-        "cost_usd": None if any(record["usage"]["cost_usd"] is None for record in result.records)
-        else sum(record["usage"]["cost_usd"] for record in result.records),
-    }
-    card = dataset_card(settings={**settings, "pairs": rules.pairs, "min_margin": rules.min_margin,
-                                  "top_tie": rules.top_tie, "max_repetition": rules.degenerate_share},
-                        summary=summary, failures=result.failures, usage=usage, prompt_sources=result.prompt_sources,
-                        license=options.license)
-    (output / "README.md").write_text(card, encoding="utf-8")
-    published = None
-    if options.push_to_hub:
-        from tools.outputs.hub import push_to_hub
+            progress.update(task, completed=result.skipped_done + len(result.outcomes) + result.skipped_failed)
+        rules = options.pairing_rules()
+        summary, dpo_rows, _ = export_records(result.records, output, rules)
+        usage = {
+            "input_tokens": sum(record["usage"]["input_tokens"] for record in result.records),
+            "output_tokens": sum(record["usage"]["output_tokens"] for record in result.records),
+            "calls": sum(record["usage"]["calls"] for record in result.records),
+            "cached_calls": sum(record["usage"].get("cached_calls", 0) for record in result.records),
+            "cost_usd": None if any(record["usage"]["cost_usd"] is None for record in result.records)
+            else sum(record["usage"]["cost_usd"] for record in result.records),
+        }
+        export_settings = {"pairs": rules.pairs, "min_margin": rules.min_margin, "top_tie": rules.top_tie,
+                           "max_repetition": rules.degenerate_share}
+        card = dataset_card(settings={**settings, **export_settings}, summary=summary, failures=result.failures,
+                            usage=usage, prompt_sources=result.prompt_sources, license=options.license)
+        (output / "README.md").write_text(card, encoding="utf-8")
+        published = None
+        if options.push_to_hub:
+            from tools.outputs.hub import push_to_hub
 
-        published = push_to_hub(output, options.push_to_hub, private=options.private)
-    failed_now = {prompt_id for prompt_id, _ in result.failures} & set(result.prompt_ids)
-    return {
-        "prompts": len(prompts), "done": len(result.records), "failed": len(result.failures),
-        "failed_now": len(failed_now), "in_directory": len(result.records) + len(result.failures),
-        "reused": result.skipped_done, "failed_skipped": result.skipped_failed,
-        "calls_made": sum(outcome.calls_made for outcome in result.outcomes),
-        "dpo_rows": summary.dpo_rows, "kto_rows": summary.kto_rows, "outcomes": dict(summary.outcomes),
-        "first_dpo_row": dpo_rows[0] if dpo_rows else None, "usage": usage, "failures": result.failures,
-        "published": published, "budget_stopped": result.budget_stopped, "spent_usd": result.spent_usd,
-        "max_cost_usd": options.max_cost_usd,
-    }
+            published = push_to_hub(output, options.push_to_hub, private=options.private)
+        failed_now = {prompt_id for prompt_id, _ in result.failures} & set(result.prompt_ids)
+        return {
+            "prompts": len(prompts), "done": len(result.records), "failed": len(result.failures),
+            "failed_now": len(failed_now), "in_directory": len(result.records) + len(result.failures),
+            "reused": result.skipped_done, "failed_skipped": result.skipped_failed,
+            "calls_made": sum(outcome.calls_made for outcome in result.outcomes),
+            "dpo_rows": summary.dpo_rows, "kto_rows": summary.kto_rows, "outcomes": dict(summary.outcomes),
+            "first_dpo_row": dpo_rows[0] if dpo_rows else None, "usage": usage, "failures": result.failures,
+            "published": published, "budget_stopped": result.budget_stopped, "spent_usd": result.spent_usd,
+            "max_cost_usd": options.max_cost_usd,
+        }
 
 
 def _print_generate_summary(output: Path, report: dict[str, Any]) -> None:
