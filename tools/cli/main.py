@@ -458,9 +458,11 @@ def why_no_rows(report: dict[str, Any]) -> str:
     reasons = {
         "tied_top": "the evaluator tied the top answers", "no_verdict": "the evaluator gave no verdict",
         "identical_answers": "the answers were identical", "single_answer": "there was one answer per prompt",
+        "below_margin": "the answers' scores differ by less than --min-margin",
+        "degenerate_top": "every answer fit to be chosen repeats itself (--max-repetition)",
     }
     found = [f"{count} prompts: {reasons.get(outcome, outcome)}" for outcome, count in report["outcomes"].items()
-             if outcome != "ok" and count]
+             if not outcome.startswith("ok") and count]
     if report["failed"]:
         found.append(f"{report['failed']} prompts failed")
     return "no DPO row: " + ("; ".join(found) if found else "no prompt finished")
