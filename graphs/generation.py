@@ -10,6 +10,8 @@ step. Failed prompts are retried only with `retry_failed`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,8 +247,10 @@ async def _run_prompt(
         record = make_record(prompt_id, prompt, values, context, prices)
         store.mark_done(prompt_id, record)
         # The record is committed: the prompt's checkpoints can never be needed again, and they are most of
-        # the directory's size (every step of every prompt).
-        await graph.checkpointer.adelete_thread(prompt_id)
+        # the directory's size (every step of every prompt). A deletion that fails must not turn a finished
+        # prompt into a failed one: the next run's start removes what is left.
+        with contextlib.suppress(sqlite3.Error):
+            await graph.checkpointer.adelete_thread(prompt_id)
         breaker.record_success()
         usage = record["usage"]
         return PromptOutcome(
