@@ -46,10 +46,10 @@ class PromptOutcome:
 
 @dataclass
 class GenerationResult:
-    """What a run did: `records` and `failures` cover every prompt of the directory, earlier runs' too."""
+    """What a run did: `done` and `failures` cover every prompt of the directory, earlier runs' too."""
 
     prompt_ids: list[str]
-    records: list[dict[str, Any]]
+    done: int
     failures: list[tuple[str, str]]
     skipped_done: int
     skipped_failed: int
@@ -161,7 +161,7 @@ async def run_generation(
         outcomes: list[PromptOutcome] = []
         breaker = CircuitBreaker(min(DEFAULT_TRIP_AFTER, len(pending)))
         if budget is not None:
-            budget.spent = sum(record["usage"]["cost_usd"] or 0.0 for record in store.records(store.prompt_ids()))
+            budget.spent = store.spent_usd()
 
         saver = InlineSqliteSaver.open(output_dir / "checkpoints.sqlite")
         try:
@@ -197,10 +197,10 @@ async def run_generation(
 
         every_id = store.prompt_ids()
         if breaker.tripped:
-            raise breaker.stop_error(len(store.records(every_id)), "prompts")
+            raise breaker.stop_error(store.count("done"), "prompts")
         return GenerationResult(
             prompt_ids=prompt_ids,
-            records=store.records(every_id),
+            done=store.count("done"),
             failures=store.failures(every_id),
             skipped_done=skipped_done,
             skipped_failed=skipped_failed,

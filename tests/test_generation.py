@@ -124,7 +124,7 @@ def test_export_without_pairs_still_writes_empty_trl_datasets(tmp_path: Path) ->
     export_records([record_with(["one", "two"], "B", [3, 8])], tmp_path)
     assert len(datasets.load_from_disk(str(tmp_path / "dpo"))) == 1
     # A later export where every prompt tied replaces the earlier datasets with empty ones, not stale rows.
-    summary, _, _ = export_records([record_with(["one", "two"], "tie", [8, 8])], tmp_path)
+    summary = export_records([record_with(["one", "two"], "tie", [8, 8])], tmp_path)
     assert summary.dpo_rows == 0 and summary.kto_rows == 0
     dpo = datasets.load_from_disk(str(tmp_path / "dpo"))
     kto = datasets.load_from_disk(str(tmp_path / "kto"))

@@ -312,7 +312,7 @@ def run_generate_with(
     from tools.inputs.prompt_sets import load_prompts
     from tools.outputs.export import dataset_card, export_records
     from tools.outputs.run_lock import RunLock
-    from tools.outputs.run_store import PromptSourceId
+    from tools.outputs.run_store import PromptSourceId, iter_done_records
 
     context = options.context()
     panel = options.panel()
@@ -398,15 +398,8 @@ def run_generate_with(
             )
             progress.update(task, completed=result.skipped_done + len(result.outcomes) + result.skipped_failed)
         rules = options.pairing_rules()
-        summary, dpo_rows, _ = export_records(result.records, output, rules)
-        usage = {
-            "input_tokens": sum(record["usage"]["input_tokens"] for record in result.records),
-            "output_tokens": sum(record["usage"]["output_tokens"] for record in result.records),
-            "calls": sum(record["usage"]["calls"] for record in result.records),
-            "cached_calls": sum(record["usage"].get("cached_calls", 0) for record in result.records),
-            "cost_usd": None if any(record["usage"]["cost_usd"] is None for record in result.records)
-            else sum(record["usage"]["cost_usd"] for record in result.records),
-        }
+        summary = export_records(iter_done_records(output / "progress.sqlite"), output, rules)
+        usage = summary.usage()
         export_settings = {"pairs": rules.pairs, "min_margin": rules.min_margin, "top_tie": rules.top_tie,
                            "max_repetition": rules.degenerate_share}
         card = dataset_card(settings={**settings, **export_settings}, summary=summary, failures=result.failures,
@@ -419,12 +412,12 @@ def run_generate_with(
             published = push_to_hub(output, options.push_to_hub, private=options.private)
         failed_now = {prompt_id for prompt_id, _ in result.failures} & set(result.prompt_ids)
         return {
-            "prompts": len(prompts), "done": len(result.records), "failed": len(result.failures),
-            "failed_now": len(failed_now), "in_directory": len(result.records) + len(result.failures),
+            "prompts": len(prompts), "done": result.done, "failed": len(result.failures),
+            "failed_now": len(failed_now), "in_directory": result.done + len(result.failures),
             "reused": result.skipped_done, "failed_skipped": result.skipped_failed,
             "calls_made": sum(outcome.calls_made for outcome in result.outcomes),
             "dpo_rows": summary.dpo_rows, "kto_rows": summary.kto_rows, "outcomes": dict(summary.outcomes),
-            "first_dpo_row": dpo_rows[0] if dpo_rows else None, "usage": usage, "failures": result.failures,
+            "first_dpo_row": summary.first_dpo_row, "usage": usage, "failures": result.failures,
             "published": published, "budget_stopped": result.budget_stopped, "spent_usd": result.spent_usd,
             "max_cost_usd": options.max_cost_usd,
         }

@@ -73,6 +73,7 @@ async def _pipeline(base_url: str, prompts: int, concurrency: int) -> int:
     from agents.models import ModelRegistry, ModelSettings
     from graphs.context import GenerationContext
     from graphs.generation import run_generation
+    from tools.outputs.run_store import iter_done_records
 
     spec = f"compat:stub@{base_url}"
     registry = ModelRegistry(ModelSettings(max_retries=0))
@@ -83,10 +84,11 @@ async def _pipeline(base_url: str, prompts: int, concurrency: int) -> int:
             context=context, output_dir=Path(folder), settings={"bench": True}, concurrency=concurrency,
             model_source=registry,
         )
+        calls = sum(record["usage"]["calls"] for record in iter_done_records(Path(folder) / "progress.sqlite"))
     await registry.aclose()
     if result.failures:
         raise SystemExit(f"pipeline failures: {result.failures[:3]}")
-    return sum(record["usage"]["calls"] for record in result.records)
+    return calls
 
 
 def run_phase(phase: str, base_url: str, prompts: int, concurrency: int) -> dict[str, float]:

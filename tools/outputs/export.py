@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from tools.outputs.jsonl import write_jsonl_atomic
+from tools.outputs.jsonl import JsonlWriter
 from tools.rules.pairing import PairingRules, rank_answers, repetition_share
 
 
@@ -29,6 +29,34 @@ class ExportSummary:
     kto_rows: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     rows_by_outcome: Counter[str] = field(default_factory=Counter)
+    first_dpo_row: dict[str, Any] | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    calls: int = 0
+    cached_calls: int = 0
+    cost_usd: float | None = 0.0
+
+    def add(self, record: dict[str, Any], outcome: str, dpo: list[dict[str, Any]], kto: list[dict[str, Any]]) -> None:
+        """Count one exported record: its outcome, rows and usage (cost unknown once a record's is)."""
+        self.prompts += 1
+        self.outcomes[outcome] += 1
+        self.rows_by_outcome[outcome] += len(dpo)
+        self.dpo_rows += len(dpo)
+        self.kto_rows += len(kto)
+        if self.first_dpo_row is None and dpo:
+            self.first_dpo_row = dpo[0]
+        usage = record.get("usage") or {}
+        self.input_tokens += usage.get("input_tokens", 0)
+        self.output_tokens += usage.get("output_tokens", 0)
+        self.calls += usage.get("calls", 0)
+        self.cached_calls += usage.get("cached_calls", 0)
+        cost = usage.get("cost_usd", 0.0)
+        self.cost_usd = None if self.cost_usd is None or cost is None else self.cost_usd + cost
+
+    def usage(self) -> dict[str, Any]:
+        """Tokens, calls and cost of every exported record, as the card and the summary show them."""
+        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens, "calls": self.calls,
+                "cached_calls": self.cached_calls, "cost_usd": self.cost_usd}
 
 
 def _assistant(text: str) -> list[dict[str, str]]:
@@ -108,14 +136,18 @@ def _empty_dataset(kind: str) -> Any:
     return datasets.Dataset.from_dict({name: [] for name in columns}, features=datasets.Features(columns))
 
 
-def _save_dataset(rows: list[dict[str, Any]], target: Path, kind: str) -> None:
+def _save_dataset(rows_file: Path, rows: int, target: Path, kind: str) -> None:
+    """Build the `dpo/` or `kto/` dataset from its JSONL file through Arrow, never holding the rows in memory."""
+    import tempfile
+
     import datasets
 
     datasets.disable_progress_bars()  # the CLI has its own progress display
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     if rows:
-        datasets.Dataset.from_list(rows).save_to_disk(str(staging))
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".arrow-") as cache:
+            datasets.Dataset.from_json(str(rows_file), cache_dir=cache).save_to_disk(str(staging))
     else:
         # datasets 5.2 writes no shard for zero rows unless told to, and then cannot load what it wrote.
         _empty_dataset(kind).save_to_disk(str(staging), num_shards=1)
@@ -124,33 +156,33 @@ def _save_dataset(rows: list[dict[str, Any]], target: Path, kind: str) -> None:
 
 
 def export_records(
-    records: list[dict[str, Any]], output_dir: Path, rules: PairingRules | None = None
-) -> tuple[ExportSummary, list[dict], list[dict]]:
+    records: Iterable[dict[str, Any]], output_dir: Path, rules: PairingRules | None = None
+) -> ExportSummary:
     """Write records.jsonl, dpo.jsonl, kto.jsonl and the `dpo/`, `kto/` datasets; return the counts.
 
-    Each answer in records.jsonl carries its repetition share and whether it counts as degenerate.
+    Records stream through one at a time (from the run store, in prompt order), so memory stays flat however
+    many prompts a run has. Each answer in records.jsonl carries its repetition share and whether it counts
+    as degenerate. Every file appears under its final name only when complete.
     """
     rules = rules or PairingRules()
-    records = [annotate_repetition(record, rules) for record in records]
-    summary = ExportSummary(prompts=len(records))
-    dpo_rows: list[dict[str, Any]] = []
-    kto_rows: list[dict[str, Any]] = []
-    for record in records:
-        dpo, kto, outcome = preference_rows(record, rules)
-        summary.outcomes[outcome] += 1
-        summary.rows_by_outcome[outcome] += len(dpo)
-        dpo_rows.extend(dpo)
-        kto_rows.extend(kto)
-    check_trl_rows(dpo_rows, "dpo")
-    check_trl_rows(kto_rows, "kto")
-    summary.dpo_rows, summary.kto_rows = len(dpo_rows), len(kto_rows)
-    write_jsonl_atomic(output_dir / "records.jsonl", records)
-    write_jsonl_atomic(output_dir / "dpo.jsonl", dpo_rows)
-    write_jsonl_atomic(output_dir / "kto.jsonl", kto_rows)
+    summary = ExportSummary()
+    with JsonlWriter(output_dir / "records.jsonl") as records_out, JsonlWriter(output_dir / "dpo.jsonl") as dpo_out, \
+            JsonlWriter(output_dir / "kto.jsonl") as kto_out:
+        for raw in records:
+            record = annotate_repetition(raw, rules)
+            dpo, kto, outcome = preference_rows(record, rules)
+            check_trl_rows(dpo, "dpo")
+            check_trl_rows(kto, "kto")
+            summary.add(record, outcome, dpo, kto)
+            records_out.write(record)
+            for row in dpo:
+                dpo_out.write(row)
+            for row in kto:
+                kto_out.write(row)
     # Saved even when empty: a stale dataset from an earlier export must not survive, and loaders expect one.
-    _save_dataset(dpo_rows, output_dir / "dpo", "dpo")
-    _save_dataset(kto_rows, output_dir / "kto", "kto")
-    return summary, dpo_rows, kto_rows
+    _save_dataset(output_dir / "dpo.jsonl", summary.dpo_rows, output_dir / "dpo", "dpo")
+    _save_dataset(output_dir / "kto.jsonl", summary.kto_rows, output_dir / "kto", "kto")
+    return summary
 
 
 def _size_category(rows: int) -> str:

@@ -26,6 +26,39 @@ def write_jsonl_atomic(path: Path, records: Iterable[Any]) -> None:
     temporary.replace(path)
 
 
+class JsonlWriter:
+    """A JSON Lines file written one record at a time under a temporary name.
+
+    It is renamed over `path` when the `with` block ends without error (and removed if it raises), so no
+    half-written file ever has the final name.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._temporary = path.with_name(path.name + ".tmp")
+        self._handle = self._temporary.open("w", encoding="utf-8")
+
+    def write(self, record: Any) -> None:
+        """Write one record."""
+        self._handle.write(dump_line(record) + "\n")
+
+    def __enter__(self) -> JsonlWriter:
+        """The writer itself."""
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: Any) -> None:
+        """Rename the finished file into place, or throw the temporary away after an error."""
+        if kind is None:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+            self._temporary.replace(self.path)
+        else:
+            self._handle.close()
+            self._temporary.unlink(missing_ok=True)
+
+
 class JsonlAppender:
     """Appends one record per line and flushes each, so finished work survives a kill."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,25 @@ class PromptSourceId:
     def describe(self) -> str:
         """The source in a few words, for messages and the card."""
         return f"{self.origin} (field '{self.field}', {self.prompts} prompts, sha256 {self.sha256[:12]})"
+
+
+def iter_done_records(path: Path, batch: int = 256) -> Iterator[dict[str, Any]]:
+    """Every finished record of a progress file in prompt order, a batch at a time (read-only, flat memory)."""
+    database = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        position = -1
+        while True:
+            rows = database.execute(
+                "SELECT position, record FROM prompts WHERE status = 'done' AND position > ? ORDER BY position "
+                "LIMIT ?", (position, batch),
+            ).fetchall()
+            if not rows:
+                return
+            for _, record in rows:
+                yield json.loads(record)
+            position = rows[-1][0]
+    finally:
+        database.close()
 
 
 def done_prompt_ids(path: Path) -> set[str]:
@@ -161,6 +181,14 @@ class RunStore:
         """Finished records of these prompts, in the order given."""
         rows = self._column_where("record", "done", prompt_ids)
         return [json.loads(rows[prompt_id]) for prompt_id in prompt_ids if prompt_id in rows]
+
+    def count(self, status: str) -> int:
+        """How many prompts of the directory have this status."""
+        return int(self._db.execute("SELECT COUNT(*) FROM prompts WHERE status = ?", (status,)).fetchone()[0])
+
+    def spent_usd(self) -> float:
+        """The cost of every finished prompt (unpriced ones count nothing), read a batch at a time."""
+        return sum(record["usage"]["cost_usd"] or 0.0 for record in iter_done_records(self.path))
 
     def failures(self, prompt_ids: list[str]) -> list[tuple[str, str]]:
         """(prompt id, reason) of each failed prompt among these, in the order given."""
