@@ -8,12 +8,13 @@ failures in a row with the same `EndpointError` reason, keeps what it finished, 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 from tools.errors import EndpointError, RunStopped
 
 DEFAULT_TRIP_AFTER = 3
+JobT = TypeVar("JobT")
 
 
 def endpoint_failure(error: BaseException) -> EndpointError | None:
@@ -78,9 +79,23 @@ class CircuitBreaker:
         )
 
 
-async def run_guarded(work: Sequence[Any], breaker: CircuitBreaker) -> None:
-    """Run coroutines as tasks the breaker may cancel; any other error propagates."""
-    tasks = [asyncio.ensure_future(coroutine) for coroutine in work]
+async def run_pooled(
+    jobs: Iterable[JobT], run: Callable[[JobT], Awaitable[None]], *, workers: int, breaker: CircuitBreaker
+) -> None:
+    """Run `run(job)` for every job on `workers` tasks that take jobs one by one; the breaker may cancel them.
+
+    Only the jobs in flight exist as coroutines at any moment, so memory does not grow with the number of jobs.
+    Any error but a cancellation propagates.
+    """
+    pending = iter(jobs)
+
+    async def worker() -> None:
+        for job in pending:  # one shared iterator: each job is taken once
+            if breaker.tripped:
+                return
+            await run(job)
+
+    tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, workers))]
     breaker.guard(tasks)
     try:
         results = await asyncio.gather(*tasks, return_exceptions=True)

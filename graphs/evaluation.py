@@ -13,7 +13,7 @@ from typing import Any, Literal
 from agents.models import ModelSource
 from agents.records import Verdict
 from agents.referees import DEFAULT_ROLES, RefereeRole
-from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, run_guarded
+from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, run_pooled
 from graphs.context import EvaluationContext
 from graphs.debate import build_debate_graph
 from graphs.judge import build_judge_graph
@@ -119,7 +119,7 @@ async def evaluate_items(
         if on_verdict is not None and not breaker.tripped:
             on_verdict(verdict)
 
-    await run_guarded([run_one(position, item) for position, item in enumerate(items)], breaker)
+    await run_pooled(enumerate(items), lambda job: run_one(*job), workers=concurrency, breaker=breaker)
     if breaker.tripped:
         kept = sum(1 for verdict in verdicts.values() if not verdict.get("error"))
         raise breaker.stop_error(kept, "items")

@@ -21,7 +21,7 @@ from agents.models import ModelSource
 from agents.prices import BUILT_IN_PRICES, PriceTable
 from agents.records import Exchange, Usage
 from agents.referees import DEFAULT_ROLES, RefereeRole
-from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, run_guarded
+from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, run_pooled
 from graphs.checkpoints import InlineSqliteSaver
 from graphs.context import GenerationContext
 from graphs.pipeline import build_pipeline_graph
@@ -190,7 +190,7 @@ async def run_generation(
                 if on_outcome is not None:
                     on_outcome(outcome)
 
-            await run_guarded([run_one(pid, prompt) for pid, prompt in pending], breaker)
+            await run_pooled(pending, lambda job: run_one(*job), workers=concurrency, breaker=breaker)
             saver.compact()
         finally:
             saver.close()
