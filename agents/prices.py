@@ -79,13 +79,3 @@ def parse_prices(values: Iterable[str]) -> PriceTable:
             raise ConfigError(f"--price {value!r}: prices cannot be negative")
         overrides[spec] = price
     return PriceTable(overrides)
-
-
-def call_cost(model_spec: str, input_tokens: int, output_tokens: int) -> float | None:
-    """The USD cost of one call from the built-in price table, or None for a model without a price."""
-    return BUILT_IN_PRICES.call_cost(model_spec, input_tokens, output_tokens)
-
-
-def total_cost(exchanges: Iterable[Exchange]) -> float | None:
-    """Sum over calls from the built-in table; None as soon as one model's price is unknown."""
-    return BUILT_IN_PRICES.total_cost(exchanges)

@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from agents.prices import PriceTable
 from agents.referees import RefereeRole
 from graphs.context import GenerationContext
 from tools.inputs.items import Prompt, prompt_text
@@ -51,6 +52,11 @@ class RunEstimate:
     def calls_high(self) -> int:
         """The most calls (exact without a stop score)."""
         return sum(role.calls_high for role in self.roles)
+
+    def cost(self, prices: PriceTable) -> float | None:
+        """The estimated cost in USD, or None when a model has no price."""
+        costs = [prices.call_cost(role.model, role.input_tokens, role.output_tokens) for role in self.roles]
+        return None if any(cost is None for cost in costs) else sum(cost or 0.0 for cost in costs)
 
     def hours(self, concurrency: int, latency_s: float) -> float:
         """Wall time with `concurrency` prompts in flight, each call taking `latency_s`."""

@@ -250,17 +250,6 @@ def run_generate(
     return run_generate_with(options, given_flags=given_flags, chosen_by=chosen_by)
 
 
-def estimated_cost(estimate: Any, prices: Any) -> float | None:
-    """The estimate's cost in USD, or None when a model has no price."""
-    total = 0.0
-    for role in estimate.roles:
-        cost = prices.call_cost(role.model, role.input_tokens, role.output_tokens)
-        if cost is None:
-            return None
-        total += cost
-    return total
-
-
 def dry_run_report(options: GenerateOptions, prompts: list[Any], context: Any, panel: Any, prices: Any) -> dict:
     """Print what the run would cost, without a call and without writing anything; return the figures."""
     from rich.table import Table
@@ -287,7 +276,7 @@ def dry_run_report(options: GenerateOptions, prompts: list[Any], context: Any, p
         table.add_row(role.role, role.model, str(role.calls_high), str(role.input_tokens), str(role.output_tokens),
                       "no price: --price" if cost is None else f"{cost:.4f}")
     console.print(table)
-    total = estimated_cost(estimate, prices)
+    total = estimate.cost(prices)
     console.print("cost: " + (f"${total:.4f} estimated" if total is not None else
                               "unknown (a model has no price: add --price SPEC=IN:OUT)"), markup=False)
     hours = estimate.hours(options.concurrency, options.assumed_latency)
@@ -356,7 +345,7 @@ def run_generate_with(
             raise ConfigError(f"--max-cost-usd: no price for {unpriced[0]}; add --price {unpriced[0]}=IN:OUT "
                               "(USD per million input and output tokens)")
         estimate = estimate_run(prompts, context, panel, max_tokens=options.max_tokens)
-        per_prompt = (estimated_cost(estimate, prices) or 0.0) / max(1, len(prompts))
+        per_prompt = (estimate.cost(prices) or 0.0) / max(1, len(prompts))
         budget = Budget(max_usd=options.max_cost_usd, reserve_per_prompt_usd=per_prompt)
     check_run_directory(output, settings, prompt_source, extend=options.extend)
     check_model_roles(roles)

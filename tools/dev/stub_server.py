@@ -169,12 +169,14 @@ async def serve_json_connection(
 
 
 class ThreadedJsonServer:
-    """A small JSON HTTP server on a free port of 127.0.0.1, served by a background thread with its own loop.
+    """A small JSON HTTP server on 127.0.0.1 (a free port unless given).
 
+    It runs in a background thread with its own loop (`start_in_thread`) or in a running loop (`start_async`).
     Subclasses answer requests in `_respond(method, path, body, headers)`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, port: int = 0) -> None:
+        self._requested_port = port
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -185,18 +187,23 @@ class ThreadedJsonServer:
         """The server's root URL."""
         return f"http://127.0.0.1:{self.port}"
 
+    async def start_async(self) -> None:
+        """Start listening in the running event loop."""
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self._requested_port, backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+
     def start_in_thread(self) -> Any:
         """Serve in a background thread; returns the server once it listens."""
         ready = threading.Event()
 
         def serve() -> None:
             self._loop = asyncio.new_event_loop()
-            self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
-            self.port = self._server.sockets[0].getsockname()[1]
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(self.start_async())
             ready.set()
             self._loop.run_forever()
 
-        self._thread = threading.Thread(target=serve, daemon=True)
+        self._thread = threading.Thread(target=serve, name=type(self).__name__, daemon=True)
         self._thread.start()
         ready.wait(10)
         return self
@@ -227,68 +234,25 @@ class ThreadedJsonServer:
         raise NotImplementedError
 
 
-class StubServer:
+class StubServer(ThreadedJsonServer):
     """The server, runnable in a background thread (tests) or in its own process (benchmarks)."""
 
     def __init__(self, settings: StubSettings | None = None, *, port: int = 0) -> None:
+        super().__init__(port=port)
         self.settings = settings or StubSettings()
         self.stats = StubStats()
-        self._port = port
         self._seen: Counter[str] = Counter()
         self._gate: asyncio.Semaphore | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self.port: int | None = None
 
     @property
     def base_url(self) -> str:
         """The OpenAI-compatible base URL (`http://127.0.0.1:PORT/v1`)."""
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{self.endpoint}/v1"
 
     async def start_async(self) -> None:
-        """Start listening in the running event loop."""
+        """Start listening in the running event loop, with the cap on concurrent requests."""
         self._gate = asyncio.Semaphore(self.settings.max_concurrent)
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self._port, backlog=1024)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    def start_in_thread(self) -> StubServer:
-        """Serve in a background thread with its own event loop; returns once it listens."""
-        ready = threading.Event()
-
-        def serve() -> None:
-            loop = self._loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            loop.run_until_complete(self.start_async())
-            ready.set()
-            loop.run_forever()
-            # Open keep-alive connections still have handler tasks: cancel them before closing the loop.
-            pending = asyncio.all_tasks(loop)
-            for task in pending:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name="stub-openai-server", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and wait for the thread."""
-        if self._loop is not None and self._server is not None:
-            loop, server = self._loop, self._server
-
-            async def shutdown() -> None:
-                server.close()
-                loop.stop()
-
-            asyncio.run_coroutine_threadsafe(shutdown(), loop)
-            if self._thread is not None:
-                self._thread.join(5)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await serve_json_connection(reader, writer, self._respond)
+        await super().start_async()
 
     async def _respond(
         self, method: str, path: str, body: bytes, headers: dict[str, str]

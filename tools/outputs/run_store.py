@@ -177,11 +177,6 @@ class RunStore:
         query = f"SELECT prompt_id, {column} FROM prompts WHERE status = ? AND prompt_id IN ({marks})"
         return dict(self._db.execute(query, [status, *prompt_ids]).fetchall())
 
-    def records(self, prompt_ids: list[str]) -> list[dict[str, Any]]:
-        """Finished records of these prompts, in the order given."""
-        rows = self._column_where("record", "done", prompt_ids)
-        return [json.loads(rows[prompt_id]) for prompt_id in prompt_ids if prompt_id in rows]
-
     def count(self, status: str) -> int:
         """How many prompts of the directory have this status."""
         return int(self._db.execute("SELECT COUNT(*) FROM prompts WHERE status = ?", (status,)).fetchone()[0])
