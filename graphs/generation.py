@@ -5,6 +5,11 @@ failed with its reason, or pending) and `checkpoints.sqlite` (LangGraph's checkp
 prompt id, written synchronously after every step). Killed at any moment and started again, a run
 skips finished prompts without a single call and resumes unfinished ones from their last completed
 step. Failed prompts are retried only with `retry_failed`.
+
+A prompt runs in a PromptRunner, which returns its record without committing it; this process (the driver)
+commits it to the run store and only then deletes the prompt's checkpoints. With `RayWorkers` the runners
+live in Ray worker processes (`graphs/ray_pool.py`) and only the driver writes the run store, so what is
+done has one source of truth however many workers (or machines) run the prompts.
 """
 
 from __future__ import annotations
@@ -12,23 +17,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from agents.models import ModelSource
+from agents.models import ModelRegistry, ModelSettings, ModelSource
 from agents.prices import BUILT_IN_PRICES, PriceTable
 from agents.records import Exchange, Usage
 from agents.referees import DEFAULT_ROLES, RefereeRole
-from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, run_pooled
+from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, endpoint_failure, run_pooled
 from graphs.checkpoints import InlineSqliteSaver
 from graphs.context import GenerationContext
 from graphs.pipeline import build_pipeline_graph
+from tools.errors import EndpointError
 from tools.inputs.items import Prompt
 from tools.inputs.prompt_sets import as_messages, prompt_id_for
 from tools.outputs.run_store import PromptSourceId, RunStore
-from tools.outputs.tracing import RunTreeRecorder, trace_filename
+from tools.outputs.tracing import RunTreeRecorder, trace_filename, write_trace
 from tools.rules.secrets import mask_secrets
 
 
@@ -120,6 +127,166 @@ def make_record(
     return record
 
 
+@dataclass
+class PromptResult:
+    """What running one prompt gave, wherever it ran (this process or a Ray worker): its record, or why it failed.
+
+    It commits nothing: the run's driver records it in the run store, the single source of truth.
+    """
+
+    prompt_id: str
+    record: dict[str, Any] | None
+    calls_made: bool
+    error: str | None = None
+    endpoint_failure: tuple[str, str] | None = None  # (model spec, reason) of an EndpointError, for the breaker
+    trace: dict[str, Any] | None = None
+
+    def failure(self) -> Exception:
+        """The failure as an exception the circuit breaker can classify."""
+        if self.endpoint_failure is not None:
+            return EndpointError(*self.endpoint_failure)
+        return RuntimeError(self.error or "failed")
+
+
+class PromptRunner:
+    """Runs prompts through one compiled pipeline graph, each resuming from its own checkpoint thread."""
+
+    def __init__(self, graph: Any, saver: InlineSqliteSaver, context: GenerationContext, prices: PriceTable,
+                 *, trace: bool) -> None:
+        self.graph = graph
+        self.saver = saver
+        self.context = context
+        self.prices = prices
+        self.trace = trace
+
+    @classmethod
+    def open(
+        cls, checkpoint_path: Path, *, context: GenerationContext, roles: Sequence[RefereeRole],
+        model_source: ModelSource | None, prices: PriceTable, trace: bool,
+    ) -> PromptRunner:
+        """A runner whose checkpoints go to the SQLite file at `checkpoint_path`."""
+        saver = InlineSqliteSaver.open(checkpoint_path)
+        graph = build_pipeline_graph(roles=roles, model_source=model_source).compile(checkpointer=saver,
+                                                                                     name="pipeline")
+        return cls(graph, saver, context, prices, trace=trace)
+
+    async def run(self, prompt_id: str, prompt: Prompt) -> PromptResult:
+        """Run one prompt to its record (resuming its checkpoint thread); a failure is returned, not raised."""
+        config: dict[str, Any] = {
+            "configurable": {"thread_id": prompt_id},
+            "run_name": f"pipeline:{prompt_id}",
+            "metadata": {"item_id": prompt_id, "method": "pipeline"},
+            "tags": ["pipeline"],
+        }
+        recorder = RunTreeRecorder() if self.trace else None
+        if recorder is not None:
+            config["callbacks"] = [recorder]
+        calls_made = True
+        try:
+            snapshot = await self.graph.aget_state(config)
+            if snapshot.next:
+                values = await self.graph.ainvoke(None, config=config, context=self.context, durability="sync")
+            elif snapshot.values.get("verdict") is not None:
+                # Killed after the graph ended but before the record was committed: nothing to call again.
+                values, calls_made = snapshot.values, False
+            else:
+                values = await self.graph.ainvoke({"prompt_id": prompt_id, "prompt": prompt}, config=config,
+                                                  context=self.context, durability="sync")
+            record = make_record(prompt_id, prompt, values, self.context, self.prices)
+            result = PromptResult(prompt_id, record, calls_made)
+        except Exception as error:  # the prompt fails with its reason; the run goes on
+            failure = endpoint_failure(error)
+            result = PromptResult(
+                prompt_id, None, calls_made=True,
+                error=mask_secrets(f"{type(error).__name__}: {error}".splitlines()[0])[:500],
+                endpoint_failure=(failure.model_spec, failure.reason) if failure is not None else None,
+            )
+        if recorder is not None and recorder.roots:
+            result.trace = recorder.document()
+        return result
+
+    async def forget(self, prompt_id: str) -> None:
+        """Delete a committed prompt's checkpoints: they are never needed again, and they are most of the disk.
+
+        A deletion that fails must not turn a finished prompt into a failed one: the next run's start removes
+        what is left.
+        """
+        with contextlib.suppress(sqlite3.Error):
+            await self.saver.adelete_thread(prompt_id)
+
+    def close(self) -> None:
+        """Close the checkpoint store."""
+        self.saver.close()
+
+
+@dataclass(frozen=True)
+class PipelineJob:
+    """How a Ray worker builds its PromptRunner (picklable: configuration only, no clients).
+
+    On the driver's machine every worker shares the run directory's checkpoint store, so a prompt cut off by
+    a kill resumes from its last step whichever worker takes it next; on another machine a worker keeps a
+    checkpoint store of its own in a temporary folder (a prompt cut off there starts again).
+    """
+
+    context: GenerationContext
+    roles: tuple[RefereeRole, ...]
+    prices: PriceTable
+    trace: bool
+    model_settings: ModelSettings
+    checkpoint_path: Path
+
+    def __call__(self, on_driver_machine: bool) -> PromptRunner:
+        """The worker's runner, with a model registry of its own."""
+        path = self.checkpoint_path
+        if not on_driver_machine:
+            path = Path(tempfile.mkdtemp(prefix="fellowship-checkpoints-")) / "checkpoints.sqlite"
+        return PromptRunner.open(path, context=self.context, roles=self.roles,
+                                 model_source=ModelRegistry(self.model_settings), prices=self.prices,
+                                 trace=self.trace)
+
+
+@dataclass(frozen=True)
+class RayWorkers:
+    """Run the prompts on `count` Ray worker processes: a local instance, or the cluster at `address`."""
+
+    count: int
+    address: str | None
+    model_settings: ModelSettings
+
+
+class PromptExecutor(Protocol):
+    """Where prompts run: a PromptRunner in this process, or a pool of Ray workers each holding one."""
+
+    async def run(self, prompt_id: str, prompt: Prompt) -> PromptResult:
+        """Run one prompt."""
+        ...
+
+    async def forget(self, prompt_id: str) -> None:
+        """Drop a committed prompt's checkpoints."""
+        ...
+
+
+class RayPromptExecutor:
+    """Runs prompts on a RayWorkerPool; a prompt whose worker keeps dying fails instead of hanging the run."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    async def run(self, prompt_id: str, prompt: Prompt) -> PromptResult:
+        """Run one prompt on the least busy worker (on another one if that worker dies)."""
+        from graphs.ray_pool import WorkerLost
+
+        try:
+            result: PromptResult = await self.pool.run(prompt_id, prompt)
+        except WorkerLost as lost:
+            return PromptResult(prompt_id, None, calls_made=True, error=str(lost))
+        return result
+
+    async def forget(self, prompt_id: str) -> None:
+        """Drop a committed prompt's checkpoints, on the worker that ran it."""
+        await self.pool.forget(prompt_id)
+
+
 async def run_generation(
     prompts: Sequence[Prompt],
     *,
@@ -136,6 +303,7 @@ async def run_generation(
     prices: PriceTable = BUILT_IN_PRICES,
     budget: Budget | None = None,
     on_outcome: Callable[[PromptOutcome], None] | None = None,
+    workers: RayWorkers | None = None,
 ) -> GenerationResult:
     """Run every prompt that is not finished yet, at most `concurrency` at a time.
 
@@ -143,6 +311,10 @@ async def run_generation(
     prompts only with `extend`. A run whose first calls all fail the same way for good stops at once
     (RunStopped), keeping what it finished. With a `budget`, no prompt starts once the money spent in the
     directory plus a reserve for the prompts in flight would pass it (`budget_stopped` in the result).
+
+    With `workers`, the prompts run on Ray worker processes (`model_source` is then unused: each worker
+    loads its own models from `workers.model_settings`). This process stays the driver: it alone writes the
+    run store, so `concurrency`, the budget and the breaker hold across all workers.
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     store = RunStore(output_dir / "progress.sqlite")
@@ -163,27 +335,37 @@ async def run_generation(
         if budget is not None:
             budget.spent = store.spent_usd()
 
-        saver = InlineSqliteSaver.open(output_dir / "checkpoints.sqlite")
+        checkpoint_path = output_dir / "checkpoints.sqlite"
+        local = PromptRunner.open(checkpoint_path, context=context, roles=roles, model_source=model_source,
+                                  prices=prices, trace=trace_dir is not None)
+        pool: Any = None
         try:
-            graph = build_pipeline_graph(roles=roles, model_source=model_source).compile(
-                checkpointer=saver, name="pipeline"
-            )
             # A run killed between committing a record and deleting its checkpoints left them behind.
             finished = set(store.prompt_ids()) - {pid for pid, _ in pending}
-            for thread_id in saver.thread_ids() & finished:
+            for thread_id in local.saver.thread_ids() & finished:
                 if store.status_of([thread_id]).get(thread_id) == "done":
-                    await saver.adelete_thread(thread_id)
+                    await local.forget(thread_id)
+            executor: PromptExecutor = local
+            if workers is not None and pending:
+                from graphs.ray_pool import RayWorkerPool
+
+                job = PipelineJob(context=context, roles=tuple(roles), prices=prices, trace=trace_dir is not None,
+                                  model_settings=workers.model_settings, checkpoint_path=checkpoint_path.resolve())
+                pool = RayWorkerPool(job, workers=workers.count, address=workers.address,
+                                     max_in_flight=max(1, concurrency))
+                pool.start()
+                executor = RayPromptExecutor(pool)
 
             async def run_one(prompt_id: str, prompt: Prompt) -> None:
                 async with gate:
                     if breaker.tripped or (budget is not None and not budget.admit()):
                         return
                     try:
-                        outcome = await _run_prompt(graph, store, prompt_id, prompt, context, breaker, trace_dir,
-                                                    prices)
+                        result = await executor.run(prompt_id, prompt)
                     finally:
                         if budget is not None:
                             budget.release()
+                outcome = await _commit(result, store, executor, breaker, trace_dir)
                 if budget is not None:
                     budget.spent += outcome.cost_usd or 0.0
                 outcomes.append(outcome)
@@ -191,9 +373,12 @@ async def run_generation(
                     on_outcome(outcome)
 
             await run_pooled(pending, lambda job: run_one(*job), workers=concurrency, breaker=breaker)
-            saver.compact()
         finally:
-            saver.close()
+            if pool is not None:
+                pool.shutdown()
+        # Nothing is in flight any more (the workers are gone): give the deleted threads' space back.
+        local.saver.compact()
+        local.close()
 
         every_id = store.prompt_ids()
         if breaker.tripped:
@@ -213,55 +398,21 @@ async def run_generation(
         store.close()
 
 
-async def _run_prompt(
-    graph: Any,
-    store: RunStore,
-    prompt_id: str,
-    prompt: Prompt,
-    context: GenerationContext,
-    breaker: CircuitBreaker,
-    trace_dir: Path | None,
-    prices: PriceTable = BUILT_IN_PRICES,
+async def _commit(
+    result: PromptResult, store: RunStore, executor: PromptExecutor, breaker: CircuitBreaker, trace_dir: Path | None,
 ) -> PromptOutcome:
-    config: dict[str, Any] = {
-        "configurable": {"thread_id": prompt_id},
-        "run_name": f"pipeline:{prompt_id}",
-        "metadata": {"item_id": prompt_id, "method": "pipeline"},
-        "tags": ["pipeline"],
-    }
-    recorder = RunTreeRecorder() if trace_dir is not None else None
-    if recorder is not None:
-        config["callbacks"] = [recorder]
-    try:
-        snapshot = await graph.aget_state(config)
-        if snapshot.next:
-            graph_input: Any = None  # resume from the last completed step
-        elif snapshot.values.get("verdict") is not None:
-            graph_input = "finished"  # killed after the graph ended but before the record was saved
-        else:
-            graph_input = {"prompt_id": prompt_id, "prompt": prompt}
-        if graph_input == "finished":
-            values = snapshot.values
-        else:
-            values = await graph.ainvoke(graph_input, config=config, context=context, durability="sync")
-        record = make_record(prompt_id, prompt, values, context, prices)
-        store.mark_done(prompt_id, record)
-        # The record is committed: the prompt's checkpoints can never be needed again, and they are most of
-        # the directory's size (every step of every prompt). A deletion that fails must not turn a finished
-        # prompt into a failed one: the next run's start removes what is left.
-        with contextlib.suppress(sqlite3.Error):
-            await graph.checkpointer.adelete_thread(prompt_id)
-        breaker.record_success()
-        usage = record["usage"]
-        return PromptOutcome(
-            prompt_id, ok=True, calls_made=graph_input != "finished", input_tokens=usage["input_tokens"],
-            output_tokens=usage["output_tokens"], cost_usd=usage["cost_usd"],
-        )
-    except Exception as error:  # the prompt is recorded as failed with its reason; the run goes on
-        reason = mask_secrets(f"{type(error).__name__}: {error}".splitlines()[0])[:500]
-        store.mark_failed(prompt_id, reason)
-        breaker.record_failure(error)
-        return PromptOutcome(prompt_id, ok=False, calls_made=True, error=reason)
-    finally:
-        if recorder is not None and trace_dir is not None and recorder.roots:
-            recorder.write(trace_dir / trace_filename(prompt_id))
+    """Record a prompt's result in the run store (and its trace), then drop its checkpoints; tell the breaker."""
+    if trace_dir is not None and result.trace is not None:
+        write_trace(trace_dir / trace_filename(result.prompt_id), result.trace)
+    if result.record is None:
+        store.mark_failed(result.prompt_id, result.error or "failed")
+        breaker.record_failure(result.failure())
+        return PromptOutcome(result.prompt_id, ok=False, calls_made=True, error=result.error)
+    store.mark_done(result.prompt_id, result.record)
+    await executor.forget(result.prompt_id)
+    breaker.record_success()
+    usage = result.record["usage"]
+    return PromptOutcome(
+        result.prompt_id, ok=True, calls_made=result.calls_made, input_tokens=usage["input_tokens"],
+        output_tokens=usage["output_tokens"], cost_usd=usage["cost_usd"],
+    )

@@ -297,7 +297,7 @@ def run_generate_with(
     from agents.models import ModelRegistry, ModelSettings, check_model_roles
     from agents.prices import parse_prices
     from graphs.estimate import estimate_run
-    from graphs.generation import Budget, PromptOutcome, run_generation
+    from graphs.generation import Budget, PromptOutcome, RayWorkers, run_generation
     from tools.inputs.prompt_sets import load_prompts
     from tools.outputs.export import dataset_card, export_records
     from tools.outputs.run_lock import RunLock
@@ -357,9 +357,12 @@ def run_generate_with(
     # One run per directory: a second run on it stops here, before anything is written or paid for.
     with RunLock(output):
         cache = options.cache or (Path(os.environ["FELLOWSHIP_CACHE"]) if os.environ.get("FELLOWSHIP_CACHE") else None)
-        registry = ModelRegistry(ModelSettings(max_tokens=options.max_tokens, output_format=options.output_format,
-                                               max_retries=options.max_retries, timeout_s=options.timeout,
-                                               cache_path=cache))
+        model_settings = ModelSettings(max_tokens=options.max_tokens, output_format=options.output_format,
+                                       max_retries=options.max_retries, timeout_s=options.timeout,
+                                       cache_path=cache.resolve() if cache is not None else None)
+        registry = ModelRegistry(model_settings)
+        workers = (RayWorkers(count=options.workers, address=options.ray_address, model_settings=model_settings)
+                   if options.on_ray() else None)
         with progress_bar() as progress:
             task = progress.add_task("prompts", total=len(prompts), status="")
             totals = {"failed": 0, "tokens": 0, "cost": 0.0, "priced": True}
@@ -380,7 +383,7 @@ def run_generate_with(
                         prompts, context=context, output_dir=output, settings=settings, prompt_source=prompt_source,
                         extend=options.extend, concurrency=options.concurrency, retry_failed=options.retry_failed,
                         trace_dir=options.trace, model_source=registry, roles=panel, prices=prices, budget=budget,
-                        on_outcome=on_outcome,
+                        on_outcome=on_outcome, workers=workers,
                     ),
                     registry,
                 )
@@ -483,7 +486,13 @@ def generate(
     ] = None,
     rounds: Annotated[int, typer.Option(min=1, max=20, help="debate rounds (with --evaluator debate)")]
     = GENERATE_DEFAULTS["rounds"],
-    concurrency: ConcurrencyOption = GENERATE_DEFAULTS["concurrency"],
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="prompts in flight at once, across "
+                                             "all workers (a rate-limit budget)")] = GENERATE_DEFAULTS["concurrency"],
+    workers: Annotated[int, typer.Option(min=1, max=1024, help="worker processes; more than 1 runs them on a local "
+                                         "Ray instance, or on the cluster of --ray-address / $RAY_ADDRESS "
+                                         "(pip install 'fellowship[ray]')")] = GENERATE_DEFAULTS["workers"],
+    ray_address: Annotated[str | None, typer.Option(help="join this Ray cluster instead of starting one "
+                                                    "(default: $RAY_ADDRESS with --workers above 1)")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="only the first N prompts")] = None,
     prompt_field: Annotated[str | None, typer.Option(help="field or column holding the prompt")] = None,
     retry_failed: Annotated[bool, typer.Option(help="retry prompts that failed in an earlier run")]

@@ -111,7 +111,9 @@ class GenerateOptions(CommandOptions):
     iterations: int = Field(default=3, ge=1, le=10, description="answers per prompt")
     stop_score: float | None = Field(default=None, ge=0, le=10, description="stop when every reviewer scores >= this")
     rounds: int = Field(default=2, ge=1, le=20, description="debate rounds (with --evaluator debate)")
-    concurrency: int = Field(default=8, ge=1, description="prompts in flight at once")
+    concurrency: int = Field(default=8, ge=1, description="prompts in flight at once, across all workers")
+    workers: int = Field(default=1, ge=1, le=1024, description="worker processes (more than 1: on Ray)")
+    ray_address: str | None = Field(default=None, description="join this Ray cluster (default: $RAY_ADDRESS)")
     limit: int | None = Field(default=None, ge=1, description="only the first N prompts")
     prompt_field: str | None = Field(default=None, description="field or column holding the prompt")
     retry_failed: bool = Field(default=False, description="retry prompts that failed in an earlier run")
@@ -141,6 +143,10 @@ class GenerateOptions(CommandOptions):
         """How the export turns ranked answers into rows (export options: not bound to the run directory)."""
         return PairingRules(pairs=self.pairs, min_margin=self.min_margin, top_tie=self.top_tie,
                             degenerate_share=self.max_repetition)
+
+    def on_ray(self) -> bool:
+        """Whether the prompts run on Ray workers: more than one worker, or a cluster to join."""
+        return self.workers > 1 or self.ray_address is not None
 
     def context(self) -> GenerationContext:
         """The pipeline's context for these options."""

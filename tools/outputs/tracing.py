@@ -94,14 +94,22 @@ class RunTreeRecorder(BaseTracer):
     def _persist_run(self, run: Run) -> None:
         self.roots.append(run)
 
+    def document(self) -> dict[str, Any]:
+        """The run trees as one JSON-able document (what `write` stores)."""
+        trees = [run_to_dict(run) for run in self.roots]
+        return trees[0] if len(trees) == 1 else {"name": "runs", "children": trees}
+
     def write(self, path: Path) -> None:
         """Write the run trees as one JSON document, atomically."""
-        trees = [run_to_dict(run) for run in self.roots]
-        document = trees[0] if len(trees) == 1 else {"name": "runs", "children": trees}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(path.suffix + ".partial")
-        temporary.write_text(json.dumps(document, indent=1, ensure_ascii=False), encoding="utf-8")
-        temporary.replace(path)
+        write_trace(path, self.document())
+
+
+def write_trace(path: Path, document: dict[str, Any]) -> None:
+    """Write one trace document atomically (a worker process builds it, the run's driver writes it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(path.suffix + ".partial")
+    temporary.write_text(json.dumps(document, indent=1, ensure_ascii=False), encoding="utf-8")
+    temporary.replace(path)
 
 
 def trace_filename(item_id: str) -> str:

@@ -1,0 +1,167 @@
+"""A pool of Ray worker processes that each run jobs of one kind; the driver (this process) hands them out.
+
+Used by `generate --workers N`. The pool starts a local Ray instance with N CPUs, or joins the cluster at
+`--ray-address` / `RAY_ADDRESS` (Ray's own convention), and places one actor per worker. Each actor builds
+its job runner once, from a picklable job description, so models, HTTP pools and checkpoint stores live in
+the worker that uses them. Results come back to the driver as each job finishes; the driver alone commits
+them, so it stays the single source of truth of what is done.
+
+A worker that dies (killed, out of memory, its machine gone) is replaced, and the jobs it held are run
+again on the least busy worker; a job that takes down its worker `MAX_DEATHS_PER_JOB` times fails with
+`WorkerLost` instead of hanging the run.
+
+Imported only when `--workers` is more than 1 or an address is given: Ray is the optional extra
+`fellowship[ray]`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from tools.errors import ConfigError, FellowshipError
+
+try:
+    import ray
+    from ray.exceptions import RayActorError
+except ImportError as missing:  # the extra is not installed
+    raise ConfigError("--workers: Ray is not installed; install the extra: pip install 'fellowship[ray]'") \
+        from missing
+
+MAX_DEATHS_PER_JOB = 3
+# The local instance's shared-memory object store: results are one record each (kilobytes), so Ray's default
+# of 30% of the machine's memory would only reserve what the workers need for themselves.
+LOCAL_OBJECT_STORE_BYTES = 128 * 1024 * 1024
+# Which environment variables a worker needs from the driver: provider keys and base URLs, and LangSmith's.
+FORWARDED_PREFIXES = ("OPENAI_", "TOGETHER_", "COMPAT_", "LANGSMITH_", "LANGCHAIN_", "FELLOWSHIP_")
+
+
+class WorkerLost(FellowshipError):
+    """A job's worker process died `MAX_DEATHS_PER_JOB` times while running it."""
+
+
+def forwarded_environment() -> dict[str, str]:
+    """The driver's variables a worker needs (keys included: they go to the workers, never to an output)."""
+    return {name: value for name, value in os.environ.items() if name.startswith(FORWARDED_PREFIXES)}
+
+
+class PoolWorker:
+    """The actor: builds its runner from the job description on first use, then runs and forgets jobs."""
+
+    def __init__(self, job: Callable[[bool], Any], environment: dict[str, str], driver_node: str) -> None:
+        os.environ.update(environment)
+        self._job = job
+        self._driver_node = driver_node
+        self._runner: Any = None
+
+    def _ready(self) -> Any:
+        # Built inside the actor's event loop: chat clients bind to the loop that makes them.
+        if self._runner is None:
+            on_driver_machine = ray.get_runtime_context().get_node_id() == self._driver_node
+            self._runner = self._job(on_driver_machine)
+        return self._runner
+
+    async def run(self, key: str, payload: Any) -> Any:
+        """Run one job and return its result."""
+        return await self._ready().run(key, payload)
+
+    async def forget(self, key: str) -> None:
+        """Drop what the worker kept for a job the driver has committed."""
+        await self._ready().forget(key)
+
+    async def pid(self) -> int:
+        """The worker's process id (tests kill it)."""
+        return os.getpid()
+
+    async def close(self) -> None:
+        """Close the runner's stores."""
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
+
+
+class RayWorkerPool:
+    """`workers` PoolWorker actors on a local Ray instance or an existing cluster; jobs go to the least busy."""
+
+    def __init__(self, job: Callable[[bool], Any], *, workers: int, address: str | None, max_in_flight: int) -> None:
+        self.job = job
+        self.workers = max(1, workers)
+        self.address = address
+        self.max_in_flight = max_in_flight
+        self.actors: list[Any] = []
+        self.busy: list[int] = []
+        self.replaced = 0
+        self._ran_on: dict[str, Any] = {}
+        self._environment = forwarded_environment()
+        self._driver_node = ""
+
+    def start(self) -> None:
+        """Start (or join) Ray and place the workers; refuse a cluster too small for them."""
+        joining = self.address or os.environ.get("RAY_ADDRESS")
+        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                   "logging_level": logging.ERROR, "ignore_reinit_error": True}
+        if joining:
+            ray.init(address=joining, **options)
+        else:
+            ray.init(num_cpus=self.workers, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **options)
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if cpus < self.workers:
+            ray.shutdown()
+            raise ConfigError(f"--workers {self.workers}: the Ray cluster at {joining} has {cpus:g} CPUs; "
+                              f"each worker takes one")
+        self._driver_node = ray.get_runtime_context().get_node_id()
+        self.actors = [self._spawn() for _ in range(self.workers)]
+        self.busy = [0] * self.workers
+
+    def _spawn(self) -> Any:
+        actor_class = ray.remote(PoolWorker).options(num_cpus=1, max_concurrency=self.max_in_flight + 8)
+        return actor_class.remote(self.job, self._environment, self._driver_node)
+
+    def _replace(self, slot: int, dead: Any) -> None:
+        if self.actors[slot] is dead:  # the first job to see the death replaces the worker; the others follow
+            with contextlib.suppress(Exception):
+                ray.kill(dead, no_restart=True)
+            self.actors[slot] = self._spawn()
+            self.replaced += 1
+
+    async def run(self, key: str, payload: Any) -> Any:
+        """Run a job on the least busy worker; on a worker's death, again on another (or its replacement)."""
+        deaths = 0
+        while True:
+            slot = min(range(self.workers), key=self.busy.__getitem__)
+            actor = self.actors[slot]
+            self.busy[slot] += 1
+            try:
+                result = await actor.run.remote(key, payload)
+                self._ran_on[key] = actor
+                return result
+            except RayActorError as error:
+                deaths += 1
+                self._replace(slot, actor)
+                if deaths >= MAX_DEATHS_PER_JOB:
+                    raise WorkerLost(f"its worker process died {deaths} times while running it "
+                                     f"({type(error).__name__})") from error
+            finally:
+                self.busy[slot] -= 1
+
+    async def forget(self, key: str) -> None:
+        """Tell the worker that ran a job that the driver has committed it (a dead worker has nothing to drop)."""
+        actor = self._ran_on.pop(key, None)
+        if actor is not None:
+            with contextlib.suppress(RayActorError):
+                await actor.forget.remote(key)
+
+    async def worker_pids(self) -> list[int]:
+        """The workers' process ids."""
+        return [await actor.pid.remote() for actor in self.actors]
+
+    def shutdown(self) -> None:
+        """Close the workers' stores, then leave Ray (stopping the local instance if this pool started it)."""
+        if ray.is_initialized():
+            with contextlib.suppress(Exception):
+                ray.get([actor.close.remote() for actor in self.actors], timeout=10)
+            ray.shutdown()
+        self.actors = []
