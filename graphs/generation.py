@@ -64,6 +64,7 @@ class GenerationResult:
     prompt_sources: list[PromptSourceId] = field(default_factory=list)
     budget_stopped: bool = False
     spent_usd: float = 0.0
+    workers_replaced: int = 0
 
 
 @dataclass
@@ -339,6 +340,7 @@ async def run_generation(
         local = PromptRunner.open(checkpoint_path, context=context, roles=roles, model_source=model_source,
                                   prices=prices, trace=trace_dir is not None)
         pool: Any = None
+        workers_replaced = 0
         try:
             # A run killed between committing a record and deleting its checkpoints left them behind.
             finished = set(store.prompt_ids()) - {pid for pid, _ in pending}
@@ -375,6 +377,7 @@ async def run_generation(
             await run_pooled(pending, lambda job: run_one(*job), workers=concurrency, breaker=breaker)
         finally:
             if pool is not None:
+                workers_replaced = pool.replaced
                 pool.shutdown()
         # Nothing is in flight any more (the workers are gone): give the deleted threads' space back.
         local.saver.compact()
@@ -393,6 +396,7 @@ async def run_generation(
             prompt_sources=store.prompt_sources(),
             budget_stopped=budget is not None and budget.stopped,
             spent_usd=budget.spent if budget is not None else 0.0,
+            workers_replaced=workers_replaced,
         )
     finally:
         store.close()

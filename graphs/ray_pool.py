@@ -24,23 +24,33 @@ from typing import Any
 
 from tools.errors import ConfigError, FellowshipError
 
-try:
-    import ray
-    from ray.exceptions import RayActorError
-except ImportError as missing:  # the extra is not installed
-    raise ConfigError("--workers: Ray is not installed; install the extra: pip install 'fellowship[ray]'") \
-        from missing
-
 MAX_DEATHS_PER_JOB = 3
 # The local instance's shared-memory object store: results are one record each (kilobytes), so Ray's default
 # of 30% of the machine's memory would only reserve what the workers need for themselves.
 LOCAL_OBJECT_STORE_BYTES = 128 * 1024 * 1024
 # Which environment variables a worker needs from the driver: provider keys and base URLs, and LangSmith's.
+LOCAL_ONLY_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 FORWARDED_PREFIXES = ("OPENAI_", "TOGETHER_", "COMPAT_", "LANGSMITH_", "LANGCHAIN_", "FELLOWSHIP_")
 
 
 class WorkerLost(FellowshipError):
     """A job's worker process died `MAX_DEATHS_PER_JOB` times while running it."""
+
+
+def _ray() -> Any:
+    """The ray module, imported on first use: a local instance must set its loopback variable before the import."""
+    try:
+        import ray
+    except ImportError as missing:  # the extra is not installed
+        raise ConfigError("--workers: Ray is not installed; install the extra: pip install 'fellowship[ray]'") \
+            from missing
+    return ray
+
+
+def _actor_died() -> type[Exception]:
+    from ray.exceptions import RayActorError
+
+    return RayActorError
 
 
 def forwarded_environment() -> dict[str, str]:
@@ -60,7 +70,7 @@ class PoolWorker:
     def _ready(self) -> Any:
         # Built inside the actor's event loop: chat clients bind to the loop that makes them.
         if self._runner is None:
-            on_driver_machine = ray.get_runtime_context().get_node_id() == self._driver_node
+            on_driver_machine = _ray().get_runtime_context().get_node_id() == self._driver_node
             self._runner = self._job(on_driver_machine)
         return self._runner
 
@@ -101,12 +111,19 @@ class RayWorkerPool:
     def start(self) -> None:
         """Start (or join) Ray and place the workers; refuse a cluster too small for them."""
         joining = self.address or os.environ.get("RAY_ADDRESS")
+        if not joining:
+            # A local instance talks over loopback only (Ray's own single-machine mode, as on macOS). Ray reads
+            # the variable when imported, and its processes inherit it: none advertises or dials the machine's
+            # network address.
+            os.environ[LOCAL_ONLY_VARIABLE] = "0"
+        ray = _ray()
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                    "logging_level": logging.ERROR, "ignore_reinit_error": True}
         if joining:
             ray.init(address=joining, **options)
         else:
-            ray.init(num_cpus=self.workers, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **options)
+            ray.init(num_cpus=self.workers, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                     _node_ip_address="127.0.0.1", **options)
         cpus = ray.cluster_resources().get("CPU", 0)
         if cpus < self.workers:
             ray.shutdown()
@@ -117,13 +134,13 @@ class RayWorkerPool:
         self.busy = [0] * self.workers
 
     def _spawn(self) -> Any:
-        actor_class = ray.remote(PoolWorker).options(num_cpus=1, max_concurrency=self.max_in_flight + 8)
+        actor_class = _ray().remote(PoolWorker).options(num_cpus=1, max_concurrency=self.max_in_flight + 8)
         return actor_class.remote(self.job, self._environment, self._driver_node)
 
     def _replace(self, slot: int, dead: Any) -> None:
         if self.actors[slot] is dead:  # the first job to see the death replaces the worker; the others follow
             with contextlib.suppress(Exception):
-                ray.kill(dead, no_restart=True)
+                _ray().kill(dead, no_restart=True)
             self.actors[slot] = self._spawn()
             self.replaced += 1
 
@@ -138,7 +155,7 @@ class RayWorkerPool:
                 result = await actor.run.remote(key, payload)
                 self._ran_on[key] = actor
                 return result
-            except RayActorError as error:
+            except _actor_died() as error:
                 deaths += 1
                 self._replace(slot, actor)
                 if deaths >= MAX_DEATHS_PER_JOB:
@@ -151,7 +168,7 @@ class RayWorkerPool:
         """Tell the worker that ran a job that the driver has committed it (a dead worker has nothing to drop)."""
         actor = self._ran_on.pop(key, None)
         if actor is not None:
-            with contextlib.suppress(RayActorError):
+            with contextlib.suppress(_actor_died()):
                 await actor.forget.remote(key)
 
     async def worker_pids(self) -> list[int]:
@@ -160,6 +177,7 @@ class RayWorkerPool:
 
     def shutdown(self) -> None:
         """Close the workers' stores, then leave Ray (stopping the local instance if this pool started it)."""
+        ray = _ray()
         if ray.is_initialized():
             with contextlib.suppress(Exception):
                 ray.get([actor.close.remote() for actor in self.actors], timeout=10)

@@ -389,6 +389,9 @@ def run_generate_with(
                 )
             )
             progress.update(task, completed=result.skipped_done + len(result.outcomes) + result.skipped_failed)
+        if result.workers_replaced:
+            errors.print(f"note: {result.workers_replaced} worker processes died and were replaced; the prompts they "
+                         "held ran again on the others", markup=False, highlight=False, soft_wrap=True)
         rules = options.pairing_rules()
         summary = export_records(iter_done_records(output / "progress.sqlite"), output, rules)
         usage = summary.usage()

@@ -1,0 +1,143 @@
+"""`generate --workers N` on a local Ray instance (2 CPUs, loopback only), against the stub server.
+
+Each test runs the real command in a subprocess (the driver), which starts Ray, places two workers and stops
+them: outputs equal a single-process run's, a SIGKILLed driver resumes without paying twice, and a killed
+worker is replaced without losing or failing a prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_generation import generate_args, write_prompts
+from tools.dev.stub_server import StubServer, StubSettings
+
+pytest.importorskip("ray")
+
+RUN_TIMEOUT_S = 120
+
+
+def fellowship(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tools.cli", *args]
+
+
+def done_count(output: Path) -> int:
+    try:
+        with sqlite3.connect(output / "progress.sqlite", timeout=1) as db:
+            return db.execute("SELECT COUNT(*) FROM prompts WHERE status = 'done'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def wait_for_done(output: Path, at_least: int, process: subprocess.Popen[str]) -> int:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline and process.poll() is None:
+        done = done_count(output)
+        if done >= at_least:
+            return done
+        time.sleep(0.05)
+    raise AssertionError(f"the run reached {done_count(output)} done prompts, exit {process.poll()}")
+
+
+def records_without_timing(output: Path) -> list[dict]:
+    records = [json.loads(line) for line in (output / "records.jsonl").read_text().splitlines()]
+    for record in records:
+        record["verdict"].pop("latency_s", None)
+        for exchange in [answer["exchange"] for answer in record["answers"]] + [
+            review["exchange"] for answer in record["answers"] for review in answer["reviews"]
+        ] + record["verdict"]["exchanges"]:
+            exchange.pop("latency_s", None)
+    return records
+
+
+def pool_worker_pids() -> set[int]:
+    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    return {int(line.split()[0]) for line in listing.splitlines() if "ray::PoolWorker" in line}
+
+
+def checkpoint_threads(output: Path) -> set[str]:
+    with sqlite3.connect(output / "checkpoints.sqlite") as db:
+        return {row[0] for row in db.execute("SELECT DISTINCT thread_id FROM checkpoints")}
+
+
+def test_two_workers_write_what_one_process_writes(tmp_path: Path, stub: StubServer) -> None:
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 24)
+    single, pooled = tmp_path / "single", tmp_path / "pooled"
+    first = subprocess.run(fellowship(*generate_args(prompts, single, stub.base_url, "-c", "8")),
+                           capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+    assert first.returncode == 0, first.stderr
+    calls_single = stub.stats.completions
+    second = subprocess.run(fellowship(*generate_args(prompts, pooled, stub.base_url, "-c", "8", "--workers", "2")),
+                            capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+    assert second.returncode == 0, second.stderr
+    assert "done: 24  failed: 0" in second.stdout
+    assert stub.stats.completions == 2 * calls_single  # the same calls, none twice
+    for name in ("dpo.jsonl", "kto.jsonl"):
+        assert sorted((pooled / name).read_text().splitlines()) == sorted((single / name).read_text().splitlines())
+    assert records_without_timing(pooled) == records_without_timing(single)
+    assert not checkpoint_threads(pooled)  # every prompt was committed, so no checkpoint is kept
+    assert not pool_worker_pids()  # the workers and the local instance are gone
+
+
+def test_a_sigkilled_driver_resumes_and_pays_only_for_what_was_in_flight(tmp_path: Path) -> None:
+    server = StubServer(StubSettings(latency_s=0.1)).start_in_thread()
+    try:
+        prompts = write_prompts(tmp_path / "prompts.jsonl", 30)
+        output = tmp_path / "out"
+        command = fellowship(*generate_args(prompts, output, server.base_url, "-c", "4", "--workers", "2"))
+        driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+        done_at_kill = wait_for_done(output, 6, driver)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(10)
+        with sqlite3.connect(output / "progress.sqlite") as db:
+            kept = dict(db.execute("SELECT prompt_id, record FROM prompts WHERE status = 'done'").fetchall())
+        assert len(kept) >= done_at_kill
+        # The workers die with the driver's local instance: nobody goes on calling (and paying) unseen.
+        deadline = time.monotonic() + 30
+        while pool_worker_pids() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not pool_worker_pids()
+        calls_before_resume = server.stats.completions
+
+        resumed = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+        assert resumed.returncode == 0, resumed.stderr
+        assert f"reused from earlier runs: {len(kept)}" in resumed.stdout
+        with sqlite3.connect(output / "progress.sqlite") as db:
+            after = dict(db.execute("SELECT prompt_id, record FROM prompts WHERE status = 'done'").fetchall())
+        assert len(after) == 30
+        assert all(after[prompt_id] == record for prompt_id, record in kept.items())  # finished work untouched
+        # Only unfinished prompts were run again: 6 calls each at most (fewer for those resumed mid-prompt).
+        assert server.stats.completions - calls_before_resume <= 6 * (30 - len(kept))
+        # And the whole bill: 30 prompts, plus at most the steps of the 4 prompts in flight at the kill.
+        assert server.stats.completions <= 6 * 30 + 4
+    finally:
+        server.stop()
+
+
+def test_a_killed_worker_is_replaced_and_no_prompt_is_lost(tmp_path: Path) -> None:
+    server = StubServer(StubSettings(latency_s=0.1)).start_in_thread()
+    try:
+        prompts = write_prompts(tmp_path / "prompts.jsonl", 30)
+        output = tmp_path / "out"
+        command = fellowship(*generate_args(prompts, output, server.base_url, "-c", "6", "--workers", "2"))
+        driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for_done(output, 4, driver)
+        victims = pool_worker_pids()
+        assert len(victims) == 2
+        os.kill(min(victims), signal.SIGKILL)
+        stdout, stderr = driver.communicate(timeout=RUN_TIMEOUT_S)
+        assert driver.returncode == 0, stderr
+        assert "done: 30  failed: 0" in stdout
+        assert "1 worker processes died and were replaced" in stderr
+        assert len((output / "records.jsonl").read_text().splitlines()) == 30
+    finally:
+        server.stop()
