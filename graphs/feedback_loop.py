@@ -4,8 +4,11 @@ The generator answers; each reviewer (one, or several in parallel branches) scor
 feedback; the generator rewrites from all feedback in its own running conversation; repeat until N
 answers exist or, with a stop score, every reviewer is satisfied. Every answer and review is kept.
 
-    START -> generate -(route_after_answer)-> END | review x reviewers -> gather_feedback
-    gather_feedback -(route_after_feedback)-> generate | END
+    START -> generate -(route_after_answer)-> END | review x reviewers;  review -> generate
+
+`generate` hands the reviewers' feedback to the generator itself (no superstep of its own: each step costs a
+checkpoint and the loop's bookkeeping), and writes nothing when a stop score is reached, which
+`route_after_answer` then ends on.
 """
 
 from __future__ import annotations
@@ -61,10 +64,16 @@ class ReviewTask(TypedDict):
 
 
 async def generate(state: LoopState, runtime: Runtime[GenerationContext], models: ModelSource) -> dict[str, Any]:
-    """The generator's next answer: to the request, or rewritten from the feedback it was just given."""
+    """The generator's next answer: to the request, or rewritten from the reviewers' feedback on its last one.
+
+    With a stop score that every reviewer's score of the last answer reaches, it writes nothing: the loop ends.
+    """
     context = runtime.context
-    opening = [] if state.get("conversation") else opening_messages(state["prompt"])
-    conversation = [*state.get("conversation", []), *opening]
+    if state.get("answers") and reviewers_satisfied(state, context.stop_score):
+        return {}
+    # The first turn is the request; each later one is the reviewers' feedback on the last answer.
+    turn = [feedback_request(state)] if state.get("conversation") else opening_messages(state["prompt"])
+    conversation = [*state.get("conversation", []), *turn]
     iteration = len(state.get("answers", [])) + 1
     exchange = await write_answer(
         models.chat_model(context.generator),
@@ -76,7 +85,7 @@ async def generate(state: LoopState, runtime: Runtime[GenerationContext], models
     answer: Answer = {"iteration": iteration, "text": exchange.text, "exchange": exchange.model_dump()}
     return {
         "answers": [answer],
-        "conversation": [*opening, AIMessage(content=exchange.text)],
+        "conversation": [*turn, AIMessage(content=exchange.text)],
     }
 
 
@@ -86,9 +95,9 @@ def _latest_reviews(state: LoopState) -> list[Review]:
 
 
 def route_after_answer(state: LoopState, runtime: Runtime[GenerationContext]) -> Literal["__end__"] | list[Send]:
-    """Stop at N answers; otherwise one review branch per reviewer seat."""
+    """Stop at N answers or once the reviewers are satisfied; otherwise one review branch per reviewer seat."""
     answers = state.get("answers", [])
-    if len(answers) >= runtime.context.iterations:
+    if len(answers) >= runtime.context.iterations or reviewers_satisfied(state, runtime.context.stop_score):
         return "__end__"  # END, spelled out: LangGraph types END as a plain str
     latest = answers[-1]
     return [
@@ -124,27 +133,23 @@ async def review(task: ReviewTask, runtime: Runtime[GenerationContext], models: 
     return {"reviews": [entry]}
 
 
-def gather_feedback(state: LoopState, runtime: Runtime[GenerationContext]) -> dict[str, Any]:
-    """Hand every reviewer's feedback to the generator as its next turn (labelled if several)."""
+def feedback_request(state: LoopState) -> AnyMessage:
+    """Every reviewer's feedback on the latest answer as one user turn for the generator (labelled if several)."""
     latest = sorted(_latest_reviews(state), key=lambda entry: entry["seat"])
     several = len(latest) > 1
     feedbacks = [
         {"label": f"Reviewer {entry['seat'] + 1}" if several else "the reviewer", "text": entry["feedback"]}
         for entry in latest
     ]
-    request = revision_request(feedbacks)
-    return {"conversation": [request]}
+    return revision_request(feedbacks)
 
 
-def route_after_feedback(state: LoopState, runtime: Runtime[GenerationContext]) -> Literal["generate", "__end__"]:
-    """With a stop score, end once every reviewer's parsed score of the latest answer reaches it."""
-    threshold = runtime.context.stop_score
+def reviewers_satisfied(state: LoopState, threshold: float | None) -> bool:
+    """With a stop score, whether every reviewer's parsed score of the latest answer reaches it."""
     latest = _latest_reviews(state)
-    if threshold is not None and latest and all(
+    return threshold is not None and bool(latest) and all(
         entry["score"] is not None and entry["score"] >= threshold for entry in latest
-    ):
-        return "__end__"
-    return "generate"
+    )
 
 
 def build_feedback_loop_graph(*, model_source: ModelSource | None = None) -> StateGraph[Any, Any, Any, Any]:
@@ -153,11 +158,9 @@ def build_feedback_loop_graph(*, model_source: ModelSource | None = None) -> Sta
     builder = StateGraph(LoopState, context_schema=GenerationContext, input_schema=LoopInput)
     builder.add_node("generate", bind_models(generate, models))
     builder.add_node("review", bind_models(review, models), input_schema=ReviewTask)
-    builder.add_node("gather_feedback", gather_feedback)
     builder.add_edge(START, "generate")
     builder.add_conditional_edges("generate", route_after_answer, ["review", END])
-    builder.add_edge("review", "gather_feedback")
-    builder.add_conditional_edges("gather_feedback", route_after_feedback, ["generate", END])
+    builder.add_edge("review", "generate")
     return builder
 
 

@@ -10,7 +10,6 @@ the item's verdict.
 from __future__ import annotations
 
 import operator
-import time
 from typing import Annotated, Any
 
 from langgraph.graph import END, START, StateGraph
@@ -34,8 +33,6 @@ class JudgeState(TypedDict, total=False):
 
     item: ItemState
     """The item under judgement."""
-    started_at: float
-    """perf_counter() when judging began, for the verdict's latency."""
     judgements: Annotated[list[JudgementEntry], operator.add]
     """One entry per answer order or per candidate; parallel branches each append their own."""
     verdict: dict[str, Any]
@@ -58,11 +55,6 @@ class ScoreTask(TypedDict):
 
 def _trace_metadata(item: ItemState, **extra: Any) -> dict[str, Any]:
     return {"item_id": item["id"], **extra}
-
-
-def start_judging(state: JudgeState) -> dict[str, Any]:
-    """Note the start time; the judge calls are sent out by `route_judge_tasks`."""
-    return {"started_at": time.perf_counter()}
 
 
 def route_judge_tasks(state: JudgeState, runtime: Runtime[EvaluationContext]) -> list[Send]:
@@ -142,7 +134,7 @@ def decide(state: JudgeState, runtime: Runtime[EvaluationContext]) -> dict[str, 
         )
     return verdict_update(
         item, method="judge", models=[context.models[0]], scores=scores, winner=winner,
-        raw_exchanges=[raw for entry in judgements for raw in entry["exchanges"]], started_at=state.get("started_at"),
+        raw_exchanges=[raw for entry in judgements for raw in entry["exchanges"]], started_at=None,
         strategy=context.strategy, scale=None if context.strategy == "direct" else context.scale,
         swapped=context.swap and context.strategy != "independent", order_winners=order_winners,
     )
@@ -157,12 +149,11 @@ def build_judge_graph(*, model_source: ModelSource | None = None) -> StateGraph[
     builder = StateGraph(
         JudgeState, context_schema=EvaluationContext, input_schema=EvaluationInput, output_schema=EvaluationOutput
     )
-    builder.add_node("start_judging", start_judging)
     builder.add_node("compare", bind_models(compare, models), input_schema=CompareTask)
     builder.add_node("score_alone", bind_models(score_alone_node, models), input_schema=ScoreTask)
     builder.add_node("decide", decide)
-    builder.add_edge(START, "start_judging")
-    builder.add_conditional_edges("start_judging", route_judge_tasks, ["compare", "score_alone"])
+    # The branches go out from START: a node of its own would cost a superstep (a checkpoint) per item.
+    builder.add_conditional_edges(START, route_judge_tasks, ["compare", "score_alone"])
     builder.add_edge("compare", "decide")
     builder.add_edge("score_alone", "decide")
     builder.add_edge("decide", END)

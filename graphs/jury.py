@@ -9,7 +9,6 @@ and its own two verdicts are reconciled before it votes.
 from __future__ import annotations
 
 import operator
-import time
 from typing import Annotated, Any
 
 from langgraph.graph import END, START, StateGraph
@@ -33,8 +32,6 @@ class JuryState(TypedDict, total=False):
 
     item: ItemState
     """The item under judgement."""
-    started_at: float
-    """perf_counter() when the jury opened, for the verdict's latency."""
     ballots: Annotated[list[Ballot], operator.add]
     """One ballot per seat and answer order; parallel jurors each append their own."""
     verdict: dict[str, Any]
@@ -48,11 +45,6 @@ class JurorTask(TypedDict):
     seat: int
     model: str
     reversed: bool
-
-
-def open_jury(state: JuryState) -> dict[str, Any]:
-    """Note the start time; the jurors are sent out by `route_jurors`."""
-    return {"started_at": time.perf_counter()}
 
 
 def route_jurors(state: JuryState, runtime: Runtime[EvaluationContext]) -> list[Send]:
@@ -121,7 +113,7 @@ def aggregate_votes(state: JuryState, runtime: Runtime[EvaluationContext]) -> di
             )
     return verdict_update(
         item, method="jury", models=context.models, scores=jury_scores, winner=winner,
-        raw_exchanges=[raw for ballot in ballots for raw in ballot["exchanges"]], started_at=state.get("started_at"),
+        raw_exchanges=[raw for ballot in ballots for raw in ballot["exchanges"]], started_at=None,
         strategy=f"combined/{context.jury_rule}", scale=context.scale, swapped=context.swap,
         juror_votes=seat_votes, order_winners=order_winners,
     )
@@ -133,11 +125,10 @@ def build_jury_graph(*, model_source: ModelSource | None = None) -> StateGraph[A
     builder = StateGraph(
         JuryState, context_schema=EvaluationContext, input_schema=EvaluationInput, output_schema=EvaluationOutput
     )
-    builder.add_node("open_jury", open_jury)
     builder.add_node("juror", bind_models(juror, models), input_schema=JurorTask)
     builder.add_node("aggregate_votes", aggregate_votes)
-    builder.add_edge(START, "open_jury")
-    builder.add_conditional_edges("open_jury", route_jurors, ["juror"])
+    # The branches go out from START: a node of its own would cost a superstep (a checkpoint) per item.
+    builder.add_conditional_edges(START, route_jurors, ["juror"])
     builder.add_edge("juror", "aggregate_votes")
     builder.add_edge("aggregate_votes", END)
     return builder

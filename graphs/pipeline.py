@@ -3,19 +3,20 @@
 The feedback loop is a subgraph node sharing the pipeline's state keys, so a checkpointer given to the
 pipeline also checkpoints every step inside the loop: a killed run resumes mid-loop. The evaluators
 (judge, jury, debate) are subgraph nodes too, so drawings and Studio show them inside the pipeline and a
-debate resumes mid-round; `route_evaluator` picks the one the run's context names.
+debate resumes mid-round; `route_evaluator` picks the one the run's context names and hands it the
+answers as one item (a Send, not a node of its own: each superstep costs a checkpoint).
 
-    START -> feedback_loop (subgraph) -> collect_answers -(route_evaluator)-> judge | jury | debate
-                                                                            | single_answer -> END
+    START -> feedback_loop (subgraph) -(route_evaluator)-> judge | jury | debate | single_answer -> END
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
+from langgraph.types import Send
 
 from agents.models import ModelSource
 from agents.records import Verdict
@@ -39,20 +40,17 @@ class PipelineState(LoopState, total=False):
     """The evaluator's verdict over the answers (a `Verdict` as JSON)."""
 
 
-def collect_answers(state: PipelineState) -> dict[str, Any]:
-    """Hand the answers to the evaluator as one item: the prompt and every answer, in iteration order."""
+def collect_answers(state: PipelineState) -> ItemState:
+    """The evaluator's item: the prompt and every answer, in iteration order."""
     answers = [answer["text"] for answer in sorted(state["answers"], key=lambda answer: answer["iteration"])]
-    item: ItemState = {"id": state["prompt_id"], "prompt": state["prompt"], "responses": answers}
-    return {"item": item}
+    return {"id": state["prompt_id"], "prompt": state["prompt"], "responses": answers}
 
 
-def route_evaluator(
-    state: PipelineState, runtime: Runtime[GenerationContext]
-) -> Literal["judge", "jury", "debate", "single_answer"]:
-    """The evaluator the context names; a single answer (early stop, or N = 1) needs no ranking."""
-    if len(state["item"]["responses"]) < 2:
-        return "single_answer"
-    return runtime.context.evaluator
+def route_evaluator(state: PipelineState, runtime: Runtime[GenerationContext]) -> Send:
+    """The evaluator the context names, sent the answers as its item; one answer (early stop, N = 1) is not ranked."""
+    item = collect_answers(state)
+    evaluator = "single_answer" if len(item["responses"]) < 2 else runtime.context.evaluator
+    return Send(evaluator, {"prompt_id": state["prompt_id"], "item": item})
 
 
 def single_answer(state: PipelineState) -> dict[str, Any]:
@@ -68,14 +66,12 @@ def build_pipeline_graph(
     models = resolve_model_source(model_source)
     builder = StateGraph(PipelineState, context_schema=GenerationContext, input_schema=LoopInput)
     builder.add_node("feedback_loop", build_feedback_loop_graph(model_source=models).compile(name="feedback_loop"))
-    builder.add_node("collect_answers", collect_answers)
     builder.add_node("judge", build_judge_graph(model_source=models).compile(name="judge"))
     builder.add_node("jury", build_jury_graph(model_source=models).compile(name="jury"))
     builder.add_node("debate", build_debate_graph(roles=roles, model_source=models).compile(name="debate"))
     builder.add_node("single_answer", single_answer)
     builder.add_edge(START, "feedback_loop")
-    builder.add_edge("feedback_loop", "collect_answers")
-    builder.add_conditional_edges("collect_answers", route_evaluator, ["judge", "jury", "debate", "single_answer"])
+    builder.add_conditional_edges("feedback_loop", route_evaluator, ["judge", "jury", "debate", "single_answer"])
     for evaluator in ("judge", "jury", "debate", "single_answer"):
         builder.add_edge(evaluator, END)
     return builder

@@ -24,7 +24,8 @@ def verdict_update(
 ) -> dict[str, Any]:
     """The state update `{"verdict": ...}` that ends an evaluation graph.
 
-    Usage is summed over the exchanges and latency measured from `started_at`. The verdict counts as parsed
+    Usage is summed over the exchanges; latency is measured from `started_at` (a sequential debate), or without
+    it is the longest exchange's (the judge's and the jury's calls run in parallel). The verdict counts as parsed
     when there is a winner, every exchange parsed, and `parsed` (the method's own condition) holds. `fields`
     are the method's other Verdict fields (strategy, swapped, juror votes, transcript...).
     """
@@ -39,7 +40,8 @@ def verdict_update(
         parse_ok=winner is not None and parsed and all(exchange.parse_ok for exchange in exchanges),
         exchanges=exchanges,
         usage=Usage.total(exchanges),
-        latency_s=now - (started_at if started_at is not None else now),
+        latency_s=now - started_at if started_at is not None else max(
+            (exchange.latency_s for exchange in exchanges), default=0.0),
         **fields,
     )
     return {"verdict": verdict.model_dump()}

@@ -261,16 +261,14 @@ def test_graph_topologies() -> None:
         return {(edge.source, edge.target, edge.conditional) for edge in drawable.edges}
 
     assert edges("judge") == {
-        ("__start__", "start_judging", False),
-        ("start_judging", "compare", True),
-        ("start_judging", "score_alone", True),
+        ("__start__", "compare", True),
+        ("__start__", "score_alone", True),
         ("compare", "decide", False),
         ("score_alone", "decide", False),
         ("decide", "__end__", False),
     }
     assert edges("jury") == {
-        ("__start__", "open_jury", False),
-        ("open_jury", "juror", True),
+        ("__start__", "juror", True),
         ("juror", "aggregate_votes", False),
         ("aggregate_votes", "__end__", False),
     }

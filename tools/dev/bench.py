@@ -1,11 +1,18 @@
-"""`make bench`: the pipeline's speed against the stub server, beside a bare asyncio loop, with figures.
+"""`make bench`: the pipeline's speed, CPU, memory and disk against the stub server, beside a bare asyncio loop.
 
-Set-up (issue 4): 200 prompts, N = 3 (generate, review, generate, review, generate, judge: 6 calls per
-prompt, one after another), 500 ms per call, at most 32 requests in progress at the stub. Each phase runs
-in its own process so CPU seconds and peak memory are its own; the stub runs in a third process.
+Each prompt makes 6 calls one after another (N = 3: generate, review, generate, review, generate, judge).
+Three scenarios, each run by three phases in their own processes:
 
-Printed per phase: wall time, the lower bound max(critical path of one prompt, calls x latency / 32),
-their ratio, CPU seconds per LLM call and peak memory; and what one call at a time would take.
+- 500 ms per call, 200 prompts, at most 32 requests in progress: latency-bound, the common case;
+- 100 ms per call, 400 prompts, 32 in progress: a fast endpoint;
+- 20 ms per call, 1,000 prompts, 64 in progress: CPU-bound (a GPU server or a turbo model), where more
+  processes should help.
+
+Phases: a bare asyncio + openai loop (the practical floor), `fellowship` with one process (`--workers 1`),
+and with two Ray workers (`--workers 2`, a local instance, start-up included). Printed per phase: wall time,
+its ratio to the lower bound max(critical path of one prompt, calls x latency / in-flight cap), CPU ms per
+call over every process but the stub's (Ray's own included), peak memory of the phase's process tree, and
+the output directory's size per 1,000 prompts.
 """
 
 from __future__ import annotations
@@ -13,19 +20,104 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 CALLS_PER_PROMPT = 6
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
 
-def _usage() -> tuple[float, float]:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+@dataclass(frozen=True)
+class Scenario:
+    """One load: latency per call, prompts, and how many requests the stub serves at once."""
+
+    latency_s: float
+    prompts: int
+    cap: int
+
+    @property
+    def bound_s(self) -> float:
+        """The lower bound on wall time: one prompt's critical path, or all calls through the cap."""
+        return max(CALLS_PER_PROMPT * self.latency_s, self.prompts * CALLS_PER_PROMPT * self.latency_s / self.cap)
+
+
+SCENARIOS = (Scenario(0.5, 200, 32), Scenario(0.1, 400, 32), Scenario(0.02, 1000, 64))
+PHASES = (("bare", "bare asyncio + openai"), ("workers1", "fellowship --workers 1"),
+          ("workers2", "fellowship --workers 2"))
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (user, nice, system, irq, softirq)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+    return (user + nice + system + irq + softirq) / TICKS_PER_SECOND
+
+
+def process_seconds(pid: int) -> float:
+    """CPU seconds one process has used."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_SECOND
+
+
+def tree_rss_mb(root: int) -> float:
+    """Resident memory of a process and all its descendants (Ray's daemons and workers included), in MB."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parents[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    total = 0
+    for pid in tree:
+        try:
+            with open(f"/proc/{pid}/statm") as statm:
+                total += int(statm.read().split()[1]) * PAGE_BYTES
+        except OSError:
+            continue
+    return total / 1024 / 1024
+
+
+class PeakMemory:
+    """Samples the process tree's memory four times a second; `peak_mb` is the largest sum seen."""
+
+    def __init__(self) -> None:
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, tree_rss_mb(os.getpid()))
+            self._stop.wait(0.25)
+
+    def __enter__(self) -> PeakMemory:
+        """Start sampling."""
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        """Stop sampling, with one last sample."""
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, tree_rss_mb(os.getpid()))
 
 
 async def _bare_loop(base_url: str, prompts: int, concurrency: int) -> int:
@@ -69,94 +161,125 @@ async def _bare_loop(base_url: str, prompts: int, concurrency: int) -> int:
     return calls
 
 
-async def _pipeline(base_url: str, prompts: int, concurrency: int) -> int:
+async def _pipeline(base_url: str, prompts: int, concurrency: int, workers: int, folder: Path) -> int:
     from agents.models import ModelRegistry, ModelSettings
     from graphs.context import GenerationContext
-    from graphs.generation import run_generation
+    from graphs.generation import RayWorkers, run_generation
+    from tools.outputs.export import export_records
     from tools.outputs.run_store import iter_done_records
+    from tools.rules.pairing import PairingRules
 
     spec = f"compat:stub@{base_url}"
-    registry = ModelRegistry(ModelSettings(max_retries=0))
+    settings = ModelSettings(max_retries=0)
+    registry = ModelRegistry(settings)
     context = GenerationContext(models=[spec], generator=spec, reviewers=[spec], iterations=3)
-    with tempfile.TemporaryDirectory() as folder:
-        result = await run_generation(
-            [f"Benchmark question {index}?" for index in range(prompts)],
-            context=context, output_dir=Path(folder), settings={"bench": True}, concurrency=concurrency,
-            model_source=registry,
-        )
-        calls = sum(record["usage"]["calls"] for record in iter_done_records(Path(folder) / "progress.sqlite"))
+    result = await run_generation(
+        [f"Benchmark question {index}?" for index in range(prompts)],
+        context=context, output_dir=folder, settings={"bench": True}, concurrency=concurrency,
+        model_source=registry,
+        workers=RayWorkers(count=workers, address=None, model_settings=settings) if workers > 1 else None,
+    )
     await registry.aclose()
     if result.failures:
         raise SystemExit(f"pipeline failures: {result.failures[:3]}")
-    return calls
+    # The export is part of the job (and of its memory): records stream from the run store to the files.
+    summary = export_records(iter_done_records(folder / "progress.sqlite"), folder, PairingRules())
+    return summary.usage()["calls"]
 
 
-def run_phase(phase: str, base_url: str, prompts: int, concurrency: int) -> dict[str, float]:
-    """Run one phase (the bare loop or the pipeline) and measure wall time, CPU and peak memory."""
+def run_phase(phase: str, base_url: str, prompts: int, concurrency: int, stub_pid: int) -> dict[str, float]:
+    """Run one phase and measure wall time, CPU of every process but the stub, peak memory and disk."""
     # Imports happen once per process, not per call: load them before the clock starts.
     import openai  # noqa: F401
 
-    if phase == "pipeline":
-        import langchain_openai  # noqa: F401
+    if phase != "bare":
+        import datasets  # noqa: F401
+        import langchain_openai
+        import langchain_openai.chat_models.base  # noqa: F401
 
         import graphs.generation  # noqa: F401
-    cpu_before, _ = _usage()
-    started = time.perf_counter()
-    work = _pipeline if phase == "pipeline" else _bare_loop
-    calls = asyncio.run(work(base_url, prompts, concurrency))
-    wall = time.perf_counter() - started
-    cpu_after, peak_mb = _usage()
-    return {"wall_s": wall, "calls": calls, "cpu_s": cpu_after - cpu_before, "peak_mb": peak_mb}
+        import tools.outputs.export  # noqa: F401
+    folder = Path(tempfile.mkdtemp(prefix="fellowship-bench-"))
+    try:
+        busy_before, stub_before = busy_seconds(), process_seconds(stub_pid)
+        started = time.perf_counter()
+        with PeakMemory() as memory:
+            if phase == "bare":
+                calls = asyncio.run(_bare_loop(base_url, prompts, concurrency))
+            else:
+                workers = 2 if phase == "workers2" else 1
+                calls = asyncio.run(_pipeline(base_url, prompts, concurrency, workers, folder))
+        wall = time.perf_counter() - started
+        cpu = (busy_seconds() - busy_before) - (process_seconds(stub_pid) - stub_before)
+        directory = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"wall_s": wall, "calls": calls, "cpu_s": cpu, "peak_mb": memory.peak_mb,
+            "dir_mb_per_1k": directory / 1024 / 1024 * 1000 / prompts if phase != "bare" else 0.0}
 
 
-def main() -> None:
-    """`make bench`: both phases against the stub server, printed side by side."""
-    parser = argparse.ArgumentParser(description="fellowship pipeline benchmark against the stub server")
-    parser.add_argument("--prompts", type=int, default=200)
-    parser.add_argument("--latency", type=float, default=0.5)
-    parser.add_argument("--cap", type=int, default=32, help="concurrent requests the stub serves")
-    parser.add_argument("--phase", choices=["pipeline", "bare"], help=argparse.SUPPRESS)
-    parser.add_argument("--base-url", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.phase:
-        print(json.dumps(run_phase(args.phase, args.base_url, args.prompts, args.cap)))
-        return
-
+def run_scenario(scenario: Scenario) -> dict[str, dict[str, float]]:
+    """Every phase of one scenario against a fresh stub; prints its table and returns the figures."""
     stub = subprocess.Popen(
-        [sys.executable, "-m", "tools.dev.stub_server", "--latency", str(args.latency),
-         "--max-concurrent", str(args.cap), "--lifetime", "900"],
+        [sys.executable, "-m", "tools.dev.stub_server", "--latency", str(scenario.latency_s),
+         "--max-concurrent", str(scenario.cap), "--lifetime", "900"],
         stdout=subprocess.PIPE, text=True,
     )
+    figures: dict[str, dict[str, float]] = {}
     try:
         assert stub.stdout is not None
         base_url = stub.stdout.readline().strip()
-        total_calls = args.prompts * CALLS_PER_PROMPT
-        critical_path = CALLS_PER_PROMPT * args.latency
-        bound = max(critical_path, total_calls * args.latency / args.cap)
-        print(f"set-up: {args.prompts} prompts x {CALLS_PER_PROMPT} calls, {args.latency * 1000:.0f} ms per call, "
-              f"at most {args.cap} concurrent; lower bound {bound:.2f} s")
-        print(f"one call at a time (the published code): {total_calls} x {args.latency} s = "
-              f"{total_calls * args.latency:.0f} s")
-        print(f"{'phase':<28}{'wall s':>8}{'bound s':>9}{'ratio':>7}{'calls':>7}{'CPU ms/call':>13}{'peak MB':>9}")
-        figures = {}
-        for phase, label in (("bare", "bare asyncio + openai"), ("pipeline", "fellowship pipeline")):
+        calls = scenario.prompts * CALLS_PER_PROMPT
+        print(f"\n{scenario.latency_s * 1000:.0f} ms per call, {scenario.prompts} prompts x {CALLS_PER_PROMPT} calls, "
+              f"at most {scenario.cap} in flight: lower bound {scenario.bound_s:.2f} s "
+              f"(one call at a time, as the published code: {calls * scenario.latency_s:.0f} s)")
+        print(f"{'phase':<26}{'wall s':>8}{'ratio':>7}{'calls':>7}{'CPU ms/call':>13}{'peak MB':>9}"
+              f"{'dir MB/1k prompts':>19}")
+        for phase, label in PHASES:
             completed = subprocess.run(
                 [sys.executable, "-m", "tools.dev.bench", "--phase", phase, "--base-url", base_url,
-                 "--prompts", str(args.prompts), "--cap", str(args.cap)],
-                capture_output=True, text=True, check=True,
+                 "--prompts", str(scenario.prompts), "--cap", str(scenario.cap), "--stub-pid", str(stub.pid)],
+                capture_output=True, text=True, check=False,
             )
+            if completed.returncode != 0:
+                raise SystemExit(f"{label} failed: {completed.stderr.strip().splitlines()[-1:]}")
             result = json.loads(completed.stdout.strip().splitlines()[-1])
             figures[phase] = result
-            cpu_ms = 1000 * result["cpu_s"] / result["calls"]
-            print(f"{label:<28}{result['wall_s']:>8.2f}{bound:>9.2f}{result['wall_s'] / bound:>7.3f}"
-                  f"{int(result['calls']):>7}{cpu_ms:>13.2f}{result['peak_mb']:>9.0f}")
-        cpu_ratio = (figures["pipeline"]["cpu_s"] / figures["pipeline"]["calls"]) / (
-            figures["bare"]["cpu_s"] / figures["bare"]["calls"]
-        )
-        print(f"pipeline CPU per call / bare loop CPU per call: {cpu_ratio:.2f}")
+            directory = f"{result['dir_mb_per_1k']:.1f}" if phase != "bare" else "-"
+            print(f"{label:<26}{result['wall_s']:>8.2f}{result['wall_s'] / scenario.bound_s:>7.3f}"
+                  f"{int(result['calls']):>7}{1000 * result['cpu_s'] / result['calls']:>13.2f}"
+                  f"{result['peak_mb']:>9.0f}{directory:>19}")
     finally:
         stub.terminate()
         stub.wait(10)
+
+    def per_call(phase: str) -> float:
+        return figures[phase]["cpu_s"] / figures[phase]["calls"]
+
+    speed_up = figures["workers1"]["wall_s"] / figures["workers2"]["wall_s"]
+    print(f"CPU per call / bare loop's: --workers 1 {per_call('workers1') / per_call('bare'):.2f}, "
+          f"--workers 2 {per_call('workers2') / per_call('bare'):.2f}; "
+          f"--workers 2 speed-up over --workers 1: {speed_up:.2f}x")
+    return figures
+
+
+def main() -> None:
+    """`make bench`: every scenario, every phase, printed side by side."""
+    parser = argparse.ArgumentParser(description="fellowship benchmark against the stub server")
+    parser.add_argument("--only", type=int, choices=range(len(SCENARIOS)), help="run one scenario (0, 1 or 2)")
+    parser.add_argument("--phase", choices=[phase for phase, _ in PHASES], help=argparse.SUPPRESS)
+    parser.add_argument("--base-url", help=argparse.SUPPRESS)
+    parser.add_argument("--prompts", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--cap", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--stub-pid", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        print(json.dumps(run_phase(args.phase, args.base_url, args.prompts, args.cap, args.stub_pid)))
+        return
+    print(f"machine: {os.cpu_count()} cores; CPU is every process's but the stub's; peak MB is the process tree's")
+    for index, scenario in enumerate(SCENARIOS):
+        if args.only is None or args.only == index:
+            run_scenario(scenario)
 
 
 if __name__ == "__main__":
