@@ -7,20 +7,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from agents.models import ModelSource
+from agents.models import ModelRegistry, ModelSettings, ModelSource
 from agents.records import Verdict
 from agents.referees import DEFAULT_ROLES, RefereeRole
-from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, run_pooled
+from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, endpoint_failure, run_pooled
 from graphs.context import EvaluationContext
 from graphs.debate import build_debate_graph
 from graphs.judge import build_judge_graph
 from graphs.jury import build_jury_graph
+from graphs.ray_pool import RayWorkerPool, RayWorkers, WorkerLost
+from tools.errors import EndpointError
 from tools.inputs.items import EvalItem
 from tools.outputs.jsonl import JsonlAppender, read_jsonl_tolerant, write_jsonl_atomic
-from tools.outputs.tracing import RunTreeRecorder, trace_filename
+from tools.outputs.tracing import RunTreeRecorder, trace_filename, write_trace
 from tools.rules.secrets import mask_secrets
 
 Method = Literal["judge", "jury", "debate"]
@@ -53,37 +56,70 @@ def failed_verdict(item: EvalItem, method: Method, context: EvaluationContext, e
     ).model_dump()
 
 
-async def evaluate_item(
-    graph: Any,
-    item: EvalItem,
-    *,
-    method: Method,
-    context: EvaluationContext,
-    trace_dir: Path | None = None,
-    breaker: CircuitBreaker | None = None,
-) -> dict[str, Any]:
-    """One item's verdict; a failure becomes a verdict with the reason (and is told to the breaker)."""
-    recorder = RunTreeRecorder() if trace_dir is not None else None
-    config: dict[str, Any] = {
-        "run_name": f"{method}:{item.id}",
-        # thread_id groups an item's runs as one conversation in LangSmith's thread view.
-        "metadata": {"item_id": item.id, "method": method, "thread_id": f"{method}:{item.id}"},
-        "tags": [method],
-    }
-    if recorder is not None:
-        config["callbacks"] = [recorder]
-    try:
-        result = await graph.ainvoke({"item": item.model_dump()}, config=config, context=context)
-        verdict: dict[str, Any] = result["verdict"]
-        if breaker is not None:
-            breaker.record_success()
-    except Exception as error:  # one item's failure is recorded; the run goes on
-        verdict = failed_verdict(item, method, context, error)
-        if breaker is not None:
-            breaker.record_failure(error)
-    if recorder is not None and trace_dir is not None:
-        recorder.write(trace_dir / trace_filename(item.key))
-    return verdict
+@dataclass
+class ItemResult:
+    """An item's verdict as it was made (here or in a Ray worker), with what the driver needs besides.
+
+    `endpoint_failure` is the (model spec, reason) of an EndpointError, for the circuit breaker; `trace` the
+    item's run tree when traces are on.
+    """
+
+    verdict: dict[str, Any]
+    endpoint_failure: tuple[str, str] | None = None
+    trace: dict[str, Any] | None = None
+
+
+class ItemEvaluator:
+    """Runs items through one compiled evaluation graph; a failure becomes a verdict with its reason."""
+
+    def __init__(self, graph: Any, *, method: Method, context: EvaluationContext, trace: bool) -> None:
+        self.graph = graph
+        self.method = method
+        self.context = context
+        self.trace = trace
+
+    async def run(self, key: str, item: EvalItem) -> ItemResult:
+        """One item's verdict (`key` names it in traces and in a worker pool)."""
+        recorder = RunTreeRecorder() if self.trace else None
+        config: dict[str, Any] = {
+            "run_name": f"{self.method}:{item.id}",
+            # thread_id groups an item's runs as one conversation in LangSmith's thread view.
+            "metadata": {"item_id": item.id, "method": self.method, "thread_id": f"{self.method}:{item.id}"},
+            "tags": [self.method],
+        }
+        if recorder is not None:
+            config["callbacks"] = [recorder]
+        failure = None
+        try:
+            state = await self.graph.ainvoke({"item": item.model_dump()}, config=config, context=self.context)
+            verdict: dict[str, Any] = state["verdict"]
+        except Exception as error:  # one item's failure is recorded; the run goes on
+            verdict = failed_verdict(item, self.method, self.context, error)
+            found = endpoint_failure(error)
+            failure = (found.model_spec, found.reason) if found is not None else None
+        return ItemResult(verdict, failure, recorder.document() if recorder is not None else None)
+
+    async def forget(self, key: str) -> None:
+        """Nothing is kept per item."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+@dataclass(frozen=True)
+class EvaluationJob:
+    """How a Ray worker builds its ItemEvaluator (picklable: configuration only, no clients)."""
+
+    method: Method
+    context: EvaluationContext
+    roles: tuple[RefereeRole, ...]
+    model_settings: ModelSettings
+    trace: bool
+
+    def __call__(self, on_driver_machine: bool) -> ItemEvaluator:
+        """The worker's evaluator, with a model registry of its own (the same wherever the worker runs)."""
+        graph = evaluation_graph(self.method, roles=self.roles, model_source=ModelRegistry(self.model_settings))
+        return ItemEvaluator(graph, method=self.method, context=self.context, trace=self.trace)
 
 
 async def evaluate_items(
@@ -96,30 +132,58 @@ async def evaluate_items(
     model_source: ModelSource | None = None,
     trace_dir: Path | None = None,
     on_verdict: Callable[[dict[str, Any]], None] | None = None,
+    workers: RayWorkers | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate every item, at most `concurrency` at a time; verdicts come back in input order.
 
     `on_verdict` sees each verdict as it completes (for progress and incremental saving). When the first
     items all fail the same way for good (bad key, unknown model), the run stops with RunStopped; the
-    verdicts already given to `on_verdict` are kept.
+    verdicts already given to `on_verdict` are kept. With `workers`, the items run on Ray worker processes
+    (each loading its own models; `model_source` is then unused) and this process keeps the verdicts.
     """
-    graph = evaluation_graph(method, roles=roles, model_source=model_source)
     gate = asyncio.Semaphore(max(1, concurrency))
     breaker = CircuitBreaker(min(DEFAULT_TRIP_AFTER, len(items)))
     verdicts: dict[int, dict[str, Any]] = {}
+    pool: RayWorkerPool | None = None
+    if workers is not None and items:
+        job = EvaluationJob(method=method, context=context, roles=tuple(roles),
+                            model_settings=workers.model_settings, trace=trace_dir is not None)
+        pool = RayWorkerPool(job, workers=workers.count, address=workers.address, max_in_flight=max(1, concurrency),
+                             forgets=False)
+        pool.start()
+    else:
+        evaluator = ItemEvaluator(evaluation_graph(method, roles=roles, model_source=model_source), method=method,
+                                  context=context, trace=trace_dir is not None)
+
+    async def evaluate(item: EvalItem) -> ItemResult:
+        if pool is None:
+            return await evaluator.run(item.key, item)
+        try:
+            result: ItemResult = await pool.run(item.key, item)
+        except WorkerLost as lost:
+            return ItemResult(failed_verdict(item, method, context, lost))
+        return result
 
     async def run_one(position: int, item: EvalItem) -> None:
         async with gate:
             if breaker.tripped:
                 return
-            verdict = await evaluate_item(
-                graph, item, method=method, context=context, trace_dir=trace_dir, breaker=breaker
-            )
-        verdicts[position] = verdict
+            result = await evaluate(item)
+        if trace_dir is not None and result.trace is not None:
+            write_trace(trace_dir / trace_filename(item.key), result.trace)
+        if result.endpoint_failure is not None:
+            breaker.record_failure(EndpointError(*result.endpoint_failure))
+        else:
+            breaker.record_success()
+        verdicts[position] = result.verdict
         if on_verdict is not None and not breaker.tripped:
-            on_verdict(verdict)
+            on_verdict(result.verdict)
 
-    await run_pooled(enumerate(items), lambda job: run_one(*job), workers=concurrency, breaker=breaker)
+    try:
+        await run_pooled(enumerate(items), lambda job: run_one(*job), workers=concurrency, breaker=breaker)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     if breaker.tripped:
         kept = sum(1 for verdict in verdicts.values() if not verdict.get("error"))
         raise breaker.stop_error(kept, "items")
@@ -179,8 +243,9 @@ async def evaluate_into_file(
     done: dict[str, dict[str, Any]],
     reuse_output: bool,
     on_verdict: Callable[[dict[str, Any]], None] | None = None,
+    workers: RayWorkers | None = None,
 ) -> list[dict[str, Any]]:
-    """Evaluate the items not in `done` and write the output file.
+    """Evaluate the items not in `done` and write the output file (on Ray workers with `workers`).
 
     Each verdict is appended to the partial file as it finishes; the output file is then written in input
     order in one rename (keeping, with `reuse_output`, the verdicts of other items).
@@ -195,7 +260,8 @@ async def evaluate_into_file(
 
     try:
         fresh = await evaluate_items(pending, method=method, context=context, concurrency=concurrency, roles=roles,
-                                     model_source=model_source, trace_dir=trace_dir, on_verdict=keep)
+                                     model_source=model_source, trace_dir=trace_dir, on_verdict=keep,
+                                     workers=workers)
     finally:
         appender.close()
     by_key = {**done, **{str(verdict["id"]): verdict for verdict in fresh}}

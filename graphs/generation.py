@@ -31,6 +31,7 @@ from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, endpoint_failure,
 from graphs.checkpoints import InlineSqliteSaver
 from graphs.context import GenerationContext
 from graphs.pipeline import build_pipeline_graph
+from graphs.ray_pool import RayWorkerPool, RayWorkers, WorkerLost
 from tools.errors import EndpointError
 from tools.inputs.items import Prompt
 from tools.inputs.prompt_sets import as_messages, prompt_id_for
@@ -246,15 +247,6 @@ class PipelineJob:
                                  trace=self.trace)
 
 
-@dataclass(frozen=True)
-class RayWorkers:
-    """Run the prompts on `count` Ray worker processes: a local instance, or the cluster at `address`."""
-
-    count: int
-    address: str | None
-    model_settings: ModelSettings
-
-
 class PromptExecutor(Protocol):
     """Where prompts run: a PromptRunner in this process, or a pool of Ray workers each holding one."""
 
@@ -275,8 +267,6 @@ class RayPromptExecutor:
 
     async def run(self, prompt_id: str, prompt: Prompt) -> PromptResult:
         """Run one prompt on the least busy worker (on another one if that worker dies)."""
-        from graphs.ray_pool import WorkerLost
-
         try:
             result: PromptResult = await self.pool.run(prompt_id, prompt)
         except WorkerLost as lost:
@@ -349,8 +339,6 @@ async def run_generation(
                     await local.forget(thread_id)
             executor: PromptExecutor = local
             if workers is not None and pending:
-                from graphs.ray_pool import RayWorkerPool
-
                 job = PipelineJob(context=context, roles=tuple(roles), prices=prices, trace=trace_dir is not None,
                                   model_settings=workers.model_settings, checkpoint_path=checkpoint_path.resolve())
                 pool = RayWorkerPool(job, workers=workers.count, address=workers.address,

@@ -10,8 +10,8 @@ A worker that dies (killed, out of memory, its machine gone) is replaced, and th
 again on the least busy worker; a job that takes down its worker `MAX_DEATHS_PER_JOB` times fails with
 `WorkerLost` instead of hanging the run.
 
-Imported only when `--workers` is more than 1 or an address is given: Ray is the optional extra
-`fellowship[ray]`.
+Ray itself is imported only when a pool starts (`--workers` above 1, or an address): it is the optional
+extra `fellowship[ray]`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from agents.models import ModelSettings
 from tools.errors import ConfigError, FellowshipError
 
 MAX_DEATHS_PER_JOB = 3
@@ -31,6 +33,18 @@ LOCAL_OBJECT_STORE_BYTES = 128 * 1024 * 1024
 # Which environment variables a worker needs from the driver: provider keys and base URLs, and LangSmith's.
 LOCAL_ONLY_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 FORWARDED_PREFIXES = ("OPENAI_", "TOGETHER_", "COMPAT_", "LANGSMITH_", "LANGCHAIN_", "FELLOWSHIP_")
+
+
+@dataclass(frozen=True)
+class RayWorkers:
+    """Run a command's jobs on `count` Ray worker processes: a local instance, or the cluster at `address`.
+
+    Each worker loads its own models with `model_settings` (clients cannot travel between processes).
+    """
+
+    count: int
+    address: str | None
+    model_settings: ModelSettings
 
 
 class WorkerLost(FellowshipError):
@@ -94,10 +108,18 @@ class PoolWorker:
 
 
 class RayWorkerPool:
-    """`workers` PoolWorker actors on a local Ray instance or an existing cluster; jobs go to the least busy."""
+    """`workers` PoolWorker actors on a local Ray instance or an existing cluster; jobs go to the least busy.
 
-    def __init__(self, job: Callable[[bool], Any], *, workers: int, address: str | None, max_in_flight: int) -> None:
+    `job(on_driver_machine)` builds a worker's runner: an object with `async run(key, payload)`,
+    `async forget(key)` and `close()`.
+    """
+
+    def __init__(
+        self, job: Callable[[bool], Any], *, workers: int, address: str | None, max_in_flight: int,
+        forgets: bool = True,
+    ) -> None:
         self.job = job
+        self.forgets = forgets  # whether the driver calls `forget` for every job (so the pool notes who ran it)
         self.workers = max(1, workers)
         self.address = address
         self.max_in_flight = max_in_flight
@@ -153,7 +175,8 @@ class RayWorkerPool:
             self.busy[slot] += 1
             try:
                 result = await actor.run.remote(key, payload)
-                self._ran_on[key] = actor
+                if self.forgets:
+                    self._ran_on[key] = actor
                 return result
             except _actor_died() as error:
                 deaths += 1

@@ -141,3 +141,32 @@ def test_a_killed_worker_is_replaced_and_no_prompt_is_lost(tmp_path: Path) -> No
         assert len((output / "records.jsonl").read_text().splitlines()) == 30
     finally:
         server.stop()
+
+
+def test_evaluate_on_two_workers_gives_the_verdicts_of_one_process(tmp_path: Path, stub: StubServer) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(
+        json.dumps({"id": f"q{index}", "prompt": f"Question {index}?", "responses": [f"yes {index}", f"no {index}"]})
+        + "\n" for index in range(12)
+    ))
+
+    def evaluate(output: Path, *extra: str) -> list[dict]:
+        completed = subprocess.run(
+            fellowship("evaluate", "--input", str(pairs), "--output", str(output), "--method", "jury",
+                       "--model", f"compat:stub@{stub.base_url}", "--model", f"compat:stub@{stub.base_url}",
+                       "--concurrency", "6", *extra),
+            capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False,
+        )
+        assert completed.returncode == 0, completed.stderr
+        verdicts = [json.loads(line) for line in output.read_text().splitlines()]
+        for verdict in verdicts:
+            verdict.pop("latency_s")
+            for exchange in verdict["exchanges"]:
+                exchange.pop("latency_s")
+        return verdicts
+
+    single = evaluate(tmp_path / "single.jsonl")
+    pooled = evaluate(tmp_path / "pooled.jsonl", "--workers", "2")
+    assert pooled == single
+    assert [verdict["id"] for verdict in pooled] == [f"q{index}" for index in range(12)]
+    assert stub.stats.completions == 2 * 2 * 12  # two jurors per item, each run: nothing called twice

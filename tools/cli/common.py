@@ -100,6 +100,12 @@ RoundsOption = Annotated[int, typer.Option(min=1, max=20, help="debate rounds")]
 SwapOption = Annotated[bool, typer.Option(help="judge both answer orders; disagreement becomes a tie")]
 JuryRuleOption = Annotated[Literal["plurality", "mean"], typer.Option(help="jury aggregation rule")]
 ConcurrencyOption = Annotated[int, typer.Option("--concurrency", "-c", min=1, help="items in flight at once")]
+WorkersOption = Annotated[int, typer.Option(
+    "--workers", min=1, max=1024, help="worker processes; more than 1 runs on a local Ray instance, or on the cluster "
+    "of --ray-address / $RAY_ADDRESS (pip install 'fellowship[ray]')")]
+RayAddressOption = Annotated[str | None, typer.Option(
+    "--ray-address", help="join this Ray cluster instead of starting one (default: $RAY_ADDRESS with --workers "
+    "above 1)")]
 MaxTokensOption = Annotated[int, typer.Option("--max-tokens", min=16, help="cap on tokens generated per call")]
 MaxRetriesOption = Annotated[
     int, typer.Option("--max-retries", min=0, max=20, help="retries of timeouts, 5xx and 429 per call, with backoff")
@@ -228,7 +234,8 @@ def run_evaluation(
     from agents.models import ModelRegistry, ModelSettings
     from graphs.evaluation import evaluate_into_file, reusable_verdicts
 
-    registry = ModelRegistry(ModelSettings(max_tokens=options.max_tokens, output_format=options.output_format))
+    model_settings = ModelSettings(max_tokens=options.max_tokens, output_format=options.output_format)
+    registry = ModelRegistry(model_settings)
     context, roles, method = options.context(), options.panel(), options.method
     done = reusable_verdicts(items, output_path, method=method, context=context, roles=roles,
                              reuse_output=reuse_output)
@@ -247,7 +254,7 @@ def run_evaluation(
             evaluate_into_file(
                 items, output_path, method=method, context=context, roles=roles, model_source=registry,
                 concurrency=options.concurrency, trace_dir=options.trace, done=done, reuse_output=reuse_output,
-                on_verdict=on_verdict,
+                on_verdict=on_verdict, workers=options.ray_workers(model_settings),
             ),
             registry,
         ))

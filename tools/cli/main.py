@@ -25,10 +25,12 @@ from tools.cli.common import (
     MethodOption,
     ModelOption,
     OutputFormatOption,
+    RayAddressOption,
     RoundsOption,
     SwapOption,
     TimeoutOption,
     TraceOption,
+    WorkersOption,
     announce_models,
     console,
     errors,
@@ -91,6 +93,8 @@ def evaluate(
     swap: SwapOption = EVALUATE_DEFAULTS["swap"],
     jury_rule: JuryRuleOption = EVALUATE_DEFAULTS["jury_rule"],
     concurrency: ConcurrencyOption = EVALUATE_DEFAULTS["concurrency"],
+    workers: WorkersOption = EVALUATE_DEFAULTS["workers"],
+    ray_address: RayAddressOption = None,
     max_tokens: MaxTokensOption = EVALUATE_DEFAULTS["max_tokens"],
     output_format: OutputFormatOption = EVALUATE_DEFAULTS["output_format"],
     trace: TraceOption = None,
@@ -297,7 +301,7 @@ def run_generate_with(
     from agents.models import ModelRegistry, ModelSettings, check_model_roles
     from agents.prices import parse_prices
     from graphs.estimate import estimate_run
-    from graphs.generation import Budget, PromptOutcome, RayWorkers, run_generation
+    from graphs.generation import Budget, PromptOutcome, run_generation
     from tools.inputs.prompt_sets import load_prompts
     from tools.outputs.export import dataset_card, export_records
     from tools.outputs.run_lock import RunLock
@@ -361,8 +365,7 @@ def run_generate_with(
                                        max_retries=options.max_retries, timeout_s=options.timeout,
                                        cache_path=cache.resolve() if cache is not None else None)
         registry = ModelRegistry(model_settings)
-        workers = (RayWorkers(count=options.workers, address=options.ray_address, model_settings=model_settings)
-                   if options.on_ray() else None)
+        workers = options.ray_workers(model_settings)
         with progress_bar() as progress:
             task = progress.add_task("prompts", total=len(prompts), status="")
             totals = {"failed": 0, "tokens": 0, "cost": 0.0, "priced": True}
@@ -491,11 +494,8 @@ def generate(
     = GENERATE_DEFAULTS["rounds"],
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="prompts in flight at once, across "
                                              "all workers (a rate-limit budget)")] = GENERATE_DEFAULTS["concurrency"],
-    workers: Annotated[int, typer.Option(min=1, max=1024, help="worker processes; more than 1 runs them on a local "
-                                         "Ray instance, or on the cluster of --ray-address / $RAY_ADDRESS "
-                                         "(pip install 'fellowship[ray]')")] = GENERATE_DEFAULTS["workers"],
-    ray_address: Annotated[str | None, typer.Option(help="join this Ray cluster instead of starting one "
-                                                    "(default: $RAY_ADDRESS with --workers above 1)")] = None,
+    workers: WorkersOption = GENERATE_DEFAULTS["workers"],
+    ray_address: RayAddressOption = None,
     limit: Annotated[int | None, typer.Option(min=1, help="only the first N prompts")] = None,
     prompt_field: Annotated[str | None, typer.Option(help="field or column holding the prompt")] = None,
     retry_failed: Annotated[bool, typer.Option(help="retry prompts that failed in an earlier run")]

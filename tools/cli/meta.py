@@ -25,9 +25,11 @@ from tools.cli.common import (
     MethodOption,
     ModelOption,
     OutputFormatOption,
+    RayAddressOption,
     RoundsOption,
     SwapOption,
     TraceOption,
+    WorkersOption,
     announce_models,
     check_evaluation_flags,
     console,
@@ -192,6 +194,8 @@ def meta_eval(
     rounds: RoundsOption = META_EVAL_DEFAULTS["rounds"],
     jury_rule: JuryRuleOption = META_EVAL_DEFAULTS["jury_rule"],
     concurrency: ConcurrencyOption = META_EVAL_DEFAULTS["concurrency"],
+    workers: WorkersOption = META_EVAL_DEFAULTS["workers"],
+    ray_address: RayAddressOption = None,
     max_tokens: MaxTokensOption = META_EVAL_DEFAULTS["max_tokens"],
     output_format: OutputFormatOption = META_EVAL_DEFAULTS["output_format"],
     trace: TraceOption = None,
@@ -332,6 +336,8 @@ def winrate_command(
     scale: ScaleOption = "10",
     limit: Annotated[int | None, typer.Option(min=1, help="only the first N shared prompts")] = None,
     concurrency: ConcurrencyOption = 4,
+    workers: WorkersOption = 1,
+    ray_address: RayAddressOption = None,
     max_tokens: MaxTokensOption = 512,
     output_format: OutputFormatOption = "auto",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="report folder (default "
@@ -363,7 +369,7 @@ def winrate_command(
                 "output_format": output_format, "answer": answer}
     options = EvaluationOptions(method="judge", strategy=strategy, scale=int(scale), model=[judge],  # type: ignore[arg-type]
                                 swap=swap, concurrency=concurrency, max_tokens=max_tokens, output_format=output_format,
-                                trace=trace)
+                                trace=trace, workers=workers, ray_address=ray_address)
     records = run_evaluation(items=items, output_path=output / f"verdicts-{settings_digest(settings)}.jsonl",
                              options=options, reuse_output=True)
     winners = [record["winner"] for record in records]

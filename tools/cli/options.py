@@ -16,9 +16,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agents.models import DEFAULT_MODEL
+from agents.models import DEFAULT_MODEL, ModelSettings
 from agents.referees import DEFAULT_ROLES, RefereeRole
 from graphs.context import EvaluationContext, GenerationContext
+from graphs.ray_pool import RayWorkers
 from tools.errors import ConfigError
 from tools.inputs.config_files import read_config_file, validation_problem
 from tools.inputs.panels import panel_from_entries
@@ -56,7 +57,24 @@ class CommandOptions(BaseModel):
         return [value] if isinstance(value, str) else value
 
 
-class EvaluationOptions(CommandOptions):
+class RunOptions(CommandOptions):
+    """Options of the commands that call models: where their work runs."""
+
+    workers: int = Field(default=1, ge=1, le=1024, description="worker processes (more than 1: on Ray)")
+    ray_address: str | None = Field(default=None, description="join this Ray cluster (default: $RAY_ADDRESS)")
+
+    def on_ray(self) -> bool:
+        """Whether the work runs on Ray workers: more than one worker, or a cluster to join."""
+        return self.workers > 1 or self.ray_address is not None
+
+    def ray_workers(self, model_settings: ModelSettings) -> RayWorkers | None:
+        """The Ray workers to run on, each loading its models with `model_settings`; None for this process."""
+        if not self.on_ray():
+            return None
+        return RayWorkers(count=self.workers, address=self.ray_address, model_settings=model_settings)
+
+
+class EvaluationOptions(RunOptions):
     """Options of the commands that run an evaluator (evaluate, meta-eval)."""
 
     method: Method = Field(default="judge", description="evaluation workflow")
@@ -96,7 +114,7 @@ class MetaEvalOptions(EvaluationOptions):
     output: Path | None = Field(default=None, description="report folder (default runs/meta-eval/BENCHMARK)")
 
 
-class GenerateOptions(CommandOptions):
+class GenerateOptions(RunOptions):
     """`fellowship generate`."""
 
     prompts: str = Field(description="JSONL with a prompt field, alpaca_eval, mt_bench, or a saved dataset folder")
@@ -112,8 +130,6 @@ class GenerateOptions(CommandOptions):
     stop_score: float | None = Field(default=None, ge=0, le=10, description="stop when every reviewer scores >= this")
     rounds: int = Field(default=2, ge=1, le=20, description="debate rounds (with --evaluator debate)")
     concurrency: int = Field(default=8, ge=1, description="prompts in flight at once, across all workers")
-    workers: int = Field(default=1, ge=1, le=1024, description="worker processes (more than 1: on Ray)")
-    ray_address: str | None = Field(default=None, description="join this Ray cluster (default: $RAY_ADDRESS)")
     limit: int | None = Field(default=None, ge=1, description="only the first N prompts")
     prompt_field: str | None = Field(default=None, description="field or column holding the prompt")
     retry_failed: bool = Field(default=False, description="retry prompts that failed in an earlier run")
@@ -143,10 +159,6 @@ class GenerateOptions(CommandOptions):
         """How the export turns ranked answers into rows (export options: not bound to the run directory)."""
         return PairingRules(pairs=self.pairs, min_margin=self.min_margin, top_tie=self.top_tie,
                             degenerate_share=self.max_repetition)
-
-    def on_ray(self) -> bool:
-        """Whether the prompts run on Ray workers: more than one worker, or a cluster to join."""
-        return self.workers > 1 or self.ray_address is not None
 
     def context(self) -> GenerationContext:
         """The pipeline's context for these options."""

@@ -164,7 +164,8 @@ async def _bare_loop(base_url: str, prompts: int, concurrency: int) -> int:
 async def _pipeline(base_url: str, prompts: int, concurrency: int, workers: int, folder: Path) -> int:
     from agents.models import ModelRegistry, ModelSettings
     from graphs.context import GenerationContext
-    from graphs.generation import RayWorkers, run_generation
+    from graphs.generation import run_generation
+    from graphs.ray_pool import RayWorkers
     from tools.outputs.export import export_records
     from tools.outputs.run_store import iter_done_records
     from tools.rules.pairing import PairingRules
