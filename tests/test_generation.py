@@ -119,7 +119,7 @@ def test_preference_rows_ties_and_identical_answers_give_no_rows() -> None:
 
 
 def test_export_without_pairs_still_writes_empty_trl_datasets(tmp_path: Path) -> None:
-    from tools.outputs.export import export_records
+    from tools.outputs.export import dataset_features, export_records
 
     export_records([record_with(["one", "two"], "B", [3, 8])], tmp_path)
     assert len(datasets.load_from_disk(str(tmp_path / "dpo"))) == 1
@@ -128,8 +128,8 @@ def test_export_without_pairs_still_writes_empty_trl_datasets(tmp_path: Path) ->
     assert summary.dpo_rows == 0 and summary.kto_rows == 0
     dpo = datasets.load_from_disk(str(tmp_path / "dpo"))
     kto = datasets.load_from_disk(str(tmp_path / "kto"))
-    assert len(dpo) == 0 and {"prompt", "chosen", "rejected"} <= set(dpo.column_names)
-    assert len(kto) == 0 and {"prompt", "completion", "label"} <= set(kto.column_names)
+    assert len(dpo) == 0 and dpo.features == dataset_features("dpo")
+    assert len(kto) == 0 and kto.features == dataset_features("kto")
 
 
 def test_trl_check_catches_bad_rows() -> None:
@@ -165,8 +165,12 @@ def test_generate_writes_trl_datasets_and_rerun_makes_no_calls(tmp_path: Path, s
         assert db.execute("SELECT COUNT(*) FROM writes").fetchone()[0] == 0
     dpo = datasets.load_from_disk(str(output / "dpo"))
     kto = datasets.load_from_disk(str(output / "kto"))
-    assert {"prompt", "chosen", "rejected", "prompt_id"} <= set(dpo.column_names)
-    assert {"prompt", "completion", "label"} <= set(kto.column_names)
+    from tools.outputs.export import dataset_features
+
+    # The datasets hold exactly the JSONL files' rows, with the declared columns and types.
+    assert dpo.features == dataset_features("dpo") and kto.features == dataset_features("kto")
+    for dataset, name in ((dpo, "dpo.jsonl"), (kto, "kto.jsonl")):
+        assert list(dataset) == [json.loads(line) for line in (output / name).read_text().splitlines()]
     check_trl_rows(list(dpo), "dpo")
     check_trl_rows(list(kto), "kto")
     records = [json.loads(line) for line in (output / "records.jsonl").read_text().splitlines()]

@@ -8,9 +8,10 @@ no row with chosen equal to rejected: such prompts are counted, not exported as 
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ import yaml
 
 from tools.outputs.jsonl import JsonlWriter
 from tools.rules.pairing import PairingRules, rank_answers, repetition_share
+
+# Rows per Arrow batch when the datasets are built from the JSONL files.
+EXPORT_BATCH_ROWS = 256
 
 
 @dataclass
@@ -123,21 +127,35 @@ def check_trl_rows(rows: Iterable[dict[str, Any]], kind: str) -> None:
             raise ValueError(f"kto row {number}: label must be a bool")
 
 
-def _empty_dataset(kind: str) -> Any:
-    """A dataset with no rows but TRL's columns, so a run without preference pairs still loads and trains as 0 rows."""
+def dataset_features(kind: str) -> Any:
+    """The columns and types of the `dpo/` or `kto/` dataset: TRL's conversational columns, then ours."""
     import datasets
 
     messages = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
-    columns: dict[str, Any] = {"prompt": messages, "prompt_id": datasets.Value("string")}
+    columns: dict[str, Any] = {"prompt": messages}
     if kind == "dpo":
-        columns |= {"chosen": messages, "rejected": messages}
+        columns |= {"chosen": messages, "rejected": messages, "score_chosen": datasets.Value("float64"),
+                    "score_rejected": datasets.Value("float64"), "chosen_iteration": datasets.Value("int64"),
+                    "rejected_iteration": datasets.Value("int64")}
     else:
-        columns |= {"completion": messages, "label": datasets.Value("bool")}
-    return datasets.Dataset.from_dict({name: [] for name in columns}, features=datasets.Features(columns))
+        columns |= {"completion": messages, "label": datasets.Value("bool"), "score": datasets.Value("float64"),
+                    "iteration": datasets.Value("int64")}
+    columns |= {name: datasets.Value("string") for name in ("prompt_id", "generator", "evaluator")}
+    return datasets.Features(columns)
+
+
+def _jsonl_rows(path: str) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as rows:
+        for line in rows:
+            yield json.loads(line)
 
 
 def _save_dataset(rows_file: Path, rows: int, target: Path, kind: str) -> None:
-    """Build the `dpo/` or `kto/` dataset from its JSONL file through Arrow, never holding the rows in memory."""
+    """Build the `dpo/` or `kto/` dataset from its JSONL file, never holding the rows in memory.
+
+    Rows go to Arrow in batches of EXPORT_BATCH_ROWS with the declared features (`dataset_features`): memory
+    stays flat whatever the number of rows (parsing the whole file with Arrow's JSON reader grew with it).
+    """
     import tempfile
 
     import datasets
@@ -145,12 +163,18 @@ def _save_dataset(rows_file: Path, rows: int, target: Path, kind: str) -> None:
     datasets.disable_progress_bars()  # the CLI has its own progress display
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
+    features = dataset_features(kind)
     if rows:
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".arrow-") as cache:
-            datasets.Dataset.from_json(str(rows_file), cache_dir=cache).save_to_disk(str(staging))
+            dataset = datasets.Dataset.from_generator(
+                _jsonl_rows, gen_kwargs={"path": str(rows_file)}, features=features, cache_dir=cache,
+                writer_batch_size=EXPORT_BATCH_ROWS,
+            )
+            dataset.save_to_disk(str(staging))
     else:
         # datasets 5.2 writes no shard for zero rows unless told to, and then cannot load what it wrote.
-        _empty_dataset(kind).save_to_disk(str(staging), num_shards=1)
+        empty = datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+        empty.save_to_disk(str(staging), num_shards=1)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
 
