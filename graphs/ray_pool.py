@@ -32,6 +32,7 @@ MAX_DEATHS_PER_JOB = 3
 LOCAL_OBJECT_STORE_BYTES = 128 * 1024 * 1024
 # Which environment variables a worker needs from the driver: provider keys and base URLs, and LangSmith's.
 LOCAL_ONLY_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+USAGE_STATS_VARIABLE = "RAY_USAGE_STATS_ENABLED"
 FORWARDED_PREFIXES = ("OPENAI_", "TOGETHER_", "COMPAT_", "LANGSMITH_", "LANGCHAIN_", "FELLOWSHIP_")
 
 
@@ -133,6 +134,9 @@ class RayWorkerPool:
     def start(self) -> None:
         """Start (or join) Ray and place the workers; refuse a cluster too small for them."""
         joining = self.address or os.environ.get("RAY_ADDRESS")
+        # Ray reports usage statistics to its makers by default: no run of ours sends anything anywhere unasked
+        # (and the attempt costs a second of start-up where there is no network).
+        os.environ.setdefault(USAGE_STATS_VARIABLE, "0")
         if not joining:
             # A local instance talks over loopback only (Ray's own single-machine mode, as on macOS). Ray reads
             # the variable when imported, and its processes inherit it: none advertises or dials the machine's

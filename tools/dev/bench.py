@@ -5,7 +5,7 @@ Three scenarios, each run by three phases in their own processes:
 
 - 500 ms per call, 200 prompts, at most 32 requests in progress: latency-bound, the common case;
 - 100 ms per call, 400 prompts, 32 in progress: a fast endpoint;
-- 20 ms per call, 1,000 prompts, 64 in progress: CPU-bound (a GPU server or a turbo model), where more
+- 20 ms per call, 3,000 prompts, 64 in progress: CPU-bound (a GPU server or a turbo model), where more
   processes should help.
 
 Phases: a bare asyncio + openai loop (the practical floor), `fellowship` with one process (`--workers 1`),
@@ -49,7 +49,7 @@ class Scenario:
         return max(CALLS_PER_PROMPT * self.latency_s, self.prompts * CALLS_PER_PROMPT * self.latency_s / self.cap)
 
 
-SCENARIOS = (Scenario(0.5, 200, 32), Scenario(0.1, 400, 32), Scenario(0.02, 1000, 64))
+SCENARIOS = (Scenario(0.5, 200, 32), Scenario(0.1, 400, 32), Scenario(0.02, 3000, 64))
 PHASES = (("bare", "bare asyncio + openai"), ("workers1", "fellowship --workers 1"),
           ("workers2", "fellowship --workers 2"))
 
