@@ -86,7 +86,7 @@ def base_url_of(spec: ModelSpec) -> str | None:
     return None
 
 
-def _connect_problem(host: str, port: int, timeout: float) -> str | None:
+def connect_problem(host: str, port: int, timeout: float) -> str | None:
     """None when a TCP connection to host:port opens within `timeout`, else why not, in a few words."""
     try:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -128,7 +128,7 @@ def preflight_endpoints(roles: Sequence[tuple[str, str]], *, timeout: float = PR
     if not endpoints:
         return
     with ThreadPoolExecutor(max_workers=min(8, len(endpoints))) as pool:
-        problems = list(pool.map(lambda endpoint: _connect_problem(endpoint[0], endpoint[1], timeout), endpoints))
+        problems = list(pool.map(lambda endpoint: connect_problem(endpoint[0], endpoint[1], timeout), endpoints))
     for (host, port), problem in zip(endpoints, problems, strict=True):
         if problem is not None:
             flag, spec = endpoints[(host, port)]

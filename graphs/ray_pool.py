@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agents.models import ModelSettings
+from agents.models import PREFLIGHT_TIMEOUT_S, ModelSettings, connect_problem
 from tools.errors import ConfigError, FellowshipError
 
 MAX_DEATHS_PER_JOB = 3
@@ -66,6 +66,34 @@ def _actor_died() -> type[Exception]:
     from ray.exceptions import RayActorError
 
     return RayActorError
+
+
+def ray_address_in_use(flag_value: str | None) -> str | None:
+    """The cluster a pool would join: `--ray-address`, else `RAY_ADDRESS`; None for a local instance."""
+    return flag_value or os.environ.get("RAY_ADDRESS") or None
+
+
+def preflight_ray_address(flag_value: str | None) -> None:
+    """Connect to the cluster's address before any work: Ray itself retries an address for minutes.
+
+    `HOST:PORT` (the head's GCS, port 6379 by default) and `ray://HOST:PORT` (Ray Client, 10001) are checked;
+    `auto` and `local` are Ray's own look-ups and are left to it.
+    """
+    address = ray_address_in_use(flag_value)
+    if address is None or address in ("auto", "local"):
+        return
+    flag = "--ray-address" if flag_value else "RAY_ADDRESS"
+    client = address.startswith("ray://")
+    location = address.removeprefix("ray://").split("/", 1)[0]
+    host, _, port_text = location.rpartition(":") if ":" in location else (location, "", "")
+    if not port_text:
+        port_text = "10001" if client else "6379"
+    if not host or not port_text.isdigit():
+        raise ConfigError(f"{flag} {address}: expected HOST:PORT or ray://HOST:PORT")
+    problem = connect_problem(host.strip("[]"), int(port_text), PREFLIGHT_TIMEOUT_S)
+    if problem is not None:
+        raise ConfigError(f"{flag} {address}: cannot reach the Ray cluster at {host}:{port_text} ({problem}); "
+                          "start it with `ray start --head` or fix the address")
 
 
 def forwarded_environment() -> dict[str, str]:
@@ -133,7 +161,7 @@ class RayWorkerPool:
 
     def start(self) -> None:
         """Start (or join) Ray and place the workers; refuse a cluster too small for them."""
-        joining = self.address or os.environ.get("RAY_ADDRESS")
+        joining = ray_address_in_use(self.address)
         # Ray reports usage statistics to its makers by default: no run of ours sends anything anywhere unasked
         # (and the attempt costs a second of start-up where there is no network).
         os.environ.setdefault(USAGE_STATS_VARIABLE, "0")
@@ -146,7 +174,11 @@ class RayWorkerPool:
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                    "logging_level": logging.ERROR, "ignore_reinit_error": True}
         if joining:
-            ray.init(address=joining, **options)
+            try:
+                ray.init(address=joining, **options)
+            except (ConnectionError, RuntimeError, ValueError) as error:
+                raise ConfigError(f"--ray-address {joining}: could not join the Ray cluster "
+                                  f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
         else:
             ray.init(num_cpus=self.workers, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
                      _node_ip_address="127.0.0.1", **options)

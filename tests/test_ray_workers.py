@@ -170,3 +170,25 @@ def test_evaluate_on_two_workers_gives_the_verdicts_of_one_process(tmp_path: Pat
     assert pooled == single
     assert [verdict["id"] for verdict in pooled] == [f"q{index}" for index in range(12)]
     assert stub.stats.completions == 2 * 2 * 12  # two jurors per item, each run: nothing called twice
+
+
+def test_an_unreachable_ray_cluster_stops_the_command_before_anything_is_written(
+    tmp_path: Path, stub: StubServer
+) -> None:
+    import socket
+
+    from typer.testing import CliRunner
+
+    from tools.cli import app
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 2)
+    output = tmp_path / "out"
+    result = CliRunner().invoke(app, generate_args(prompts, output, stub.base_url,
+                                                   "--ray-address", f"127.0.0.1:{port}"))
+    assert result.exit_code == 1
+    assert f"--ray-address 127.0.0.1:{port}: cannot reach the Ray cluster" in result.output
+    assert not output.exists()
+    assert stub.stats.requests == 0

@@ -235,6 +235,7 @@ def run_evaluation(
     from graphs.evaluation import evaluate_into_file, reusable_verdicts
 
     model_settings = ModelSettings(max_tokens=options.max_tokens, output_format=options.output_format)
+    workers = options.ray_workers(model_settings)  # a cluster that cannot be reached stops the command here
     registry = ModelRegistry(model_settings)
     context, roles, method = options.context(), options.panel(), options.method
     done = reusable_verdicts(items, output_path, method=method, context=context, roles=roles,
@@ -254,7 +255,7 @@ def run_evaluation(
             evaluate_into_file(
                 items, output_path, method=method, context=context, roles=roles, model_source=registry,
                 concurrency=options.concurrency, trace_dir=options.trace, done=done, reuse_output=reuse_output,
-                on_verdict=on_verdict, workers=options.ray_workers(model_settings),
+                on_verdict=on_verdict, workers=workers,
             ),
             registry,
         ))

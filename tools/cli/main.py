@@ -358,14 +358,14 @@ def run_generate_with(
     own = {"debate_roles"} | given_flags
     announce_models([(role_names[flag], spec, chosen_by or (flag if flag in own else None))
                      for flag, spec in roles])
+    cache = options.cache or (Path(os.environ["FELLOWSHIP_CACHE"]) if os.environ.get("FELLOWSHIP_CACHE") else None)
+    model_settings = ModelSettings(max_tokens=options.max_tokens, output_format=options.output_format,
+                                   max_retries=options.max_retries, timeout_s=options.timeout,
+                                   cache_path=cache.resolve() if cache is not None else None)
+    workers = options.ray_workers(model_settings)
     # One run per directory: a second run on it stops here, before anything is written or paid for.
     with RunLock(output):
-        cache = options.cache or (Path(os.environ["FELLOWSHIP_CACHE"]) if os.environ.get("FELLOWSHIP_CACHE") else None)
-        model_settings = ModelSettings(max_tokens=options.max_tokens, output_format=options.output_format,
-                                       max_retries=options.max_retries, timeout_s=options.timeout,
-                                       cache_path=cache.resolve() if cache is not None else None)
         registry = ModelRegistry(model_settings)
-        workers = options.ray_workers(model_settings)
         with progress_bar() as progress:
             task = progress.add_task("prompts", total=len(prompts), status="")
             totals = {"failed": 0, "tokens": 0, "cost": 0.0, "priced": True}

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agents.models import DEFAULT_MODEL, ModelSettings
 from agents.referees import DEFAULT_ROLES, RefereeRole
 from graphs.context import EvaluationContext, GenerationContext
-from graphs.ray_pool import RayWorkers
+from graphs.ray_pool import RayWorkers, preflight_ray_address
 from tools.errors import ConfigError
 from tools.inputs.config_files import read_config_file, validation_problem
 from tools.inputs.panels import panel_from_entries
@@ -68,9 +68,13 @@ class RunOptions(CommandOptions):
         return self.workers > 1 or self.ray_address is not None
 
     def ray_workers(self, model_settings: ModelSettings) -> RayWorkers | None:
-        """The Ray workers to run on, each loading its models with `model_settings`; None for this process."""
+        """The Ray workers to run on, each loading its models with `model_settings`; None for this process.
+
+        A cluster to join is connected to first: an unreachable one stops the command here, before any work.
+        """
         if not self.on_ray():
             return None
+        preflight_ray_address(self.ray_address)
         return RayWorkers(count=self.workers, address=self.ray_address, model_settings=model_settings)
 
 
