@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -88,59 +89,61 @@ def test_two_workers_write_what_one_process_writes(tmp_path: Path, stub: StubSer
     assert not pool_worker_pids()  # the workers and the local instance are gone
 
 
-def test_a_sigkilled_driver_resumes_and_pays_only_for_what_was_in_flight(tmp_path: Path) -> None:
+@pytest.fixture
+def slow_stub() -> Iterator[StubServer]:
+    """The stub at 100 ms per call: runs last long enough to be killed in the middle."""
     server = StubServer(StubSettings(latency_s=0.1)).start_in_thread()
-    try:
-        prompts = write_prompts(tmp_path / "prompts.jsonl", 30)
-        output = tmp_path / "out"
-        command = fellowship(*generate_args(prompts, output, server.base_url, "-c", "4", "--workers", "2"))
-        driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
-        done_at_kill = wait_for_done(output, 6, driver)
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(10)
-        with sqlite3.connect(output / "progress.sqlite") as db:
-            kept = dict(db.execute("SELECT prompt_id, record FROM prompts WHERE status = 'done'").fetchall())
-        assert len(kept) >= done_at_kill
-        # The workers die with the driver's local instance: nobody goes on calling (and paying) unseen.
-        deadline = time.monotonic() + 30
-        while pool_worker_pids() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not pool_worker_pids()
-        calls_before_resume = server.stats.completions
-
-        resumed = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
-        assert resumed.returncode == 0, resumed.stderr
-        assert f"reused from earlier runs: {len(kept)}" in resumed.stdout
-        with sqlite3.connect(output / "progress.sqlite") as db:
-            after = dict(db.execute("SELECT prompt_id, record FROM prompts WHERE status = 'done'").fetchall())
-        assert len(after) == 30
-        assert all(after[prompt_id] == record for prompt_id, record in kept.items())  # finished work untouched
-        # Only unfinished prompts were run again: 6 calls each at most (fewer for those resumed mid-prompt).
-        assert server.stats.completions - calls_before_resume <= 6 * (30 - len(kept))
-        # And the whole bill: 30 prompts, plus at most the steps of the 4 prompts in flight at the kill.
-        assert server.stats.completions <= 6 * 30 + 4
-    finally:
-        server.stop()
+    yield server
+    server.stop()
 
 
-def test_a_killed_worker_is_replaced_and_no_prompt_is_lost(tmp_path: Path) -> None:
-    server = StubServer(StubSettings(latency_s=0.1)).start_in_thread()
-    try:
-        prompts = write_prompts(tmp_path / "prompts.jsonl", 30)
-        output = tmp_path / "out"
-        command = fellowship(*generate_args(prompts, output, server.base_url, "-c", "6", "--workers", "2"))
-        driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_for_done(output, 4, driver)
-        victims = pool_worker_pids()
-        assert len(victims) == 2
-        os.kill(min(victims), signal.SIGKILL)
-        stdout, stderr = driver.communicate(timeout=RUN_TIMEOUT_S)
-        assert driver.returncode == 0, stderr
-        assert "done: 30  failed: 0" in stdout
-        assert "1 worker processes died and were replaced" in stderr
-        assert len((output / "records.jsonl").read_text().splitlines()) == 30
-    finally:
-        server.stop()
+def test_a_sigkilled_driver_resumes_and_pays_only_for_what_was_in_flight(tmp_path: Path, slow_stub: StubServer) -> None:
+    server = slow_stub
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 30)
+    output = tmp_path / "out"
+    command = fellowship(*generate_args(prompts, output, server.base_url, "-c", "4", "--workers", "2"))
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    done_at_kill = wait_for_done(output, 6, driver)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(10)
+    with sqlite3.connect(output / "progress.sqlite") as db:
+        kept = dict(db.execute("SELECT prompt_id, record FROM prompts WHERE status = 'done'").fetchall())
+    assert len(kept) >= done_at_kill
+    # The workers die with the driver's local instance: nobody goes on calling (and paying) unseen.
+    deadline = time.monotonic() + 30
+    while pool_worker_pids() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not pool_worker_pids()
+    calls_before_resume = server.stats.completions
+
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"reused from earlier runs: {len(kept)}" in resumed.stdout
+    with sqlite3.connect(output / "progress.sqlite") as db:
+        after = dict(db.execute("SELECT prompt_id, record FROM prompts WHERE status = 'done'").fetchall())
+    assert len(after) == 30
+    assert all(after[prompt_id] == record for prompt_id, record in kept.items())  # finished work untouched
+    # Only unfinished prompts were run again: 6 calls each at most (fewer for those resumed mid-prompt).
+    assert server.stats.completions - calls_before_resume <= 6 * (30 - len(kept))
+    # And the whole bill: 30 prompts, plus at most the steps of the 4 prompts in flight at the kill.
+    assert server.stats.completions <= 6 * 30 + 4
+
+
+def test_a_killed_worker_is_replaced_and_no_prompt_is_lost(tmp_path: Path, slow_stub: StubServer) -> None:
+    server = slow_stub
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 30)
+    output = tmp_path / "out"
+    command = fellowship(*generate_args(prompts, output, server.base_url, "-c", "6", "--workers", "2"))
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_done(output, 4, driver)
+    victims = pool_worker_pids()
+    assert len(victims) == 2
+    os.kill(min(victims), signal.SIGKILL)
+    stdout, stderr = driver.communicate(timeout=RUN_TIMEOUT_S)
+    assert driver.returncode == 0, stderr
+    assert "done: 30  failed: 0" in stdout
+    assert "1 worker processes died and were replaced" in stderr
+    assert len((output / "records.jsonl").read_text().splitlines()) == 30
 
 
 def test_evaluate_on_two_workers_gives_the_verdicts_of_one_process(tmp_path: Path, stub: StubServer) -> None:
