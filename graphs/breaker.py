@@ -29,6 +29,12 @@ def endpoint_failure(error: BaseException) -> EndpointError | None:
     return None
 
 
+def endpoint_failure_key(error: BaseException) -> tuple[str, str] | None:
+    """The (model spec, reason) of the EndpointError behind an error: what a worker process sends its driver."""
+    failure = endpoint_failure(error)
+    return (failure.model_spec, failure.reason) if failure is not None else None
+
+
 class CircuitBreaker:
     """Counts failures in a row that share one EndpointError reason; trips after `trip_after` of them.
 
@@ -59,6 +65,17 @@ class CircuitBreaker:
         if self._streak >= self.trip_after and self.tripped is None:
             self.tripped = failure
             self._cancel_others()
+
+    def record(self, endpoint_failure_key: tuple[str, str] | None) -> None:
+        """Count one finished job from what its worker reported.
+
+        An EndpointError's (spec, reason) counts towards tripping; None, a success or a failure of another kind,
+        starts the count again.
+        """
+        if endpoint_failure_key is None:
+            self.record_success()
+        else:
+            self.record_failure(EndpointError(*endpoint_failure_key))
 
     def guard(self, tasks: Iterable[asyncio.Task[object]]) -> None:
         """The tasks to cancel when the breaker trips (work in flight is resumed by the next run)."""

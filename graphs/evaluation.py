@@ -14,17 +14,16 @@ from typing import Any, Literal
 from agents.models import ModelRegistry, ModelSettings, ModelSource
 from agents.records import Verdict
 from agents.referees import DEFAULT_ROLES, RefereeRole
-from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, endpoint_failure, run_pooled
+from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, endpoint_failure_key, run_pooled
 from graphs.context import EvaluationContext
 from graphs.debate import build_debate_graph
 from graphs.judge import build_judge_graph
 from graphs.jury import build_jury_graph
 from graphs.ray_pool import RayWorkerPool, RayWorkers, WorkerLost
-from tools.errors import EndpointError
 from tools.inputs.items import EvalItem
 from tools.outputs.jsonl import JsonlAppender, read_jsonl_tolerant, write_jsonl_atomic
 from tools.outputs.tracing import RunTreeRecorder, trace_filename, write_trace
-from tools.rules.secrets import mask_secrets
+from tools.rules.secrets import failure_reason
 
 Method = Literal["judge", "jury", "debate"]
 METHODS: tuple[Method, ...] = ("judge", "jury", "debate")
@@ -43,7 +42,7 @@ def evaluation_graph(
 
 def failed_verdict(item: EvalItem, method: Method, context: EvaluationContext, error: BaseException) -> dict[str, Any]:
     """The record of an item whose calls failed for good: kept, with the reason, never a made-up verdict."""
-    reason = mask_secrets(f"{type(error).__name__}: {error}".splitlines()[0])[:500]
+    reason = failure_reason(error)
     return Verdict(
         id=item.id,
         method=method,
@@ -95,8 +94,7 @@ class ItemEvaluator:
             verdict: dict[str, Any] = state["verdict"]
         except Exception as error:  # one item's failure is recorded; the run goes on
             verdict = failed_verdict(item, self.method, self.context, error)
-            found = endpoint_failure(error)
-            failure = (found.model_spec, found.reason) if found is not None else None
+            failure = endpoint_failure_key(error)
         return ItemResult(verdict, failure, recorder.document() if recorder is not None else None)
 
     async def forget(self, key: str) -> None:
@@ -171,10 +169,7 @@ async def evaluate_items(
             result = await evaluate(item)
         if trace_dir is not None and result.trace is not None:
             write_trace(trace_dir / trace_filename(item.key), result.trace)
-        if result.endpoint_failure is not None:
-            breaker.record_failure(EndpointError(*result.endpoint_failure))
-        else:
-            breaker.record_success()
+        breaker.record(result.endpoint_failure)
         verdicts[position] = result.verdict
         if on_verdict is not None and not breaker.tripped:
             on_verdict(result.verdict)

@@ -27,17 +27,16 @@ from agents.models import ModelRegistry, ModelSettings, ModelSource
 from agents.prices import BUILT_IN_PRICES, PriceTable
 from agents.records import Exchange, Usage
 from agents.referees import DEFAULT_ROLES, RefereeRole
-from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, endpoint_failure, run_pooled
+from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, endpoint_failure_key, run_pooled
 from graphs.checkpoints import InlineSqliteSaver
 from graphs.context import GenerationContext
 from graphs.pipeline import build_pipeline_graph
 from graphs.ray_pool import RayWorkerPool, RayWorkers, WorkerLost
-from tools.errors import EndpointError
 from tools.inputs.items import Prompt
 from tools.inputs.prompt_sets import as_messages, prompt_id_for
 from tools.outputs.run_store import PromptSourceId, RunStore
 from tools.outputs.tracing import RunTreeRecorder, trace_filename, write_trace
-from tools.rules.secrets import mask_secrets
+from tools.rules.secrets import failure_reason
 
 
 @dataclass
@@ -143,12 +142,6 @@ class PromptResult:
     endpoint_failure: tuple[str, str] | None = None  # (model spec, reason) of an EndpointError, for the breaker
     trace: dict[str, Any] | None = None
 
-    def failure(self) -> Exception:
-        """The failure as an exception the circuit breaker can classify."""
-        if self.endpoint_failure is not None:
-            return EndpointError(*self.endpoint_failure)
-        return RuntimeError(self.error or "failed")
-
 
 class PromptRunner:
     """Runs prompts through one compiled pipeline graph, each resuming from its own checkpoint thread."""
@@ -197,12 +190,8 @@ class PromptRunner:
             record = make_record(prompt_id, prompt, values, self.context, self.prices)
             result = PromptResult(prompt_id, record, calls_made)
         except Exception as error:  # the prompt fails with its reason; the run goes on
-            failure = endpoint_failure(error)
-            result = PromptResult(
-                prompt_id, None, calls_made=True,
-                error=mask_secrets(f"{type(error).__name__}: {error}".splitlines()[0])[:500],
-                endpoint_failure=(failure.model_spec, failure.reason) if failure is not None else None,
-            )
+            result = PromptResult(prompt_id, None, calls_made=True, error=failure_reason(error),
+                                  endpoint_failure=endpoint_failure_key(error))
         if recorder is not None and recorder.roots:
             result.trace = recorder.document()
         return result
@@ -398,11 +387,11 @@ async def _commit(
         write_trace(trace_dir / trace_filename(result.prompt_id), result.trace)
     if result.record is None:
         store.mark_failed(result.prompt_id, result.error or "failed")
-        breaker.record_failure(result.failure())
+        breaker.record(result.endpoint_failure)
         return PromptOutcome(result.prompt_id, ok=False, calls_made=True, error=result.error)
     store.mark_done(result.prompt_id, result.record)
     await executor.forget(result.prompt_id)
-    breaker.record_success()
+    breaker.record(None)
     usage = result.record["usage"]
     return PromptOutcome(
         result.prompt_id, ok=True, calls_made=result.calls_made, input_tokens=usage["input_tokens"],

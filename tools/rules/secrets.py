@@ -17,3 +17,8 @@ def mask_secrets(text: str) -> str:
         if value and len(value) >= 6:
             text = text.replace(value, MASK)
     return _TOKEN_PATTERN.sub(MASK, text)
+
+
+def failure_reason(error: BaseException) -> str:
+    """An error as the one line a record keeps: its type and first line, keys masked, at most 500 characters."""
+    return mask_secrets(f"{type(error).__name__}: {error}".splitlines()[0])[:500]
