@@ -36,6 +36,25 @@ class InlineSqliteSaver(SqliteSaver):
         saver.setup()
         return saver
 
+    def bind_graph_version(self, version: int) -> int:
+        """Tie the file to a version of the graph's shape; drop the threads another version left. Returns how many.
+
+        A checkpoint names the nodes still to run. Resumed by a graph whose nodes changed (an upgrade between a
+        kill and the rerun), a thread would skip the vanished nodes silently and end with a wrong state, so such
+        threads are dropped and their prompts start again. A file with no version is the first version's.
+        """
+        with self.lock, self.conn:
+            self.conn.execute("CREATE TABLE IF NOT EXISTS graph_version (version INTEGER NOT NULL)")
+            row = self.conn.execute("SELECT version FROM graph_version").fetchone()
+            if row is not None and row[0] == version:
+                return 0
+            dropped = self.conn.execute("SELECT COUNT(DISTINCT thread_id) FROM checkpoints").fetchone()[0]
+            self.conn.execute("DELETE FROM checkpoints")
+            self.conn.execute("DELETE FROM writes")
+            self.conn.execute("DELETE FROM graph_version")
+            self.conn.execute("INSERT INTO graph_version (version) VALUES (?)", (version,))
+            return int(dropped)
+
     def close(self) -> None:
         """Close the database connection."""
         self.conn.close()

@@ -30,7 +30,7 @@ from agents.referees import DEFAULT_ROLES, RefereeRole
 from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, endpoint_failure_key, run_pooled
 from graphs.checkpoints import InlineSqliteSaver
 from graphs.context import GenerationContext
-from graphs.pipeline import build_pipeline_graph
+from graphs.pipeline import CHECKPOINT_VERSION, build_pipeline_graph
 from graphs.ray_pool import RayWorkerPool, RayWorkers, WorkerLost
 from tools.inputs.items import Prompt
 from tools.inputs.prompt_sets import as_messages, prompt_id_for
@@ -65,6 +65,7 @@ class GenerationResult:
     budget_stopped: bool = False
     spent_usd: float = 0.0
     workers_replaced: int = 0
+    threads_dropped: int = 0
 
 
 @dataclass
@@ -318,6 +319,8 @@ async def run_generation(
         checkpoint_path = output_dir / "checkpoints.sqlite"
         local = PromptRunner.open(checkpoint_path, context=context, roles=roles, model_source=model_source,
                                   prices=prices, trace=trace_dir is not None)
+        # Before any worker opens the file: checkpoints of another pipeline shape cannot be resumed.
+        threads_dropped = local.saver.bind_graph_version(CHECKPOINT_VERSION)
         pool: Any = None
         workers_replaced = 0
         try:
@@ -374,6 +377,7 @@ async def run_generation(
             budget_stopped=budget is not None and budget.stopped,
             spent_usd=budget.spent if budget is not None else 0.0,
             workers_replaced=workers_replaced,
+            threads_dropped=threads_dropped,
         )
     finally:
         store.close()

@@ -30,6 +30,10 @@ from graphs.jury import build_jury_graph
 from graphs.state import ItemState
 from tools.inputs.panels import configured_panel
 
+# The shape of the pipeline's checkpoints: raise it whenever a node of the pipeline or of its subgraphs is
+# added, removed or renamed. Version 2: no gather_feedback, start_judging, open_jury or collect_answers step.
+CHECKPOINT_VERSION = 2
+
 
 class PipelineState(LoopState, total=False):
     """The feedback loop's state, plus what the evaluator reads and writes."""

@@ -315,6 +315,37 @@ def test_kill_and_resume_gives_rows_of_uninterrupted_run(tmp_path: Path) -> None
         server.stop()
 
 
+def test_checkpoints_of_another_pipeline_shape_are_dropped_not_resumed(tmp_path: Path, stub: StubServer) -> None:
+    from graphs.checkpoints import InlineSqliteSaver
+    from graphs.pipeline import CHECKPOINT_VERSION
+    from tools.inputs.prompt_sets import prompt_id_for
+
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 2)
+    output = tmp_path / "out"
+    output.mkdir()
+    # A run of an older version (no version table) was killed mid-prompt: its thread names steps that no
+    # longer exist, and resuming it would skip them silently.
+    old = InlineSqliteSaver.open(output / "checkpoints.sqlite")
+    thread = prompt_id_for("Question number 0?")
+    old.conn.execute("INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, type, checkpoint, metadata) "
+                     "VALUES (?, '', 'x', 'msgpack', x'00', x'00')", (thread,))
+    old.conn.commit()
+    old.close()
+    result = runner.invoke(app, generate_args(prompts, output, stub.base_url))
+    assert result.exit_code == 0, result.output
+    assert "1 unfinished prompts were checkpointed by another version of the pipeline" in result.output
+    assert stub.stats.completions == 2 * 6  # both prompts ran whole
+    with sqlite3.connect(output / "checkpoints.sqlite") as db:
+        assert db.execute("SELECT version FROM graph_version").fetchall() == [(CHECKPOINT_VERSION,)]
+    # The same version keeps its threads: a rerun of this version drops nothing.
+    same = InlineSqliteSaver.open(output / "checkpoints.sqlite")
+    same.conn.execute("INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, type, checkpoint, metadata) "
+                      "VALUES ('kept', '', 'x', 'msgpack', x'00', x'00')")
+    same.conn.commit()
+    assert same.bind_graph_version(CHECKPOINT_VERSION) == 0 and same.thread_ids() == {"kept"}
+    same.close()
+
+
 def test_evaluate_resumes_from_partial_output(tmp_path: Path, stub: StubServer) -> None:
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(

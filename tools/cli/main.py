@@ -392,6 +392,9 @@ def run_generate_with(
                 )
             )
             progress.update(task, completed=result.skipped_done + len(result.outcomes) + result.skipped_failed)
+        if result.threads_dropped:
+            errors.print(f"note: {result.threads_dropped} unfinished prompts were checkpointed by another version of "
+                         "the pipeline and start again", markup=False, highlight=False, soft_wrap=True)
         if result.workers_replaced:
             errors.print(f"note: {result.workers_replaced} worker processes died and were replaced; the prompts they "
                          "held ran again on the others", markup=False, highlight=False, soft_wrap=True)
