@@ -25,7 +25,8 @@ from typing_extensions import TypedDict
 
 from agents.models import ModelSource
 from agents.records import Turn
-from agents.referees import DEFAULT_ROLES, RESERVED_KEYS, RefereeRole, final_scores, speak
+from agents.referees import final_scores, speak
+from agents.roles import DEFAULT_ROLES, RESERVED_KEYS, RefereeRole
 from graphs.binding import resolve_model_source
 from graphs.context import EvaluationContext
 from graphs.state import EvaluationInput, EvaluationOutput, ItemState, RefereeScore

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from agents.prices import PriceTable
-from agents.referees import RefereeRole
+from agents.roles import RefereeRole
 from graphs.context import GenerationContext
 from tools.inputs.items import Prompt, prompt_text
 

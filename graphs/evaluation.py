@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from agents.models import ModelRegistry, ModelSettings, ModelSource
 from agents.records import Verdict
-from agents.referees import DEFAULT_ROLES, RefereeRole
+from agents.roles import DEFAULT_ROLES, RefereeRole
 from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, endpoint_failure_key, run_pooled
 from graphs.context import EvaluationContext
 from graphs.debate import build_debate_graph

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from agents.models import ModelRegistry, ModelSettings, ModelSource
 from agents.prices import BUILT_IN_PRICES, PriceTable
 from agents.records import Exchange, Usage
-from agents.referees import DEFAULT_ROLES, RefereeRole
+from agents.roles import DEFAULT_ROLES, RefereeRole
 from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, endpoint_failure_key, run_pooled
 from graphs.checkpoints import InlineSqliteSaver
 from graphs.context import GenerationContext

@@ -20,7 +20,7 @@ from langgraph.types import Send
 
 from agents.models import ModelSource
 from agents.records import Verdict
-from agents.referees import DEFAULT_ROLES, RefereeRole
+from agents.roles import DEFAULT_ROLES, RefereeRole
 from graphs.binding import resolve_model_source
 from graphs.context import GenerationContext
 from graphs.debate import build_debate_graph

@@ -9,7 +9,7 @@ import pytest
 from langchain_core.messages import BaseMessage
 from langgraph.runtime import Runtime
 
-from agents.referees import DEFAULT_ROLES, RefereeRole
+from agents.roles import DEFAULT_ROLES, RefereeRole
 from graphs.context import EvaluationContext
 from graphs.debate import build_debate_graph
 from graphs.evaluation import evaluate_items, evaluation_graph

@@ -55,7 +55,7 @@ from tools.cli.options import (
 from tools.errors import EXIT_BUDGET, ConfigError
 
 if TYPE_CHECKING:
-    from agents.referees import RefereeRole
+    from agents.roles import RefereeRole
 
 app = typer.Typer(
     name="fellowship",
@@ -138,7 +138,7 @@ def draw_graph(
 
     With `output`, written there (the line says so). `roles` is the debate panel (of the debate and the pipeline).
     """
-    from agents.referees import DEFAULT_ROLES
+    from agents.roles import DEFAULT_ROLES
     from graphs.evaluation import evaluation_graph
     from graphs.feedback_loop import build_feedback_loop_graph
     from graphs.pipeline import build_pipeline_graph

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agents.models import DEFAULT_MODEL, ModelSettings
-from agents.referees import DEFAULT_ROLES, RefereeRole
+from agents.roles import DEFAULT_ROLES, RefereeRole
 from graphs.context import EvaluationContext, GenerationContext
 from graphs.ray_pool import RayWorkers, preflight_ray_address
 from tools.errors import ConfigError

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jinja2
 
-from agents.referees import DEFAULT_ROLES, RESERVED_KEYS, RefereeRole
+from agents.roles import DEFAULT_ROLES, RESERVED_KEYS, RefereeRole
 from tools.errors import ConfigError
 from tools.inputs.config_files import RoleEntry, read_config_file, validation_problem
 
