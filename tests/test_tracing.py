@@ -64,3 +64,15 @@ def test_trace_show_rejects_non_trace(tmp_path: Path) -> None:
 def test_mask_secrets_patterns(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOGETHER_API_KEY", "tg-plainvalue-0987")
     assert mask_secrets("key tg-plainvalue-0987 and sk-abcdefghijk123 end") == "key *** and *** end"
+
+
+def test_trace_show_says_why_a_call_gave_no_reply() -> None:
+    from tools.outputs.tracing import conversation_lines
+
+    call = {"run_type": "llm", "name": "reviewer-1/iteration-1", "start_time": "2026-01-01T00:00:00",
+            "metadata": {"role": "Reviewer 1", "round": 1}, "tags": ["reviewer-1/iteration-1"], "outputs": None,
+            "error": "LengthFinishReasonError('the length limit was reached')Traceback (most recent call last):\n  x",
+            "children": []}
+    lines = conversation_lines({"name": "pipeline:p1", "children": [call]})
+    assert lines[1:] == ["--- Reviewer 1, round 1 [reviewer-1/iteration-1]",
+                         "(no reply: LengthFinishReasonError('the length limit was reached'))"]

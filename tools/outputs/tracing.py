@@ -137,7 +137,12 @@ def conversation_lines(tree: dict[str, Any]) -> list[str]:
         where = f", round {metadata['round']}" if "round" in metadata else ""
         label = next((tag for tag in node.get("tags", []) if "/" in tag), node.get("name"))
         lines.append(f"--- {speaker}{where} [{label}]")
-        lines.append(str(node.get("outputs", {}).get("text", "")).strip())
+        text = str((node.get("outputs") or {}).get("text", "")).strip()
+        if not text and node.get("error"):
+            # A call that failed (a reply cut off by the token cap, a refused request) says why, not nothing.
+            first = str(node["error"]).split("Traceback (most recent call last)")[0].strip().splitlines()[0]
+            text = f"(no reply: {first[:160]})"
+        lines.append(text)
     return lines
 
 
