@@ -30,9 +30,9 @@ MAX_DEATHS_PER_JOB = 3
 # The local instance's shared-memory object store: results are one record each (kilobytes), so Ray's default
 # of 30% of the machine's memory would only reserve what the workers need for themselves.
 LOCAL_OBJECT_STORE_BYTES = 128 * 1024 * 1024
-# Which environment variables a worker needs from the driver: provider keys and base URLs, and LangSmith's.
 LOCAL_ONLY_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 USAGE_STATS_VARIABLE = "RAY_USAGE_STATS_ENABLED"
+# Which environment variables a worker needs from the driver: provider keys and base URLs, and LangSmith's.
 FORWARDED_PREFIXES = ("OPENAI_", "TOGETHER_", "COMPAT_", "LANGSMITH_", "LANGCHAIN_", "FELLOWSHIP_")
 
 
@@ -177,7 +177,8 @@ class RayWorkerPool:
             try:
                 ray.init(address=joining, **options)
             except (ConnectionError, RuntimeError, ValueError) as error:
-                raise ConfigError(f"--ray-address {joining}: could not join the Ray cluster "
+                flag = "--ray-address" if self.address else "RAY_ADDRESS"
+                raise ConfigError(f"{flag} {joining}: could not join the Ray cluster "
                                   f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
         else:
             ray.init(num_cpus=self.workers, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
