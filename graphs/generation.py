@@ -323,6 +323,7 @@ async def run_generation(
         threads_dropped = local.saver.bind_graph_version(CHECKPOINT_VERSION)
         pool: Any = None
         workers_replaced = 0
+        finished_run = False
         try:
             # A run killed between committing a record and deleting its checkpoints left them behind.
             finished = set(store.prompt_ids()) - {pid for pid, _ in pending}
@@ -355,13 +356,15 @@ async def run_generation(
                     on_outcome(outcome)
 
             await run_pooled(pending, lambda job: run_one(*job), workers=concurrency, breaker=breaker)
+            finished_run = True
         finally:
             if pool is not None:
                 workers_replaced = pool.replaced
                 pool.shutdown()
-        # Nothing is in flight any more (the workers are gone): give the deleted threads' space back.
-        local.saver.compact()
-        local.close()
+            if finished_run:
+                # Nothing is in flight any more (the workers are gone): give the deleted threads' space back.
+                local.saver.compact()
+            local.close()
 
         every_id = store.prompt_ids()
         if breaker.tripped:
