@@ -17,6 +17,7 @@ extra `fellowship[ray]`.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 from collections.abc import Callable
@@ -32,6 +33,7 @@ MAX_DEATHS_PER_JOB = 3
 LOCAL_OBJECT_STORE_BYTES = 128 * 1024 * 1024
 LOCAL_ONLY_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 USAGE_STATS_VARIABLE = "RAY_USAGE_STATS_ENABLED"
+AUTH_MODE_VARIABLE = "RAY_AUTH_MODE"
 # Which environment variables a worker needs from the driver: provider keys and base URLs, and LangSmith's.
 FORWARDED_PREFIXES = ("OPENAI_", "TOGETHER_", "COMPAT_", "LANGSMITH_", "LANGCHAIN_", "FELLOWSHIP_")
 
@@ -73,6 +75,23 @@ def ray_address_in_use(flag_value: str | None) -> str | None:
     return flag_value or os.environ.get("RAY_ADDRESS") or None
 
 
+def _split_address(address: str) -> tuple[str, str]:
+    """HOST and PORT of `HOST:PORT` or `ray://HOST:PORT` (PORT empty when not given)."""
+    location = address.removeprefix("ray://").split("/", 1)[0]
+    host, _, port = location.rpartition(":") if ":" in location else (location, "", "")
+    return host.strip("[]"), port
+
+
+def _is_loopback_address(address: str) -> bool:
+    host, _ = _split_address(address)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def preflight_ray_address(flag_value: str | None) -> None:
     """Connect to the cluster's address before any work: Ray itself retries an address for minutes.
 
@@ -83,17 +102,23 @@ def preflight_ray_address(flag_value: str | None) -> None:
     if address is None or address in ("auto", "local"):
         return
     flag = "--ray-address" if flag_value else "RAY_ADDRESS"
-    client = address.startswith("ray://")
-    location = address.removeprefix("ray://").split("/", 1)[0]
-    host, _, port_text = location.rpartition(":") if ":" in location else (location, "", "")
+    host, port_text = _split_address(address)
     if not port_text:
-        port_text = "10001" if client else "6379"
+        port_text = "10001" if address.startswith("ray://") else "6379"
     if not host or not port_text.isdigit():
         raise ConfigError(f"{flag} {address}: expected HOST:PORT or ray://HOST:PORT")
-    problem = connect_problem(host.strip("[]"), int(port_text), PREFLIGHT_TIMEOUT_S)
+    problem = connect_problem(host, int(port_text), PREFLIGHT_TIMEOUT_S)
     if problem is not None:
         raise ConfigError(f"{flag} {address}: cannot reach the Ray cluster at {host}:{port_text} ({problem}); "
                           "start it with `ray start --head` or fix the address")
+
+
+def _auth_token_available() -> bool:
+    """Whether this machine holds a Ray authentication token (Ray's variables, or its default file)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    return os.path.isfile(path)
 
 
 def forwarded_environment() -> dict[str, str]:
@@ -165,10 +190,14 @@ class RayWorkerPool:
         # Ray reports usage statistics to its makers by default: no run of ours sends anything anywhere unasked
         # (and the attempt costs a second of start-up where there is no network).
         os.environ.setdefault(USAGE_STATS_VARIABLE, "0")
-        if not joining:
-            # A local instance talks over loopback only (Ray's own single-machine mode, as on macOS). Ray reads
-            # the variable when imported, and its processes inherit it: none advertises or dials the machine's
-            # network address.
+        if joining and AUTH_MODE_VARIABLE not in os.environ and _auth_token_available():
+            # `ray start --head` turns token authentication on and leaves the token in ~/.ray/auth_token, but a
+            # driver joining it sends the token only when told to (Ray 2.60): tell it, as Ray does for its own.
+            os.environ[AUTH_MODE_VARIABLE] = "token"
+        if not joining or _is_loopback_address(joining):
+            # A local instance (or a cluster this machine runs on loopback) talks over loopback only: Ray's own
+            # single-machine mode, as on macOS. Ray reads the variable when imported, and its processes inherit
+            # it: none advertises or dials the machine's network address (Ray would turn 127.0.0.1 into it).
             os.environ[LOCAL_ONLY_VARIABLE] = "0"
         ray = _ray()
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
@@ -181,7 +210,9 @@ class RayWorkerPool:
                 raise ConfigError(f"{flag} {joining}: could not join the Ray cluster "
                                   f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
         else:
-            ray.init(num_cpus=self.workers, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+            # address="local": a new instance of our own, even where a `ray start` cluster runs on this machine
+            # (Ray would otherwise join that one).
+            ray.init(address="local", num_cpus=self.workers, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
                      _node_ip_address="127.0.0.1", **options)
         cpus = ray.cluster_resources().get("CPU", 0)
         if cpus < self.workers:

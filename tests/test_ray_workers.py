@@ -195,3 +195,36 @@ def test_an_unreachable_ray_cluster_stops_the_command_before_anything_is_written
     assert f"--ray-address 127.0.0.1:{port}: cannot reach the Ray cluster" in result.output
     assert not output.exists()
     assert stub.stats.requests == 0
+
+
+def test_joining_a_ray_start_cluster_gives_what_a_local_instance_gives(tmp_path: Path, stub: StubServer) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # The cluster a user starts by hand, on loopback only (Ray's single-machine mode): `ray start --head`.
+    environment = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_command = str(Path(sys.executable).with_name("ray"))
+    started = subprocess.run([ray_command, "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
+                              "--num-cpus", "2", "--include-dashboard", "false"],
+                             capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=environment, check=False)
+    assert started.returncode == 0, started.stderr
+    try:
+        prompts = write_prompts(tmp_path / "prompts.jsonl", 12)
+        runs = {}
+        for name, extra_environment in (("local", {}), ("joined", {"RAY_ADDRESS": f"127.0.0.1:{port}"})):
+            output = tmp_path / name
+            completed = subprocess.run(
+                fellowship(*generate_args(prompts, output, stub.base_url, "-c", "6", "--workers", "2")),
+                capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False,
+                env={**os.environ, **extra_environment},
+            )
+            # With a `ray start` cluster on the machine, no address still means an instance of our own.
+            assert completed.returncode == 0, completed.stderr
+            runs[name] = sorted((output / "dpo.jsonl").read_text().splitlines())
+        assert runs["joined"] == runs["local"]
+        assert stub.stats.completions == 2 * 12 * 6
+    finally:
+        subprocess.run([ray_command, "stop", "--force"], capture_output=True, timeout=RUN_TIMEOUT_S, env=environment,
+                       check=False)
