@@ -1,6 +1,8 @@
 """Running an evaluation graph over many items, concurrently, with optional local traces.
 
-A run resumes from what an interrupted one wrote (`reusable_verdicts`, `evaluate_into_file`).
+A run resumes from what an interrupted one wrote (`reusable_verdicts`, `evaluate_into_file`). An
+ItemEvaluator runs items in this process; with `RayWorkers` each Ray worker holds one (`EvaluationJob`) and
+the verdicts come back to this process, which alone keeps them.
 """
 
 from __future__ import annotations
