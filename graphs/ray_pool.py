@@ -110,7 +110,7 @@ def preflight_ray_address(flag_value: str | None) -> None:
     problem = connect_problem(host, int(port_text), PREFLIGHT_TIMEOUT_S)
     if problem is not None:
         raise ConfigError(f"{flag} {address}: cannot reach the Ray cluster at {host}:{port_text} ({problem}); "
-                          "start it with `ray start --head` or fix the address")
+                          "start it with ray start --head or fix the address")
 
 
 def _auth_token_available() -> bool:
