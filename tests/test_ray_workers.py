@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -63,6 +64,12 @@ def records_without_timing(output: Path) -> list[dict]:
 def pool_worker_pids() -> set[int]:
     listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
     return {int(line.split()[0]) for line in listing.splitlines() if "ray::PoolWorker" in line}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def checkpoint_threads(output: Path) -> set[str]:
@@ -178,15 +185,11 @@ def test_evaluate_on_two_workers_gives_the_verdicts_of_one_process(tmp_path: Pat
 def test_an_unreachable_ray_cluster_stops_the_command_before_anything_is_written(
     tmp_path: Path, stub: StubServer
 ) -> None:
-    import socket
-
     from typer.testing import CliRunner
 
     from tools.cli import app
 
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nobody listens on it
     prompts = write_prompts(tmp_path / "prompts.jsonl", 2)
     output = tmp_path / "out"
     result = CliRunner().invoke(app, generate_args(prompts, output, stub.base_url,
@@ -198,11 +201,7 @@ def test_an_unreachable_ray_cluster_stops_the_command_before_anything_is_written
 
 
 def test_joining_a_ray_start_cluster_gives_what_a_local_instance_gives(tmp_path: Path, stub: StubServer) -> None:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     # The cluster a user starts by hand, on loopback only (Ray's single-machine mode): `ray start --head`.
     environment = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
     ray_command = str(Path(sys.executable).with_name("ray"))
