@@ -150,10 +150,6 @@ class PoolWorker:
         """Drop what the worker kept for a job the driver has committed."""
         await self._ready().forget(key)
 
-    async def pid(self) -> int:
-        """The worker's process id (tests kill it)."""
-        return os.getpid()
-
     async def close(self) -> None:
         """Close the runner's stores."""
         if self._runner is not None:
@@ -261,10 +257,6 @@ class RayWorkerPool:
         if actor is not None:
             with contextlib.suppress(_actor_died()):
                 await actor.forget.remote(key)
-
-    async def worker_pids(self) -> list[int]:
-        """The workers' process ids."""
-        return [await actor.pid.remote() for actor in self.actors]
 
     def shutdown(self) -> None:
         """Close the workers' stores, then leave Ray (stopping the local instance if this pool started it)."""
