@@ -1,9 +1,19 @@
-"""One model call, and the ask-again-once rule for replies that lack the required answer line."""
+"""One model call, the ask-again-once rule for replies that lack the required answer line, and call slots.
+
+Call slots are a run's `--concurrency`: at most that many model calls in flight at once, whatever the jobs
+(prompts, items) and their parallel branches. A job runner opens a `call_scope` around each job; every call
+made inside it (in any of the graph's tasks) takes a slot first.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import heapq
+import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -29,6 +39,111 @@ class Reply:
     output_tokens: int
     latency_s: float
     cached: bool = False
+
+
+class CallSlots:
+    """At most `limit` model calls in flight; a free slot goes to the waiting call whose job has made the fewest calls.
+
+    Fewest calls first is highest-level-first list scheduling: a job's calls form a chain, and the job with the
+    most of its chain still to run goes first. Jobs then advance together, so the last ones admitted do not
+    leave slots idle at the end of a run (a wave of jobs finishing together and the next starting together);
+    ties go in arrival order.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.in_use = 0
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrival = itertools.count()
+
+    async def acquire(self, calls_made: int) -> None:
+        """Wait for a slot; `calls_made` is how many calls the caller's job has made so far."""
+        if self.in_use < self.limit and not self._waiting:
+            self.in_use += 1
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (calls_made, next(self._arrival), granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release()  # the slot was handed over just as the caller was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the best waiting call (cancelled waiters are skipped), else to the pool."""
+        while self._waiting:
+            _, _, granted = heapq.heappop(self._waiting)
+            if not granted.done():
+                granted.set_result(None)  # the slot passes over directly: `in_use` stays the same
+                return
+        self.in_use -= 1
+
+
+# Jobs started per call slot: a job between two calls (parsing, checkpointing, waiting for a sibling branch)
+# leaves its slot to another job's call, and at the end of a run the last jobs' chains overlap the others'
+# instead of running alone. Three per slot keeps the slots busy in `make bench`; more would only hold more
+# half-done jobs (each resumes from its checkpoint after a kill, so none is paid twice).
+JOBS_PER_CALL_SLOT = 3
+
+
+def jobs_in_flight(calls_in_flight: int) -> int:
+    """How many jobs (prompts, items) a run keeps started for `calls_in_flight` call slots."""
+    return JOBS_PER_CALL_SLOT * max(1, calls_in_flight)
+
+
+def calls_per_worker(calls_in_flight: int, workers: int) -> int:
+    """Each of `workers` processes' share of the run's call slots (at least one each)."""
+    return max(1, calls_in_flight // max(1, workers))
+
+
+@dataclass
+class _JobCalls:
+    """The call slots a job's calls take, how many calls it has made (its place in the queue), and slots it holds."""
+
+    slots: CallSlots
+    made: int = 0
+    held: int = 0
+
+
+_job_calls: ContextVar[_JobCalls | None] = ContextVar("fellowship_job_calls", default=None)
+
+
+@contextlib.contextmanager
+def call_scope(slots: CallSlots | None) -> Iterator[None]:
+    """Run one job's calls through `slots` (None: no limit). Tasks started inside inherit the scope."""
+    job = _JobCalls(slots) if slots is not None else None
+    token = _job_calls.set(job)
+    try:
+        yield
+    finally:
+        _job_calls.reset(token)
+        for _ in range(job.held if job is not None else 0):
+            job.slots.release()  # type: ignore[union-attr]
+
+
+@contextlib.asynccontextmanager
+async def _call_slot() -> AsyncIterator[None]:
+    """Hold one of the current job's call slots for the duration of a call (nothing outside a `call_scope`).
+
+    A call that failed for good keeps its slot until its job ends: by then the run's circuit breaker has
+    counted the failure, so a broken key or endpoint does not get one more call per freed slot meanwhile.
+    """
+    job = _job_calls.get()
+    if job is None:
+        yield
+        return
+    await job.slots.acquire(job.made)
+    job.made += 1
+    try:
+        yield
+    except EndpointError:
+        job.held += 1
+        raise
+    except BaseException:
+        job.slots.release()
+        raise
+    job.slots.release()
 
 
 def response_format(name: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -109,21 +224,22 @@ async def complete(
     if max_tokens is not None:
         bound["max_tokens"] = max_tokens
     runnable: Any = model.bind(**bound) if bound else model
-    started = time.perf_counter()
-    try:
-        message = await runnable.ainvoke(
-            list(messages), config={"run_name": run_name, "metadata": metadata or {}, "tags": stable_tags(run_name)}
-        )
-    except openai.LengthFinishReasonError as error:
-        # In JSON-schema mode the client refuses a reply cut off by max_tokens. The cut-off text is still
-        # the model's answer: keep it, so the parser records it as unparsed and the follow-up can ask again.
-        return truncated_reply(error, time.perf_counter() - started)
-    except openai.APIError as error:
-        reason = fatal_call_reason(error)
-        if reason is None:
-            raise
-        raise EndpointError(model_spec, reason) from error
-    latency = time.perf_counter() - started
+    async with _call_slot():
+        started = time.perf_counter()  # the call's latency, not its wait for a slot
+        try:
+            message = await runnable.ainvoke(
+                list(messages), config={"run_name": run_name, "metadata": metadata or {}, "tags": stable_tags(run_name)}
+            )
+        except openai.LengthFinishReasonError as error:
+            # In JSON-schema mode the client refuses a reply cut off by max_tokens. The cut-off text is still
+            # the model's answer: keep it, so the parser records it as unparsed and the follow-up can ask again.
+            return truncated_reply(error, time.perf_counter() - started)
+        except openai.APIError as error:
+            reason = fatal_call_reason(error)
+            if reason is None:
+                raise
+            raise EndpointError(model_spec, reason) from error
+        latency = time.perf_counter() - started
     usage = getattr(message, "usage_metadata", None) or {}
     return Reply(
         text=message_text(message),

@@ -59,9 +59,12 @@ class RunEstimate:
         return None if any(cost is None for cost in costs) else sum(cost or 0.0 for cost in costs)
 
     def hours(self, concurrency: int, latency_s: float) -> float:
-        """Wall time with `concurrency` prompts in flight, each call taking `latency_s`."""
-        waves = math.ceil(self.prompts / max(1, concurrency))
-        return waves * self.steps_per_prompt * latency_s / 3600
+        """Wall time with `concurrency` calls in flight, each taking `latency_s`.
+
+        All the calls through the slots, or one prompt's chain of sequential steps if that is longer.
+        """
+        rounds = max(self.steps_per_prompt, math.ceil(self.calls_high / max(1, concurrency)))
+        return rounds * latency_s / 3600
 
 
 def _tokens(text: str) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from agents.calls import CallSlots, call_scope, calls_per_worker, jobs_in_flight
 from agents.models import ModelRegistry, ModelSettings, ModelSource
 from agents.records import Verdict
 from agents.roles import DEFAULT_ROLES, RefereeRole
@@ -71,13 +72,18 @@ class ItemResult:
 
 
 class ItemEvaluator:
-    """Runs items through one compiled evaluation graph; a failure becomes a verdict with its reason."""
+    """Runs items through one compiled evaluation graph; a failure becomes a verdict with its reason.
 
-    def __init__(self, graph: Any, *, method: Method, context: EvaluationContext, trace: bool) -> None:
+    With `calls_in_flight`, the model calls of all the items it runs at once share that many call slots.
+    """
+
+    def __init__(self, graph: Any, *, method: Method, context: EvaluationContext, trace: bool,
+                 calls_in_flight: int | None = None) -> None:
         self.graph = graph
         self.method = method
         self.context = context
         self.trace = trace
+        self.call_slots = CallSlots(calls_in_flight) if calls_in_flight is not None else None
 
     async def run(self, key: str, item: EvalItem) -> ItemResult:
         """One item's verdict (`key` names it in traces and in a worker pool)."""
@@ -92,7 +98,8 @@ class ItemEvaluator:
             config["callbacks"] = [recorder]
         failure = None
         try:
-            state = await self.graph.ainvoke({"item": item.model_dump()}, config=config, context=self.context)
+            with call_scope(self.call_slots):
+                state = await self.graph.ainvoke({"item": item.model_dump()}, config=config, context=self.context)
             verdict: dict[str, Any] = state["verdict"]
         except Exception as error:  # one item's failure is recorded; the run goes on
             verdict = failed_verdict(item, self.method, self.context, error)
@@ -115,11 +122,13 @@ class EvaluationJob:
     roles: tuple[RefereeRole, ...]
     model_settings: ModelSettings
     trace: bool
+    calls_in_flight: int
 
     def __call__(self, on_driver_machine: bool) -> ItemEvaluator:
         """The worker's evaluator, with a model registry of its own (the same wherever the worker runs)."""
         graph = evaluation_graph(self.method, roles=self.roles, model_source=ModelRegistry(self.model_settings))
-        return ItemEvaluator(graph, method=self.method, context=self.context, trace=self.trace)
+        return ItemEvaluator(graph, method=self.method, context=self.context, trace=self.trace,
+                             calls_in_flight=self.calls_in_flight)
 
 
 async def evaluate_items(
@@ -134,26 +143,31 @@ async def evaluate_items(
     on_verdict: Callable[[dict[str, Any]], None] | None = None,
     workers: RayWorkers | None = None,
 ) -> list[dict[str, Any]]:
-    """Evaluate every item, at most `concurrency` at a time; verdicts come back in input order.
+    """Evaluate every item with at most `concurrency` model calls in flight; verdicts come back in input order.
+
+    `jobs_in_flight(concurrency)` items are under way at once, their calls sharing the call slots (each Ray
+    worker an equal share), so a jury's seats or both orders of a swapped judge count call by call.
 
     `on_verdict` sees each verdict as it completes (for progress and incremental saving). When the first
     items all fail the same way for good (bad key, unknown model), the run stops with RunStopped; the
     verdicts already given to `on_verdict` are kept. With `workers`, the items run on Ray worker processes
     (each loading its own models; `model_source` is then unused) and this process keeps the verdicts.
     """
-    gate = asyncio.Semaphore(max(1, concurrency))
+    items_at_once = jobs_in_flight(concurrency)
+    gate = asyncio.Semaphore(items_at_once)
     breaker = CircuitBreaker(min(DEFAULT_TRIP_AFTER, len(items)))
     verdicts: dict[int, dict[str, Any]] = {}
     pool: RayWorkerPool | None = None
     if workers is not None and items:
         job = EvaluationJob(method=method, context=context, roles=tuple(roles),
-                            model_settings=workers.model_settings, trace=trace_dir is not None)
-        pool = RayWorkerPool(job, workers=workers.count, address=workers.address, max_in_flight=max(1, concurrency),
+                            model_settings=workers.model_settings, trace=trace_dir is not None,
+                            calls_in_flight=calls_per_worker(concurrency, workers.count))
+        pool = RayWorkerPool(job, workers=workers.count, address=workers.address, max_in_flight=items_at_once,
                              forgets=False)
         pool.start()
     else:
         evaluator = ItemEvaluator(evaluation_graph(method, roles=roles, model_source=model_source), method=method,
-                                  context=context, trace=trace_dir is not None)
+                                  context=context, trace=trace_dir is not None, calls_in_flight=concurrency)
 
     async def evaluate(item: EvalItem) -> ItemResult:
         if pool is None:
@@ -177,7 +191,7 @@ async def evaluate_items(
             on_verdict(result.verdict)
 
     try:
-        await run_pooled(enumerate(items), lambda job: run_one(*job), workers=concurrency, breaker=breaker)
+        await run_pooled(enumerate(items), lambda job: run_one(*job), workers=items_at_once, breaker=breaker)
     finally:
         if pool is not None:
             pool.shutdown()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from agents.calls import CallSlots, call_scope, calls_per_worker, jobs_in_flight
 from agents.models import ModelRegistry, ModelSettings, ModelSource
 from agents.prices import BUILT_IN_PRICES, PriceTable
 from agents.records import Exchange, Usage
@@ -145,26 +146,30 @@ class PromptResult:
 
 
 class PromptRunner:
-    """Runs prompts through one compiled pipeline graph, each resuming from its own checkpoint thread."""
+    """Runs prompts through one compiled pipeline graph, each resuming from its own checkpoint thread.
+
+    With `calls_in_flight`, the model calls of all the prompts it runs at once share that many call slots.
+    """
 
     def __init__(self, graph: Any, saver: InlineSqliteSaver, context: GenerationContext, prices: PriceTable,
-                 *, trace: bool) -> None:
+                 *, trace: bool, calls_in_flight: int | None = None) -> None:
         self.graph = graph
         self.saver = saver
         self.context = context
         self.prices = prices
         self.trace = trace
+        self.call_slots = CallSlots(calls_in_flight) if calls_in_flight is not None else None
 
     @classmethod
     def open(
         cls, checkpoint_path: Path, *, context: GenerationContext, roles: Sequence[RefereeRole],
-        model_source: ModelSource | None, prices: PriceTable, trace: bool,
+        model_source: ModelSource | None, prices: PriceTable, trace: bool, calls_in_flight: int | None = None,
     ) -> PromptRunner:
         """A runner whose checkpoints go to the SQLite file at `checkpoint_path`."""
         saver = InlineSqliteSaver.open(checkpoint_path)
         graph = build_pipeline_graph(roles=roles, model_source=model_source).compile(checkpointer=saver,
                                                                                      name="pipeline")
-        return cls(graph, saver, context, prices, trace=trace)
+        return cls(graph, saver, context, prices, trace=trace, calls_in_flight=calls_in_flight)
 
     async def run(self, prompt_id: str, prompt: Prompt) -> PromptResult:
         """Run one prompt to its record (resuming its checkpoint thread); a failure is returned, not raised."""
@@ -177,17 +182,9 @@ class PromptRunner:
         recorder = RunTreeRecorder() if self.trace else None
         if recorder is not None:
             config["callbacks"] = [recorder]
-        calls_made = True
         try:
-            snapshot = await self.graph.aget_state(config)
-            if snapshot.next:
-                values = await self.graph.ainvoke(None, config=config, context=self.context, durability="sync")
-            elif snapshot.values.get("verdict") is not None:
-                # Killed after the graph ended but before the record was committed: nothing to call again.
-                values, calls_made = snapshot.values, False
-            else:
-                values = await self.graph.ainvoke({"prompt_id": prompt_id, "prompt": prompt}, config=config,
-                                                  context=self.context, durability="sync")
+            with call_scope(self.call_slots):
+                values, calls_made = await self._invoke(prompt_id, prompt, config)
             record = make_record(prompt_id, prompt, values, self.context, self.prices)
             result = PromptResult(prompt_id, record, calls_made)
         except Exception as error:  # the prompt fails with its reason; the run goes on
@@ -196,6 +193,18 @@ class PromptRunner:
         if recorder is not None and recorder.roots:
             result.trace = recorder.document()
         return result
+
+    async def _invoke(self, prompt_id: str, prompt: Prompt, config: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """The prompt's final graph state (resumed from its checkpoint thread), and whether calls were made."""
+        snapshot = await self.graph.aget_state(config)
+        if snapshot.next:
+            return await self.graph.ainvoke(None, config=config, context=self.context, durability="sync"), True
+        if snapshot.values.get("verdict") is not None:
+            # Killed after the graph ended but before the record was committed: nothing to call again.
+            return snapshot.values, False
+        values = await self.graph.ainvoke({"prompt_id": prompt_id, "prompt": prompt}, config=config,
+                                          context=self.context, durability="sync")
+        return values, True
 
     async def forget(self, prompt_id: str) -> None:
         """Delete a committed prompt's checkpoints: they are never needed again, and they are most of the disk.
@@ -226,6 +235,7 @@ class PipelineJob:
     trace: bool
     model_settings: ModelSettings
     checkpoint_path: Path
+    calls_in_flight: int
 
     def __call__(self, on_driver_machine: bool) -> PromptRunner:
         """The worker's runner, with a model registry of its own."""
@@ -234,7 +244,7 @@ class PipelineJob:
             path = Path(tempfile.mkdtemp(prefix="fellowship-checkpoints-")) / "checkpoints.sqlite"
         return PromptRunner.open(path, context=self.context, roles=self.roles,
                                  model_source=ModelRegistry(self.model_settings), prices=self.prices,
-                                 trace=self.trace)
+                                 trace=self.trace, calls_in_flight=self.calls_in_flight)
 
 
 class PromptExecutor(Protocol):
@@ -286,7 +296,10 @@ async def run_generation(
     on_outcome: Callable[[PromptOutcome], None] | None = None,
     workers: RayWorkers | None = None,
 ) -> GenerationResult:
-    """Run every prompt that is not finished yet, at most `concurrency` at a time.
+    """Run every prompt that is not finished yet, with at most `concurrency` model calls in flight.
+
+    `jobs_in_flight(concurrency)` prompts are under way at once, their calls sharing the `concurrency` call
+    slots (each Ray worker an equal share), so a prompt's parallel branches count call by call.
 
     The directory is bound to its settings and its prompt source: other settings are refused, and other
     prompts only with `extend`. A run whose first calls all fail the same way for good stops at once
@@ -310,7 +323,8 @@ async def run_generation(
         pending = [(pid, prompt) for pid, prompt in zip(prompt_ids, prompts, strict=True) if status[pid] in wanted]
         skipped_done = sum(1 for pid in prompt_ids if status[pid] == "done")
         skipped_failed = sum(1 for pid in prompt_ids if status[pid] == "failed") if not retry_failed else 0
-        gate = asyncio.Semaphore(max(1, concurrency))
+        prompts_at_once = jobs_in_flight(concurrency)
+        gate = asyncio.Semaphore(prompts_at_once)
         outcomes: list[PromptOutcome] = []
         breaker = CircuitBreaker(min(DEFAULT_TRIP_AFTER, len(pending)))
         if budget is not None:
@@ -318,7 +332,7 @@ async def run_generation(
 
         checkpoint_path = output_dir / "checkpoints.sqlite"
         local = PromptRunner.open(checkpoint_path, context=context, roles=roles, model_source=model_source,
-                                  prices=prices, trace=trace_dir is not None)
+                                  prices=prices, trace=trace_dir is not None, calls_in_flight=concurrency)
         # Before any worker opens the file: checkpoints of another pipeline shape cannot be resumed.
         threads_dropped = local.saver.bind_graph_version(CHECKPOINT_VERSION)
         pool: Any = None
@@ -333,9 +347,10 @@ async def run_generation(
             executor: PromptExecutor = local
             if workers is not None and pending:
                 job = PipelineJob(context=context, roles=tuple(roles), prices=prices, trace=trace_dir is not None,
-                                  model_settings=workers.model_settings, checkpoint_path=checkpoint_path.resolve())
+                                  model_settings=workers.model_settings, checkpoint_path=checkpoint_path.resolve(),
+                                  calls_in_flight=calls_per_worker(concurrency, workers.count))
                 pool = RayWorkerPool(job, workers=workers.count, address=workers.address,
-                                     max_in_flight=max(1, concurrency))
+                                     max_in_flight=prompts_at_once)
                 pool.start()
                 executor = RayPromptExecutor(pool)
 
@@ -355,7 +370,7 @@ async def run_generation(
                 if on_outcome is not None:
                     on_outcome(outcome)
 
-            await run_pooled(pending, lambda job: run_one(*job), workers=concurrency, breaker=breaker)
+            await run_pooled(pending, lambda job: run_one(*job), workers=prompts_at_once, breaker=breaker)
             finished_run = True
         finally:
             if pool is not None:

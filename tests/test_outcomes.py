@@ -99,7 +99,7 @@ def test_circuit_breaker_stops_a_run_whose_calls_all_get_401(tmp_path: Path, mon
         assert last.startswith("error: stopped: 3 prompts in a row failed the same way (compat:stub@")
         assert "HTTP 401 the API key was refused" in last and "0 finished prompts are kept" in last
         assert SECRET not in result.output and SECRET[:20] not in result.output  # the echoed key is masked
-        assert server.stats.requests <= 4 + 3  # the prompts in flight, not one call per prompt
+        assert server.stats.requests <= 4 + 3  # the calls in flight, not one call per prompt
     finally:
         server.stop()
 

@@ -99,7 +99,9 @@ MethodOption = Annotated[Literal["judge", "jury", "debate"], typer.Option(help="
 RoundsOption = Annotated[int, typer.Option(min=1, max=20, help="debate rounds")]
 SwapOption = Annotated[bool, typer.Option(help="judge both answer orders; disagreement becomes a tie")]
 JuryRuleOption = Annotated[Literal["plurality", "mean"], typer.Option(help="jury aggregation rule")]
-ConcurrencyOption = Annotated[int, typer.Option("--concurrency", "-c", min=1, help="items in flight at once")]
+ConcurrencyOption = Annotated[
+    int, typer.Option("--concurrency", "-c", min=1, help="model calls in flight at once (a rate-limit budget)")
+]
 WorkersOption = Annotated[int, typer.Option(
     "--workers", min=1, max=1024, help="worker processes; more than 1 runs on a local Ray instance, or on the cluster "
     "of --ray-address / $RAY_ADDRESS (pip install 'fellowship[ray]')")]

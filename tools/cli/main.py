@@ -495,7 +495,7 @@ def generate(
     ] = None,
     rounds: Annotated[int, typer.Option(min=1, max=20, help="debate rounds (with --evaluator debate)")]
     = GENERATE_DEFAULTS["rounds"],
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="prompts in flight at once, across "
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="model calls in flight at once, across "
                                              "all workers (a rate-limit budget)")] = GENERATE_DEFAULTS["concurrency"],
     workers: WorkersOption = GENERATE_DEFAULTS["workers"],
     ray_address: RayAddressOption = None,

@@ -1,0 +1,145 @@
+"""`--concurrency` as call slots: at most that many model calls in flight, whatever runs in parallel branches."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from langchain_core.messages import HumanMessage
+from typer.testing import CliRunner
+
+from agents.calls import CallSlots, call_scope, complete
+from agents.models import ModelRegistry, ModelSettings
+from tests.fakes import ScriptedChatModel
+from tools.cli import app
+from tools.dev.stub_server import StubServer, StubSettings
+from tools.errors import EndpointError
+
+runner = CliRunner()
+
+
+async def test_slots_go_to_the_job_with_the_fewest_calls_made_then_in_arrival_order() -> None:
+    slots = CallSlots(1)
+    await slots.acquire(0)  # the one slot is taken: everyone else waits
+    granted: list[str] = []
+
+    async def wait(name: str, calls_made: int) -> None:
+        await slots.acquire(calls_made)
+        granted.append(name)
+
+    waiters = [asyncio.ensure_future(wait(name, made)) for name, made in
+               (("late job", 4), ("new job", 0), ("middle job", 2), ("second new job", 0))]
+    await asyncio.sleep(0)
+    for _ in waiters:
+        slots.release()
+        await asyncio.sleep(0)
+    await asyncio.gather(*waiters)
+    assert granted == ["new job", "second new job", "middle job", "late job"]
+    slots.release()
+    assert slots.in_use == 0
+
+
+async def test_a_cancelled_waiter_gives_up_its_place_and_no_slot_is_lost() -> None:
+    slots = CallSlots(1)
+    await slots.acquire(0)
+    cancelled = asyncio.ensure_future(slots.acquire(0))
+    patient = asyncio.ensure_future(slots.acquire(1))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.sleep(0)
+    slots.release()  # passes over the cancelled waiter to the patient one
+    await asyncio.wait_for(patient, 1)
+    assert slots.in_use == 1
+    slots.release()
+    assert slots.in_use == 0
+
+
+async def test_calls_in_a_scope_never_exceed_the_slots_and_count_per_job() -> None:
+    in_flight = peak = 0
+
+    async def slow_reply(_: object) -> str:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        return "ok"
+
+    class SlowModel(ScriptedChatModel):
+        async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs):  # type: ignore[no-untyped-def]
+            await slow_reply(messages)
+            return self._generate(messages, stop=stop, **kwargs)
+
+    model = SlowModel(["ok"] * 40)
+    slots = CallSlots(3)
+
+    async def job() -> None:
+        with call_scope(slots):
+            # A job's parallel branches: four calls at once, all counted against the same three slots.
+            await asyncio.gather(*(complete(model, [], run_name="judge/direct/forward", model_spec="m")
+                                   for _ in range(4)))
+
+    await asyncio.gather(*(job() for _ in range(5)))
+    assert peak == 3 and slots.in_use == 0
+    # Outside a scope nothing is limited.
+    await asyncio.gather(*(complete(model, [], run_name="judge/direct/forward", model_spec="m") for _ in range(6)))
+    assert peak == 6
+
+
+async def test_a_call_that_failed_for_good_keeps_its_slot_until_its_job_ends() -> None:
+    # Until the job ends, the run's circuit breaker has not counted the failure: the slot must not let another
+    # call go to the same broken endpoint meanwhile.
+    server = StubServer(StubSettings(fixed_status=401)).start_in_thread()
+    registry = ModelRegistry(ModelSettings(max_retries=0))
+    try:
+        spec = f"compat:stub@{server.base_url}"
+        slots = CallSlots(1)
+        with call_scope(slots):
+            with pytest.raises(EndpointError):
+                await complete(registry.chat_model(spec), [HumanMessage("Hi?")], run_name="generator/iteration-1",
+                               model_spec=spec)
+            assert slots.in_use == 1
+        assert slots.in_use == 0
+    finally:
+        await registry.aclose()
+        server.stop()
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_generate_concurrency_bounds_calls_in_flight_across_parallel_branches(tmp_path: Path,
+                                                                             concurrency: int) -> None:
+    # Two reviewers and a three-seat jury: each prompt has parallel calls. --concurrency counts calls, not
+    # prompts, so the stub never sees more than that many requests at once, and sees that many (slots are used).
+    stub = StubServer(StubSettings(latency_s=0.05)).start_in_thread()
+    try:
+        spec = f"compat:stub@{stub.base_url}"
+        prompts = tmp_path / "prompts.jsonl"
+        prompts.write_text("".join(json.dumps({"prompt": f"Question {index}?"}) + "\n" for index in range(4)))
+        result = runner.invoke(app, [
+            "generate", "--prompts", str(prompts), "--output", str(tmp_path / "out"), "--generator", spec,
+            "--reviewer", spec, "--reviewer", spec, "--evaluator", "jury", "--judge", spec, "--judge", spec,
+            "--judge", spec, "--iterations", "2", "--concurrency", str(concurrency),
+        ])
+        assert result.exit_code == 0, result.output
+        assert stub.stats.max_in_flight == concurrency
+        assert stub.stats.completions == 4 * (2 + 2 + 3)  # every call made once
+    finally:
+        stub.stop()
+
+
+def test_evaluate_concurrency_bounds_calls_in_flight_of_a_jury(tmp_path: Path) -> None:
+    stub = StubServer(StubSettings(latency_s=0.05)).start_in_thread()
+    try:
+        spec = f"compat:stub@{stub.base_url}"
+        pairs = tmp_path / "pairs.jsonl"
+        pairs.write_text("".join(json.dumps({"id": f"q{index}", "prompt": f"Question {index}?",
+                                             "responses": [f"yes {index}", "no"]}) + "\n" for index in range(4)))
+        result = runner.invoke(app, ["evaluate", "--input", str(pairs), "--output", str(tmp_path / "v.jsonl"),
+                                     "--method", "jury", "-m", spec, "-m", spec, "-m", spec, "--concurrency", "2"])
+        assert result.exit_code == 0, result.output
+        assert stub.stats.max_in_flight == 2 and stub.stats.completions == 4 * 3
+    finally:
+        stub.stop()
+
