@@ -164,9 +164,14 @@ class PromptRunner:
     def open(
         cls, checkpoint_path: Path, *, context: GenerationContext, roles: Sequence[RefereeRole],
         model_source: ModelSource | None, prices: PriceTable, trace: bool, calls_in_flight: int | None = None,
+        shared_file: bool = False,
     ) -> PromptRunner:
-        """A runner whose checkpoints go to the SQLite file at `checkpoint_path`."""
-        saver = InlineSqliteSaver.open(checkpoint_path)
+        """A runner whose checkpoints go to the SQLite file at `checkpoint_path`.
+
+        `shared_file`: other processes write the file too, so each step commits at once rather than with its
+        event-loop round's group.
+        """
+        saver = InlineSqliteSaver.open(checkpoint_path, group_commit=not shared_file)
         graph = build_pipeline_graph(roles=roles, model_source=model_source).compile(checkpointer=saver,
                                                                                      name="pipeline")
         return cls(graph, saver, context, prices, trace=trace, calls_in_flight=calls_in_flight)
@@ -244,7 +249,8 @@ class PipelineJob:
             path = Path(tempfile.mkdtemp(prefix="fellowship-checkpoints-")) / "checkpoints.sqlite"
         return PromptRunner.open(path, context=self.context, roles=self.roles,
                                  model_source=ModelRegistry(self.model_settings), prices=self.prices,
-                                 trace=self.trace, calls_in_flight=self.calls_in_flight)
+                                 trace=self.trace, calls_in_flight=self.calls_in_flight,
+                                 shared_file=on_driver_machine)
 
 
 class PromptExecutor(Protocol):
@@ -332,7 +338,8 @@ async def run_generation(
 
         checkpoint_path = output_dir / "checkpoints.sqlite"
         local = PromptRunner.open(checkpoint_path, context=context, roles=roles, model_source=model_source,
-                                  prices=prices, trace=trace_dir is not None, calls_in_flight=concurrency)
+                                  prices=prices, trace=trace_dir is not None, calls_in_flight=concurrency,
+                                  shared_file=workers is not None)
         # Before any worker opens the file: checkpoints of another pipeline shape cannot be resumed.
         threads_dropped = local.saver.bind_graph_version(CHECKPOINT_VERSION)
         pool: Any = None

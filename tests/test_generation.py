@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -344,6 +345,37 @@ def test_checkpoints_of_another_pipeline_shape_are_dropped_not_resumed(tmp_path:
     same.conn.commit()
     assert same.bind_graph_version(CHECKPOINT_VERSION) == 0 and same.thread_ids() == {"kept"}
     same.close()
+
+
+async def test_group_commit_writes_a_loop_round_in_one_commit_and_close_commits_the_rest(tmp_path: Path) -> None:
+    from graphs.checkpoints import InlineSqliteSaver
+
+    path = tmp_path / "checkpoints.sqlite"
+    saver = InlineSqliteSaver.open(path, group_commit=True)
+    reader = sqlite3.connect(path)
+
+    def committed() -> int:
+        return reader.execute("SELECT COUNT(*) FROM writes").fetchone()[0]
+
+    def write(task: str) -> None:
+        config = {"configurable": {"thread_id": "t", "checkpoint_ns": "", "checkpoint_id": "c1"}}
+        saver.put_writes(config, [("answers", [task])], task_id=task)  # type: ignore[arg-type]
+
+    write("a")
+    write("b")
+    assert committed() == 0  # both wait for the round's one commit
+    await asyncio.sleep(0)
+    assert committed() == 2
+    write("c")
+    saver.close()  # what a round left pending is committed on close
+    assert committed() == 3
+    # Without a loop (the sync API from a thread), a write commits at once.
+    plain = InlineSqliteSaver.open(path, group_commit=True)
+    write_config = {"configurable": {"thread_id": "u", "checkpoint_ns": "", "checkpoint_id": "c1"}}
+    await asyncio.to_thread(plain.put_writes, write_config, [("answers", ["d"])], "d")  # type: ignore[arg-type]
+    assert committed() == 4
+    plain.close()
+    reader.close()
 
 
 def test_evaluate_resumes_from_partial_output(tmp_path: Path, stub: StubServer) -> None:
