@@ -71,8 +71,11 @@ class CallSlots:
             raise
 
     def release(self) -> None:
-        """Give a slot back: to the best waiting call (cancelled waiters are skipped), else to the pool."""
-        while self._waiting:
+        """Give a slot back: to the best waiting call (cancelled waiters are skipped), else to the pool.
+
+        After `limit` was lowered, slots above it are retired as their calls end instead of being handed on.
+        """
+        while self._waiting and self.in_use <= self.limit:
             _, _, granted = heapq.heappop(self._waiting)
             if not granted.done():
                 granted.set_result(None)  # the slot passes over directly: `in_use` stays the same

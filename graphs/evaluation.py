@@ -7,7 +7,6 @@ the verdicts come back to this process, which alone keeps them.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,24 +149,26 @@ async def evaluate_items(
 
     `on_verdict` sees each verdict as it completes (for progress and incremental saving). When the first
     items all fail the same way for good (bad key, unknown model), the run stops with RunStopped; the
-    verdicts already given to `on_verdict` are kept. With `workers`, the items run on Ray worker processes
-    (each loading its own models; `model_source` is then unused) and this process keeps the verdicts.
+    verdicts already given to `on_verdict` are kept. With `workers`, the items also run on Ray worker processes
+    (each loading its own models; `model_source` serves this process's share) and this process keeps the
+    verdicts.
     """
+    # run_pooled's tasks each take one item at a time: their number is how many items are under way.
     items_at_once = jobs_in_flight(concurrency)
-    gate = asyncio.Semaphore(items_at_once)
     breaker = CircuitBreaker(min(DEFAULT_TRIP_AFTER, len(items)))
     verdicts: dict[int, dict[str, Any]] = {}
     pool: RayWorkerPool | None = None
+    evaluator = ItemEvaluator(evaluation_graph(method, roles=roles, model_source=model_source), method=method,
+                              context=context, trace=trace_dir is not None, calls_in_flight=concurrency)
     if workers is not None and items:
+        actor_calls = calls_per_worker(concurrency, workers.count)
         job = EvaluationJob(method=method, context=context, roles=tuple(roles),
                             model_settings=workers.model_settings, trace=trace_dir is not None,
-                            calls_in_flight=calls_per_worker(concurrency, workers.count))
-        pool = RayWorkerPool(job, workers=workers.count, address=workers.address, max_in_flight=items_at_once,
-                             forgets=False)
+                            calls_in_flight=actor_calls)
+        pool = RayWorkerPool(job, workers=workers.count, address=workers.address, local=evaluator,
+                             actor_calls=actor_calls, forgets=False)
         pool.start()
-    else:
-        evaluator = ItemEvaluator(evaluation_graph(method, roles=roles, model_source=model_source), method=method,
-                                  context=context, trace=trace_dir is not None, calls_in_flight=concurrency)
+        items_at_once = pool.max_jobs  # the pool admits each worker's share
 
     async def evaluate(item: EvalItem) -> ItemResult:
         if pool is None:
@@ -179,10 +180,9 @@ async def evaluate_items(
         return result
 
     async def run_one(position: int, item: EvalItem) -> None:
-        async with gate:
-            if breaker.tripped:
-                return
-            result = await evaluate(item)
+        if breaker.tripped:
+            return
+        result = await evaluate(item)
         if trace_dir is not None and result.trace is not None:
             write_trace(trace_dir / trace_filename(item.key), result.trace)
         breaker.record(result.endpoint_failure)

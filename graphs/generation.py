@@ -14,7 +14,6 @@ done has one source of truth however many workers (or machines) run the prompts.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
 import tempfile
@@ -312,9 +311,10 @@ async def run_generation(
     (RunStopped), keeping what it finished. With a `budget`, no prompt starts once the money spent in the
     directory plus a reserve for the prompts in flight would pass it (`budget_stopped` in the result).
 
-    With `workers`, the prompts run on Ray worker processes (`model_source` is then unused: each worker
-    loads its own models from `workers.model_settings`). This process stays the driver: it alone writes the
-    run store, so `concurrency`, the budget and the breaker hold across all workers.
+    With `workers`, the prompts also run on Ray worker processes (each loads its own models from
+    `workers.model_settings`; `model_source` serves this process's share, see `RayWorkerPool`). This process
+    stays the driver: it alone writes the run store, so `concurrency`, the budget and the breaker hold across
+    all workers.
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     store = RunStore(output_dir / "progress.sqlite")
@@ -329,8 +329,8 @@ async def run_generation(
         pending = [(pid, prompt) for pid, prompt in zip(prompt_ids, prompts, strict=True) if status[pid] in wanted]
         skipped_done = sum(1 for pid in prompt_ids if status[pid] == "done")
         skipped_failed = sum(1 for pid in prompt_ids if status[pid] == "failed") if not retry_failed else 0
+        # run_pooled's tasks each take one prompt at a time: their number is how many prompts are under way.
         prompts_at_once = jobs_in_flight(concurrency)
-        gate = asyncio.Semaphore(prompts_at_once)
         outcomes: list[PromptOutcome] = []
         breaker = CircuitBreaker(min(DEFAULT_TRIP_AFTER, len(pending)))
         if budget is not None:
@@ -353,23 +353,24 @@ async def run_generation(
                     await local.forget(thread_id)
             executor: PromptExecutor = local
             if workers is not None and pending:
+                actor_calls = calls_per_worker(concurrency, workers.count)
                 job = PipelineJob(context=context, roles=tuple(roles), prices=prices, trace=trace_dir is not None,
                                   model_settings=workers.model_settings, checkpoint_path=checkpoint_path.resolve(),
-                                  calls_in_flight=calls_per_worker(concurrency, workers.count))
-                pool = RayWorkerPool(job, workers=workers.count, address=workers.address,
-                                     max_in_flight=prompts_at_once)
+                                  calls_in_flight=actor_calls)
+                pool = RayWorkerPool(job, workers=workers.count, address=workers.address, local=local,
+                                     actor_calls=actor_calls)
                 pool.start()
+                prompts_at_once = pool.max_jobs  # the pool admits each worker's share
                 executor = RayPromptExecutor(pool)
 
             async def run_one(prompt_id: str, prompt: Prompt) -> None:
-                async with gate:
-                    if breaker.tripped or (budget is not None and not budget.admit()):
-                        return
-                    try:
-                        result = await executor.run(prompt_id, prompt)
-                    finally:
-                        if budget is not None:
-                            budget.release()
+                if breaker.tripped or (budget is not None and not budget.admit()):
+                    return
+                try:
+                    result = await executor.run(prompt_id, prompt)
+                finally:
+                    if budget is not None:
+                        budget.release()
                 outcome = await _commit(result, store, executor, breaker, trace_dir)
                 if budget is not None:
                     budget.spent += outcome.cost_usd or 0.0

@@ -1,10 +1,13 @@
 """A pool of Ray worker processes that each run jobs of one kind; the driver (this process) hands them out.
 
-Used by `generate --workers N`. The pool starts a local Ray instance with N CPUs, or joins the cluster at
-`--ray-address` / `RAY_ADDRESS` (Ray's own convention), and places one actor per worker. Each actor builds
-its job runner once, from a picklable job description, so models, HTTP pools and checkpoint stores live in
-the worker that uses them. Results come back to the driver as each job finishes; the driver alone commits
-them, so it stays the single source of truth of what is done.
+Used by `generate --workers N` (and `evaluate`, `meta-eval`, `winrate`). On one machine the driver is the
+first of the N workers: it runs jobs from the first second with a runner of its own, while a local Ray
+instance with N - 1 CPUs starts beside it and its N - 1 actors join in as soon as they are ready (starting
+Ray and importing the pipeline takes seconds that would otherwise be idle). With `--ray-address` /
+`RAY_ADDRESS` (Ray's own convention) the pool joins that cluster first, before any work, and places N
+actors there. Each actor builds its job runner once, from a picklable job description, so models, HTTP
+pools and checkpoint stores live in the worker that uses them. Results come back to the driver as each job
+finishes; the driver alone commits them, so it stays the single source of truth of what is done.
 
 A worker that dies (killed, out of memory, its machine gone) is replaced, and the jobs it held are run
 again on the least busy worker; a job that takes down its worker `MAX_DEATHS_PER_JOB` times fails with
@@ -16,14 +19,18 @@ extra `fellowship[ray]`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agents.calls import jobs_in_flight
 from agents.models import PREFLIGHT_TIMEOUT_S, ModelSettings, connect_problem
 from tools.errors import ConfigError, FellowshipError
 
@@ -36,13 +43,18 @@ USAGE_STATS_VARIABLE = "RAY_USAGE_STATS_ENABLED"
 AUTH_MODE_VARIABLE = "RAY_AUTH_MODE"
 # Which environment variables a worker needs from the driver: provider keys and base URLs, and LangSmith's.
 FORWARDED_PREFIXES = ("OPENAI_", "TOGETHER_", "COMPAT_", "LANGSMITH_", "LANGCHAIN_", "FELLOWSHIP_")
+_INIT_OPTIONS: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR,
+                                 "ignore_reinit_error": True}
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class RayWorkers:
-    """Run a command's jobs on `count` Ray worker processes: a local instance, or the cluster at `address`.
+    """Run a command's jobs on `count` worker processes: this one and a local Ray instance's, or a cluster's.
 
-    Each worker loads its own models with `model_settings` (clients cannot travel between processes).
+    On one machine this process is the first worker and a local instance adds `count - 1`; with `address`,
+    `count` actors run on that cluster. Each loads its own models with `model_settings` (clients cannot
+    travel between processes).
     """
 
     count: int
@@ -142,6 +154,10 @@ class PoolWorker:
             self._runner = self._job(on_driver_machine)
         return self._runner
 
+    async def ready(self) -> None:
+        """Build the runner now (imports, models, stores), so that the first job does not wait for it."""
+        self._ready()
+
     async def run(self, key: str, payload: Any) -> Any:
         """Run one job and return its result."""
         return await self._ready().run(key, payload)
@@ -158,30 +174,45 @@ class PoolWorker:
 
 
 class RayWorkerPool:
-    """`workers` PoolWorker actors on a local Ray instance or an existing cluster; jobs go to the least busy.
+    """`workers` processes running jobs: this one and Ray actors on a local instance, or actors on a cluster.
 
-    `job(on_driver_machine)` builds a worker's runner: an object with `async run(key, payload)`,
-    `async forget(key)` and `close()`.
+    `job(on_driver_machine)` builds an actor's runner: an object with `async run(key, payload)`,
+    `async forget(key)` and `close()`. `local` is the driver's own runner of the same kind (with `call_slots`);
+    it works while a local instance starts and then beside its actors, keeping its share of the run's call
+    slots (`actor_calls` each for the actors, the rest for itself). Each worker holds `jobs_in_flight` of its
+    call slots in jobs; a job goes to the worker with the most room, and waits while every worker is full.
     """
 
     def __init__(
-        self, job: Callable[[bool], Any], *, workers: int, address: str | None, max_in_flight: int,
+        self, job: Callable[[bool], Any], *, workers: int, address: str | None, local: Any, actor_calls: int,
         forgets: bool = True,
     ) -> None:
         self.job = job
         self.forgets = forgets  # whether the driver calls `forget` for every job (so the pool notes who ran it)
         self.workers = max(1, workers)
         self.address = address
-        self.max_in_flight = max_in_flight
+        self.local = local
+        self.actor_calls = actor_calls
+        self.local_runs_jobs = False
+        self.local_busy = 0
         self.actors: list[Any] = []
         self.busy: list[int] = []
         self.replaced = 0
         self._ran_on: dict[str, Any] = {}
         self._environment = forwarded_environment()
         self._driver_node = ""
+        self._waiting_for_room: list[asyncio.Future[None]] = []
+        self._owner: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._placed: list[Any] = []
+        self._closed = False
 
     def start(self) -> None:
-        """Start (or join) Ray and place the workers; refuse a cluster too small for them."""
+        """Join the cluster and place its actors (refusing one too small), or start working beside a local instance.
+
+        Joining happens here, before any work, so a wrong address or a small cluster stops the command with
+        nothing done. A local instance starts in the background while the driver's runner takes the first jobs.
+        """
         joining = ray_address_in_use(self.address)
         # Ray reports usage statistics to its makers by default: no run of ours sends anything anywhere unasked
         # (and the attempt costs a second of start-up where there is no network).
@@ -196,31 +227,90 @@ class RayWorkerPool:
             # it: none advertises or dials the machine's network address (Ray would turn 127.0.0.1 into it).
             os.environ[LOCAL_ONLY_VARIABLE] = "0"
         ray = _ray()
-        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                                   "logging_level": logging.ERROR, "ignore_reinit_error": True}
         if joining:
-            try:
-                ray.init(address=joining, **options)
-            except (ConnectionError, RuntimeError, ValueError) as error:
-                flag = "--ray-address" if self.address else "RAY_ADDRESS"
-                raise ConfigError(f"{flag} {joining}: could not join the Ray cluster "
-                                  f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
-        else:
-            # address="local": a new instance of our own, even where a `ray start` cluster runs on this machine
-            # (Ray would otherwise join that one).
-            ray.init(address="local", num_cpus=self.workers, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-                     _node_ip_address="127.0.0.1", **options)
+            self._join(ray, joining)
+            self.actors = [self._spawn() for _ in range(self.workers)]
+            self.busy = [0] * self.workers
+            return
+        self.local_runs_jobs = True
+        loop = asyncio.get_running_loop()
+        self._owner = threading.Thread(target=self._own_local_instance, args=(ray, loop), daemon=True,
+                                       name="ray-instance")
+        self._owner.start()
+
+    def _join(self, ray: Any, joining: str) -> None:
+        try:
+            ray.init(address=joining, **_INIT_OPTIONS)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            flag = "--ray-address" if self.address else "RAY_ADDRESS"
+            raise ConfigError(f"{flag} {joining}: could not join the Ray cluster "
+                              f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
         cpus = ray.cluster_resources().get("CPU", 0)
         if cpus < self.workers:
             ray.shutdown()
             raise ConfigError(f"--workers {self.workers}: the Ray cluster at {joining} has {cpus:g} CPUs; "
                               f"each worker takes one")
         self._driver_node = ray.get_runtime_context().get_node_id()
-        self.actors = [self._spawn() for _ in range(self.workers)]
-        self.busy = [0] * self.workers
+
+    def _own_local_instance(self, ray: Any, loop: asyncio.AbstractEventLoop) -> None:
+        """(The owner thread.) Start a local instance, place N - 1 actors, hand them over once ready; leave at the end.
+
+        The thread that starts the instance must also stop it, and live until then: Ray ties the processes it
+        starts to the thread that started them (they are stopped when their parent ends), and an instance
+        started in one thread and stopped from another leaves processes behind.
+        """
+        try:
+            self._start_local_instance(ray, loop)
+        finally:
+            self._stop.wait()
+            self._leave(ray)
+
+    def _start_local_instance(self, ray: Any, loop: asyncio.AbstractEventLoop) -> None:
+        started = time.monotonic()
+        try:
+            # address="local": a new instance of our own, even where a `ray start` cluster runs on this machine
+            # (Ray would otherwise join that one).
+            ray.init(address="local", num_cpus=self.workers - 1, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                     _node_ip_address="127.0.0.1", **_INIT_OPTIONS)
+            self._driver_node = ray.get_runtime_context().get_node_id()
+            actors = [self._spawn() for _ in range(self.workers - 1)]
+            self._placed = actors  # for `shutdown`, should the run end before they are handed over
+            ray.get([actor.ready.remote() for actor in actors])
+        except Exception as error:  # the run goes on in this process alone, and says so
+            logger.warning("note: the local Ray instance did not start (%s); this process runs every job alone",
+                           str(error).splitlines()[0] if str(error) else type(error).__name__)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the run ended first, shutdown cleans up
+            loop.call_soon_threadsafe(self._adopt, actors, time.monotonic() - started)
+
+    def _adopt(self, actors: list[Any], after_s: float) -> None:
+        """(On the loop.) The actors take jobs from now on; the driver keeps the call slots the actors do not take."""
+        if self._closed:
+            return
+        logger.warning("note: %d Ray workers joined after %.1f s (the local instance's start-up); this process ran "
+                       "the work until then and goes on with its share", len(actors), after_s)
+        self.busy = [0] * len(actors)
+        self.actors = actors
+        slots = self.local.call_slots
+        if slots is not None:
+            slots.limit = max(1, slots.limit - len(actors) * self.actor_calls)
+        for _ in actors:
+            self._wake_one()  # room has appeared: jobs waiting for it go to the new workers
+
+    @property
+    def max_jobs(self) -> int:
+        """The most jobs the pool can hold at once (the driver's full share before the actors join, plus theirs)."""
+        actors = self.workers - 1 if ray_address_in_use(self.address) is None else self.workers
+        local = self._capacity(None) if ray_address_in_use(self.address) is None else 0
+        return local + actors * self._capacity(0)
+
+    def _capacity(self, slot: int | None) -> int:
+        """How many jobs a worker holds: `jobs_in_flight` of its call slots."""
+        slots = self.local.call_slots if slot is None else None
+        return jobs_in_flight(slots.limit if slots is not None else self.actor_calls)
 
     def _spawn(self) -> Any:
-        actor_class = _ray().remote(PoolWorker).options(num_cpus=1, max_concurrency=self.max_in_flight + 8)
+        actor_class = _ray().remote(PoolWorker).options(num_cpus=1, max_concurrency=self._capacity(0) + 8)
         return actor_class.remote(self.job, self._environment, self._driver_node)
 
     def _replace(self, slot: int, dead: Any) -> None:
@@ -230,39 +320,93 @@ class RayWorkerPool:
             self.actors[slot] = self._spawn()
             self.replaced += 1
 
+    def _room(self) -> tuple[bool, int | None]:
+        """(True, worker) for the worker with the most room (None: the driver's runner); (False, None): all full."""
+        best: tuple[float, int | None] | None = None
+        if self.local_runs_jobs and self.local_busy < self._capacity(None):
+            best = (self.local_busy / self._capacity(None), None)
+        for slot, busy in enumerate(self.busy):
+            load = busy / self._capacity(slot)
+            if busy < self._capacity(slot) and (best is None or load < best[0]):
+                best = (load, slot)
+        return (True, best[1]) if best is not None else (False, None)
+
+    async def _admit(self) -> int | None:
+        """Wait for room on some worker and take it; returns the worker (None: the driver's runner)."""
+        while True:
+            found, slot = self._room()
+            if found:
+                if slot is None:
+                    self.local_busy += 1
+                else:
+                    self.busy[slot] += 1
+                return slot
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting_for_room.append(waiter)
+            await waiter
+
+    def _release(self, slot: int | None) -> None:
+        if slot is None:
+            self.local_busy -= 1
+        else:
+            self.busy[slot] -= 1
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiting_for_room:
+            waiter = self._waiting_for_room.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
     async def run(self, key: str, payload: Any) -> Any:
-        """Run a job on the least busy worker; on a worker's death, again on another (or its replacement)."""
+        """Run a job on the worker with the most room; on an actor's death, again (on another, or its replacement)."""
         deaths = 0
         while True:
-            slot = min(range(self.workers), key=self.busy.__getitem__)
-            actor = self.actors[slot]
-            self.busy[slot] += 1
+            slot = await self._admit()
             try:
-                result = await actor.run.remote(key, payload)
+                worker = self.local if slot is None else self.actors[slot]
+                try:
+                    result = await (self.local.run(key, payload) if slot is None else worker.run.remote(key, payload))
+                except _actor_died() as error:
+                    deaths += 1
+                    self._replace(slot, worker)  # type: ignore[arg-type]  # only an actor dies this way
+                    if deaths >= MAX_DEATHS_PER_JOB:
+                        raise WorkerLost(f"its worker process died {deaths} times while running it "
+                                         f"({type(error).__name__})") from error
+                    continue
                 if self.forgets:
-                    self._ran_on[key] = actor
+                    self._ran_on[key] = worker
                 return result
-            except _actor_died() as error:
-                deaths += 1
-                self._replace(slot, actor)
-                if deaths >= MAX_DEATHS_PER_JOB:
-                    raise WorkerLost(f"its worker process died {deaths} times while running it "
-                                     f"({type(error).__name__})") from error
             finally:
-                self.busy[slot] -= 1
+                self._release(slot)
 
     async def forget(self, key: str) -> None:
         """Tell the worker that ran a job that the driver has committed it (a dead worker has nothing to drop)."""
-        actor = self._ran_on.pop(key, None)
-        if actor is not None:
+        worker = self._ran_on.pop(key, None)
+        if worker is self.local:
+            await self.local.forget(key)
+        elif worker is not None:
             with contextlib.suppress(_actor_died()):
-                await actor.forget.remote(key)
+                await worker.forget.remote(key)
 
     def shutdown(self) -> None:
-        """Close the workers' stores, then leave Ray (stopping the local instance if this pool started it)."""
-        ray = _ray()
+        """Close the workers' stores, then leave Ray (stopping the local instance if this pool started it).
+
+        A local instance still starting is waited for first: its processes must not outlive the command.
+        """
+        # `_adopt` may still be queued on the loop: from now on it hands nothing over.
+        self._closed = True
+        if self._owner is not None:
+            self._stop.set()
+            self._owner.join()
+        else:
+            self._leave(_ray())
+        self.actors = []
+
+    def _leave(self, ray: Any) -> None:
+        """Close the actors' stores, then leave Ray."""
         if ray.is_initialized():
             with contextlib.suppress(Exception):
-                ray.get([actor.close.remote() for actor in self.actors], timeout=10)
+                ray.get([actor.close.remote() for actor in self.actors or self._placed], timeout=10)
             ray.shutdown()
-        self.actors = []

@@ -41,6 +41,21 @@ async def test_slots_go_to_the_job_with_the_fewest_calls_made_then_in_arrival_or
     assert slots.in_use == 0
 
 
+async def test_a_lowered_limit_retires_slots_as_their_calls_end() -> None:
+    slots = CallSlots(3)
+    for _ in range(3):
+        await slots.acquire(0)
+    waiter = asyncio.ensure_future(slots.acquire(0))
+    slots.limit = 1  # a Ray worker joined and took two of this process's slots
+    slots.release()
+    slots.release()
+    await asyncio.sleep(0)
+    assert slots.in_use == 1 and not waiter.done()  # two slots retired, none handed on
+    slots.release()
+    await asyncio.wait_for(waiter, 1)
+    assert slots.in_use == 1
+
+
 async def test_a_cancelled_waiter_gives_up_its_place_and_no_slot_is_lost() -> None:
     slots = CallSlots(1)
     await slots.acquire(0)
