@@ -294,8 +294,11 @@ class RayWorkerPool:
         slots = self.local.call_slots
         if slots is not None:
             slots.limit = max(1, slots.limit - len(actors) * self.actor_calls)
-        for _ in actors:
-            self._wake_one()  # room has appeared: jobs waiting for it go to the new workers
+        # Room has appeared: every job waiting for it looks again (those that find none wait again).
+        waiting, self._waiting_for_room = self._waiting_for_room, []
+        for waiter in waiting:
+            if not waiter.done():
+                waiter.set_result(None)
 
     @property
     def max_jobs(self) -> int:
