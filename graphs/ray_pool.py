@@ -287,8 +287,9 @@ class RayWorkerPool:
         """(On the loop.) The actors take jobs from now on; the driver keeps the call slots the actors do not take."""
         if self._closed:
             return
-        logger.warning("note: %d Ray workers joined after %.1f s (the local instance's start-up); this process ran "
-                       "the work until then and goes on with its share", len(actors), after_s)
+        logger.warning("note: %d Ray worker%s joined after %.1f s (the local instance's start-up); this process ran "
+                       "the work until then and goes on with its share", len(actors), "" if len(actors) == 1 else "s",
+                       after_s)
         self.busy = [0] * len(actors)
         self.actors = actors
         slots = self.local.call_slots

@@ -150,11 +150,11 @@ def test_the_driver_works_until_its_ray_workers_join_then_a_killed_one_is_replac
         reader = threading.Thread(target=lambda: said.extend(iter(driver.stderr.readline, "")), daemon=True)
         reader.start()
         deadline = time.monotonic() + RUN_TIMEOUT_S
-        while not any("Ray workers joined" in line for line in said) and time.monotonic() < deadline:
+        while not any("Ray worker joined" in line for line in said) and time.monotonic() < deadline:
             time.sleep(0.05)
-        joined = next(line for line in said if "Ray workers joined" in line)
+        joined = next(line for line in said if "Ray worker joined" in line)
         # The driver did not wait for Ray: it made calls before its worker joined.
-        assert server.stats.completions > 0 and joined.startswith("note: 1 Ray workers joined after ")
+        assert server.stats.completions > 0 and joined.startswith("note: 1 Ray worker joined after ")
         time.sleep(1.0)  # the new worker takes the next prompts at once (it has the most room)
         [victim] = pool_worker_pids()
         os.kill(victim, signal.SIGKILL)
