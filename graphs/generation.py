@@ -2,9 +2,9 @@
 
 Progress lives in the output directory: `progress.sqlite` (one row per prompt: done with its record,
 failed with its reason, or pending) and `checkpoints.sqlite` (LangGraph's checkpoints, one thread per
-prompt id, written synchronously after every step). Killed at any moment and started again, a run
-skips finished prompts without a single call and resumes unfinished ones from their last completed
-step. Failed prompts are retried only with `retry_failed`.
+prompt id, written after every step and committed with the event-loop round that wrote it). Killed at any
+moment and started again, a run skips finished prompts without a single call and resumes unfinished ones
+from their last committed step. Failed prompts are retried only with `retry_failed`.
 
 A prompt runs in a PromptRunner, which returns its record without committing it; this process (the driver)
 commits it to the run store and only then deletes the prompt's checkpoints. With `RayWorkers` the runners

@@ -133,15 +133,16 @@ def test_a_sigkilled_driver_resumes_and_pays_only_for_what_was_in_flight(tmp_pat
     assert all(after[prompt_id] == record for prompt_id, record in kept.items())  # finished work untouched
     # Only unfinished prompts were run again: 6 calls each at most (fewer for those resumed mid-prompt).
     assert server.stats.completions - calls_before_resume <= 6 * (30 - len(kept))
-    # And the whole bill: 30 prompts, plus at most the steps of the 4 prompts in flight at the kill.
+    # And the whole bill: 30 prompts, plus at most the 4 calls in flight at the kill (-c 4).
     assert server.stats.completions <= 6 * 30 + 4
 
 
 def test_the_driver_works_until_its_ray_workers_join_then_a_killed_one_is_replaced(tmp_path: Path) -> None:
-    # 30 prompts x 6 calls at 250 ms, 4 calls at a time: about 11 s, longer than the local instance's start-up.
-    server = StubServer(StubSettings(latency_s=0.25)).start_in_thread()
+    # 60 prompts x 6 calls at 200 ms, 4 calls at a time: about 18 s, so that the worker, joining after the
+    # local instance's start-up (4-8 s), is killed with prompts of its own still to run.
+    server = StubServer(StubSettings(latency_s=0.2)).start_in_thread()
     try:
-        prompts = write_prompts(tmp_path / "prompts.jsonl", 30)
+        prompts = write_prompts(tmp_path / "prompts.jsonl", 60)
         output = tmp_path / "out"
         command = fellowship(*generate_args(prompts, output, server.base_url, "-c", "4", "--workers", "2"))
         driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -161,9 +162,9 @@ def test_the_driver_works_until_its_ray_workers_join_then_a_killed_one_is_replac
         stdout, _ = driver.communicate(timeout=RUN_TIMEOUT_S)
         reader.join(5)
         assert driver.returncode == 0, "".join(said)
-        assert "done: 30  failed: 0" in stdout
-        assert any("1 worker processes died and were replaced" in line for line in said)
-        assert len((output / "records.jsonl").read_text().splitlines()) == 30
+        assert "done: 60  failed: 0" in stdout
+        assert any("1 worker processes died and were replaced" in line for line in said), "".join(said)
+        assert len((output / "records.jsonl").read_text().splitlines()) == 60
         assert server.stats.max_in_flight <= 4  # the driver's and the worker's shares of --concurrency
     finally:
         server.stop()
