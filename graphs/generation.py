@@ -271,7 +271,7 @@ class RayPromptExecutor:
         self.pool = pool
 
     async def run(self, prompt_id: str, prompt: Prompt) -> PromptResult:
-        """Run one prompt on the least busy worker (on another one if that worker dies)."""
+        """Run one prompt on the worker with the most room (again on another one if that worker dies)."""
         try:
             result: PromptResult = await self.pool.run(prompt_id, prompt)
         except WorkerLost as lost:

@@ -10,7 +10,7 @@ pools and checkpoint stores live in the worker that uses them. Results come back
 finishes; the driver alone commits them, so it stays the single source of truth of what is done.
 
 A worker that dies (killed, out of memory, its machine gone) is replaced, and the jobs it held are run
-again on the least busy worker; a job that takes down its worker `MAX_DEATHS_PER_JOB` times fails with
+again on the worker with the most room; a job that takes down its worker `MAX_DEATHS_PER_JOB` times fails with
 `WorkerLost` instead of hanging the run.
 
 Ray itself is imported only when a pool starts (`--workers` above 1, or an address): it is the optional
@@ -193,7 +193,6 @@ class RayWorkerPool:
         self.address = address
         self.local = local
         self.actor_calls = actor_calls
-        self.local_runs_jobs = False
         self.local_busy = 0
         self.actors: list[Any] = []
         self.busy: list[int] = []
@@ -232,7 +231,6 @@ class RayWorkerPool:
             self.actors = [self._spawn() for _ in range(self.workers)]
             self.busy = [0] * self.workers
             return
-        self.local_runs_jobs = True
         loop = asyncio.get_running_loop()
         self._owner = threading.Thread(target=self._own_local_instance, args=(ray, loop), daemon=True,
                                        name="ray-instance")
@@ -302,11 +300,16 @@ class RayWorkerPool:
                 waiter.set_result(None)
 
     @property
+    def local_runs_jobs(self) -> bool:
+        """Whether the driver's own runner takes jobs: with a local instance, not on a cluster."""
+        return self._owner is not None
+
+    @property
     def max_jobs(self) -> int:
         """The most jobs the pool can hold at once (the driver's full share before the actors join, plus theirs)."""
-        actors = self.workers - 1 if ray_address_in_use(self.address) is None else self.workers
-        local = self._capacity(None) if ray_address_in_use(self.address) is None else 0
-        return local + actors * self._capacity(0)
+        if self.local_runs_jobs:
+            return self._capacity(None) + (self.workers - 1) * self._capacity(0)
+        return self.workers * self._capacity(0)
 
     def _capacity(self, slot: int | None) -> int:
         """How many jobs a worker holds: `jobs_in_flight` of its call slots."""
