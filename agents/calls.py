@@ -121,8 +121,9 @@ def call_scope(slots: CallSlots | None) -> Iterator[None]:
         yield
     finally:
         _job_calls.reset(token)
-        for _ in range(job.held if job is not None else 0):
-            job.slots.release()  # type: ignore[union-attr]
+        if job is not None:
+            for _ in range(job.held):
+                job.slots.release()
 
 
 @contextlib.asynccontextmanager

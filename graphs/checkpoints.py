@@ -31,7 +31,7 @@ class InlineSqliteSaver(SqliteSaver):
     """SqliteSaver whose async methods run the sync ones in place (one event loop, one connection)."""
 
     group_commit = False
-    _commit_scheduled = False
+    _commit_soon: asyncio.Handle | None = None  # the round's scheduled commit, if one is pending
 
     @classmethod
     def open(cls, path: Path, *, group_commit: bool = False) -> InlineSqliteSaver:
@@ -70,15 +70,16 @@ class InlineSqliteSaver(SqliteSaver):
             loop = asyncio.get_running_loop()
         except RuntimeError:  # the sync API from a thread without a loop
             return False
-        if not self._commit_scheduled:
-            self._commit_scheduled = True
-            loop.call_soon(self.flush)
+        if self._commit_soon is None:
+            self._commit_soon = loop.call_soon(self.flush)
         return True
 
     def flush(self) -> None:
-        """Commit what the current group has written."""
+        """Commit what the current group has written (a commit still scheduled is then not needed: cancel it)."""
         with self.lock:
-            self._commit_scheduled = False
+            if self._commit_soon is not None:
+                self._commit_soon.cancel()  # else it would run after `close`, on a closed connection
+                self._commit_soon = None
             self.conn.commit()
 
     def bind_graph_version(self, version: int) -> int:

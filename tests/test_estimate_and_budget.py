@@ -67,6 +67,17 @@ def test_dry_run_with_a_stop_score_gives_a_range_and_counts_only_prompts_not_don
     assert "prompts to run: 3 (2 already done" in again.output and dry_run_calls(again.output) == (18, 18)
 
 
+def test_dry_run_time_puts_every_call_through_the_concurrency_slots(tmp_path: Path, stub: StubServer) -> None:
+    # --concurrency counts calls: 60 prompts x 6 calls through 8 slots at 3 s each is 135 s, not 8 prompts at a time
+    # (8 waves of 6 steps: 144 s); with more slots than calls, one prompt's chain of 6 steps (18 s) is the floor.
+    spec = f"compat:stub@{stub.base_url}"
+    prompts = write_prompts(tmp_path / "p.jsonl", 60)
+    slots = runner.invoke(app, [*generate(prompts, tmp_path / "run", spec, "-c", "8"), "--dry-run"])
+    assert "time: about 2.2 min at --concurrency 8" in slots.output, slots.output
+    chain = runner.invoke(app, [*generate(prompts, tmp_path / "run", spec, "-c", "1000"), "--dry-run"])
+    assert "time: about 0.3 min at --concurrency 1000" in chain.output, chain.output
+
+
 def test_prices_are_checked_and_shown(tmp_path: Path, stub: StubServer) -> None:
     spec = f"compat:stub@{stub.base_url}"
     prompts = write_prompts(tmp_path / "p.jsonl", 2)

@@ -353,6 +353,8 @@ async def test_group_commit_writes_a_loop_round_in_one_commit_and_close_commits_
     path = tmp_path / "checkpoints.sqlite"
     saver = InlineSqliteSaver.open(path, group_commit=True)
     reader = sqlite3.connect(path)
+    loop_errors: list[dict] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: loop_errors.append(context))
 
     def committed() -> int:
         return reader.execute("SELECT COUNT(*) FROM writes").fetchone()[0]
@@ -367,8 +369,10 @@ async def test_group_commit_writes_a_loop_round_in_one_commit_and_close_commits_
     await asyncio.sleep(0)
     assert committed() == 2
     write("c")
-    saver.close()  # what a round left pending is committed on close
+    saver.close()  # what a round left pending is committed on close, and the scheduled commit is cancelled
     assert committed() == 3
+    await asyncio.sleep(0)
+    assert not loop_errors  # a commit left scheduled would have failed here, on the closed connection
     # Without a loop (the sync API from a thread), a write commits at once.
     plain = InlineSqliteSaver.open(path, group_commit=True)
     write_config = {"configurable": {"thread_id": "u", "checkpoint_ns": "", "checkpoint_id": "c1"}}
