@@ -78,7 +78,7 @@ def referee_model(roles: Sequence[RefereeRole], seat: int, models: Sequence[str]
     )
 
 
-def open_debate(state: DebateState) -> dict[str, Any]:
+async def open_debate(state: DebateState) -> dict[str, Any]:
     """Start at round 1."""
     return {"round": 1, "started_at": time.perf_counter()}
 
@@ -111,7 +111,7 @@ def make_referee_node(
     return referee_speaks
 
 
-def close_round(state: DebateState) -> dict[str, Any]:
+async def close_round(state: DebateState) -> dict[str, Any]:
     """Count the round as spoken."""
     return {"round": state["round"] + 1}
 
@@ -121,14 +121,16 @@ NEXT_ROUND = "next_round"
 
 def make_round_router(
     roles: Sequence[RefereeRole],
-) -> Callable[[DebateState, Runtime[EvaluationContext]], Literal["next_round"] | list[Send]]:
+) -> Callable[[DebateState, Runtime[EvaluationContext]], Coroutine[Any, Any, Literal["next_round"] | list[Send]]]:
     """The router after each round.
 
     Another round (mapped to the first referee's node by the edge's path map, since role keys are data), or the
     final scores of every referee.
     """
 
-    def route_round(state: DebateState, runtime: Runtime[EvaluationContext]) -> Literal["next_round"] | list[Send]:
+    async def route_round(
+        state: DebateState, runtime: Runtime[EvaluationContext]
+    ) -> Literal["next_round"] | list[Send]:
         """Another round while rounds remain; otherwise every referee gives final scores in parallel."""
         if state["round"] <= runtime.context.rounds:
             return "next_round"
@@ -167,7 +169,7 @@ def make_final_score_node(
     return final_score
 
 
-def aggregate_scores(state: DebateState) -> dict[str, Any]:
+async def aggregate_scores(state: DebateState) -> dict[str, Any]:
     """Mean score per answer over the referees whose scores parsed (the paper counted failures as 0)."""
     item = state["item"]
     entries = sorted(state.get("referee_scores", []), key=lambda entry: entry["seat"])

@@ -94,7 +94,7 @@ def _latest_reviews(state: LoopState) -> list[Review]:
     return [review for review in state.get("reviews", []) if review["iteration"] == iteration]
 
 
-def route_after_answer(state: LoopState, runtime: Runtime[GenerationContext]) -> Literal["__end__"] | list[Send]:
+async def route_after_answer(state: LoopState, runtime: Runtime[GenerationContext]) -> Literal["__end__"] | list[Send]:
     """Stop at N answers or once the reviewers are satisfied; otherwise one review branch per reviewer seat."""
     answers = state.get("answers", [])
     if len(answers) >= runtime.context.iterations or reviewers_satisfied(state, runtime.context.stop_score):

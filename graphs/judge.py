@@ -57,7 +57,7 @@ def _trace_metadata(item: ItemState, **extra: Any) -> dict[str, Any]:
     return {"item_id": item["id"], **extra}
 
 
-def route_judge_tasks(state: JudgeState, runtime: Runtime[EvaluationContext]) -> list[Send]:
+async def route_judge_tasks(state: JudgeState, runtime: Runtime[EvaluationContext]) -> list[Send]:
     """One branch per answer order (direct/combined) or per candidate (independent)."""
     item = state["item"]
     context = runtime.context
@@ -118,7 +118,7 @@ async def score_alone_node(
     return {"judgements": [entry]}
 
 
-def decide(state: JudgeState, runtime: Runtime[EvaluationContext]) -> dict[str, Any]:
+async def decide(state: JudgeState, runtime: Runtime[EvaluationContext]) -> dict[str, Any]:
     """Turn the judge calls' results into the item's verdict (both orders reconciled with `swap`)."""
     context = runtime.context
     item = state["item"]

@@ -47,7 +47,7 @@ class JurorTask(TypedDict):
     reversed: bool
 
 
-def route_jurors(state: JuryState, runtime: Runtime[EvaluationContext]) -> list[Send]:
+async def route_jurors(state: JuryState, runtime: Runtime[EvaluationContext]) -> list[Send]:
     """One branch per seat and answer order. The same model spec may sit in two seats."""
     orders = [False, True] if runtime.context.swap else [False]
     return [
@@ -86,7 +86,7 @@ async def juror(task: JurorTask, runtime: Runtime[EvaluationContext], models: Mo
     return {"ballots": [ballot]}
 
 
-def aggregate_votes(state: JuryState, runtime: Runtime[EvaluationContext]) -> dict[str, Any]:
+async def aggregate_votes(state: JuryState, runtime: Runtime[EvaluationContext]) -> dict[str, Any]:
     """Each seat's vote from its own scores; then the plurality rule or the mean of scores."""
     context = runtime.context
     item = state["item"]

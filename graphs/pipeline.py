@@ -50,14 +50,14 @@ def collect_answers(state: PipelineState) -> ItemState:
     return {"id": state["prompt_id"], "prompt": state["prompt"], "responses": answers}
 
 
-def route_evaluator(state: PipelineState, runtime: Runtime[GenerationContext]) -> Send:
+async def route_evaluator(state: PipelineState, runtime: Runtime[GenerationContext]) -> Send:
     """The evaluator the context names, sent the answers as its item; one answer (early stop, N = 1) is not ranked."""
     item = collect_answers(state)
     evaluator = "single_answer" if len(item["responses"]) < 2 else runtime.context.evaluator
     return Send(evaluator, {"prompt_id": state["prompt_id"], "item": item})
 
 
-def single_answer(state: PipelineState) -> dict[str, Any]:
+async def single_answer(state: PipelineState) -> dict[str, Any]:
     """The verdict of a prompt with one answer: that answer, unranked."""
     verdict = Verdict(id=state["prompt_id"], method="none", models=[], scores=[None], winner="A", parse_ok=True)
     return {"verdict": verdict.model_dump()}

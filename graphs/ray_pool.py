@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.calls import jobs_in_flight
+from agents.loop_executor import use_steps_on_loop
 from agents.models import PREFLIGHT_TIMEOUT_S, ModelSettings, connect_problem
 from tools.errors import ConfigError, FellowshipError
 
@@ -150,6 +151,7 @@ class PoolWorker:
     def _ready(self) -> Any:
         # Built inside the actor's event loop: chat clients bind to the loop that makes them.
         if self._runner is None:
+            use_steps_on_loop(asyncio.get_running_loop())
             on_driver_machine = _ray().get_runtime_context().get_node_id() == self._driver_node
             self._runner = self._job(on_driver_machine)
         return self._runner

@@ -126,9 +126,9 @@ async def test_swap_position_biased_judge_becomes_tie() -> None:
     assert verdict["winner"] == "tie"
 
 
-def test_route_jurors_one_send_per_seat_and_order() -> None:
+async def test_route_jurors_one_send_per_seat_and_order() -> None:
     context = EvaluationContext(models=["x", "y", "x"], swap=True)
-    sends = route_jurors({"item": ITEM.model_dump()}, Runtime(context=context))
+    sends = await route_jurors({"item": ITEM.model_dump()}, Runtime(context=context))
     assert [(send.node, send.arg["seat"], send.arg["model"], send.arg["reversed"]) for send in sends] == [
         ("juror", 0, "x", False), ("juror", 0, "x", True),
         ("juror", 1, "y", False), ("juror", 1, "y", True),

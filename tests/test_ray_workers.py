@@ -159,7 +159,10 @@ def test_the_driver_works_until_its_ray_workers_join_then_a_killed_one_is_replac
         time.sleep(1.0)  # the new worker takes the next prompts at once (it has the most room)
         [victim] = pool_worker_pids()
         os.kill(victim, signal.SIGKILL)
-        stdout, _ = driver.communicate(timeout=RUN_TIMEOUT_S)
+        # stderr belongs to the reader thread alone (communicate() would read it too, and take lines from it).
+        assert driver.stdout is not None
+        driver.wait(timeout=RUN_TIMEOUT_S)  # its stdout is a few summary lines: no pipe fills up meanwhile
+        stdout = driver.stdout.read()
         reader.join(5)
         assert driver.returncode == 0, "".join(said)
         assert "done: 60  failed: 0" in stdout

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from agents.loop_executor import run_with_steps_on_loop
 from tools.errors import EXIT_CONFIG, EXIT_FAILURES, EXIT_INTERRUPTED, ConfigError, FellowshipError
 
 # Piped or captured output gets wide tables rather than the 80 columns rich assumes off a terminal.
@@ -264,13 +265,16 @@ def run_evaluation(
 
 
 def run_coroutine(work: Coroutine[Any, Any, ResultT]) -> ResultT:
-    """asyncio.run, also from inside Jupyter, whose kernel already runs an event loop in this thread."""
+    """Run the work on a new event loop (`run_with_steps_on_loop`), also from inside Jupyter.
+
+    Jupyter's kernel already runs an event loop in this thread, so there the work runs on a thread of its own.
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(work)
+        return run_with_steps_on_loop(work)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, work).result()
+        return pool.submit(run_with_steps_on_loop, work).result()
 
 
 async def run_then_close(work: Any, registry: Any) -> Any:

@@ -207,6 +207,7 @@ def run_phase(phase: str, base_url: str, prompts: int, concurrency: int, stub_pi
 
         import graphs.generation  # noqa: F401
         import tools.outputs.export  # noqa: F401
+        from tools.cli.common import run_coroutine
     folder = Path(tempfile.mkdtemp(prefix="fellowship-bench-"))
     try:
         busy_before, stub_before = busy_seconds(), process_seconds(stub_pid)
@@ -216,7 +217,7 @@ def run_phase(phase: str, base_url: str, prompts: int, concurrency: int, stub_pi
                 calls = asyncio.run(_bare_loop(base_url, prompts, concurrency))
             else:
                 workers = 2 if phase == "workers2" else 1
-                calls = asyncio.run(_pipeline(base_url, prompts, concurrency, workers, folder))
+                calls = run_coroutine(_pipeline(base_url, prompts, concurrency, workers, folder))
         wall = time.perf_counter() - started
         cpu = (busy_seconds() - busy_before) - (process_seconds(stub_pid) - stub_before) - memory.cpu_s
         directory = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
