@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import openai
+from langchain_core.callbacks.manager import AsyncCallbackManager
+from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.runnables.config import ensure_config
 
 import prompts
 from agents.cache import CACHED_MARK
@@ -204,6 +207,21 @@ def message_text(message: BaseMessage) -> str:
     return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
 
 
+def call_is_observed(model: BaseChatModel) -> bool:
+    """Whether anything but the caller sees a call to `model` made here and now, as LangChain would decide it.
+
+    A callback handler in the calling graph's config (the `--trace` recorder, Studio's message stream), one set on
+    the model, a tracer turned on by the environment (LANGSMITH_TRACING) or a tracing context, or a cache (the
+    model's own or LangChain's global one) all see it; so does a rate limiter. Without any of them, a call needs
+    only the model's own request (`_agenerate`).
+    """
+    cache_in_use = model.cache is not False and (model.cache is not None or get_llm_cache() is not None)
+    if cache_in_use or model.rate_limiter is not None:
+        return True
+    inherited = ensure_config().get("callbacks")
+    return bool(AsyncCallbackManager.configure(inherited, model.callbacks, model.verbose).handlers)
+
+
 async def complete(
     model: BaseChatModel,
     messages: Sequence[BaseMessage],
@@ -227,13 +245,19 @@ async def complete(
         bound["extra_body"] = {}
     if max_tokens is not None:
         bound["max_tokens"] = max_tokens
-    runnable: Any = model.bind(**bound) if bound else model
     async with _call_slot():
         started = time.perf_counter()  # the call's latency, not its wait for a slot
         try:
-            message = await runnable.ainvoke(
-                list(messages), config={"run_name": run_name, "metadata": metadata or {}, "tags": stable_tags(run_name)}
-            )
+            if call_is_observed(model):
+                runnable: Any = model.bind(**bound) if bound else model
+                message = await runnable.ainvoke(
+                    list(messages),
+                    config={"run_name": run_name, "metadata": metadata or {}, "tags": stable_tags(run_name)},
+                )
+            else:
+                # Nobody listens (no tracer, callback handler or LangChain cache): the model's own request and
+                # reply, without LangChain's per-call run bookkeeping (a twentieth of the CPU per call).
+                message = (await model._agenerate(list(messages), **bound)).generations[0].message
         except openai.LengthFinishReasonError as error:
             # In JSON-schema mode the client refuses a reply cut off by max_tokens. The cut-off text is still
             # the model's answer: keep it, so the parser records it as unparsed and the follow-up can ask again.

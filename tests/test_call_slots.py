@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.messages import HumanMessage
+from langchain_core.runnables import RunnableLambda
 from typer.testing import CliRunner
 
-from agents.calls import CallSlots, call_scope, complete
+from agents.calls import CallSlots, call_is_observed, call_scope, complete
 from agents.models import ModelRegistry, ModelSettings
 from tests.fakes import ScriptedChatModel
 from tools.cli import app
@@ -158,3 +161,32 @@ def test_evaluate_concurrency_bounds_calls_in_flight_of_a_jury(tmp_path: Path) -
     finally:
         stub.stop()
 
+
+
+async def test_a_call_nobody_observes_gives_the_same_reply_and_a_listener_still_sees_every_call(
+    stub: StubServer,
+) -> None:
+    spec = f"compat:stub@{stub.base_url}"
+    registry = ModelRegistry(ModelSettings(max_retries=0))
+    model = registry.chat_model(spec)
+    question = [HumanMessage("Which is larger, 3 or 7?")]
+    started: list[str] = []
+
+    class Listener(AsyncCallbackHandler):
+        async def on_chat_model_start(self, serialized: dict[str, Any], messages: Any, **kwargs: Any) -> None:
+            started.append(kwargs.get("name") or "")
+
+    async def observed_call(_: object) -> Any:
+        assert call_is_observed(model)  # the listener below is in this call's config
+        return await complete(model, question, run_name="generator/iteration-1", model_spec=spec)
+
+    try:
+        assert not call_is_observed(model)  # no handler, tracer, cache or rate limiter
+        plain = await complete(model, question, run_name="generator/iteration-1", model_spec=spec)
+        observed = await RunnableLambda(observed_call).ainvoke(None, config={"callbacks": [Listener()]})
+    finally:
+        await registry.aclose()
+    assert started == ["generator/iteration-1"]
+    assert plain.text and (plain.text, plain.input_tokens, plain.output_tokens) == (
+        observed.text, observed.input_tokens, observed.output_tokens)
+    assert stub.stats.completions == 2
