@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 from langchain_core.callbacks import AsyncCallbackHandler
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import AIMessageChunk, HumanMessage
 from langchain_core.runnables import RunnableLambda
 from typer.testing import CliRunner
 
 from agents.calls import CallSlots, call_is_observed, call_scope, complete
 from agents.models import ModelRegistry, ModelSettings
+from graphs.context import GenerationContext
+from graphs.feedback_loop import build_feedback_loop_graph
 from tests.fakes import ScriptedChatModel
 from tools.cli import app
 from tools.dev.stub_server import StubServer, StubSettings
@@ -190,3 +192,22 @@ async def test_a_call_nobody_observes_gives_the_same_reply_and_a_listener_still_
     assert plain.text and (plain.text, plain.input_tokens, plain.output_tokens) == (
         observed.text, observed.input_tokens, observed.output_tokens)
     assert stub.stats.completions == 2
+
+
+async def test_a_graph_streamed_in_messages_mode_still_streams_every_call(stub: StubServer) -> None:
+    # Studio's chat view streams a run's messages: LangGraph's message handler must make the calls observed.
+    spec = f"compat:stub@{stub.base_url}"
+    registry = ModelRegistry(ModelSettings(max_retries=0))
+    graph = build_feedback_loop_graph(model_source=registry).compile()
+    context = GenerationContext(generator=spec, reviewers=[spec], iterations=2)
+    chunks: list[tuple[str, str]] = []
+    try:
+        async for message, metadata in graph.astream({"prompt_id": "p1", "prompt": "Name a prime number."},
+                                                     context=context, stream_mode="messages"):
+            if isinstance(message, AIMessageChunk):  # a model's output (the nodes' state updates come too)
+                chunks.append((metadata["langgraph_node"], message.id))
+    finally:
+        await registry.aclose()
+    calls = [node for node, _ in dict.fromkeys(chunks)]  # a call's chunks share its message id
+    assert len(chunks) > len(calls)  # streamed token by token, not a message per call
+    assert sorted(calls) == ["generate", "generate", "review"]

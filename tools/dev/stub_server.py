@@ -5,7 +5,9 @@ in progress (the rest wait their turn, like a provider's concurrency cap), and i
 rates: HTTP 500, HTTP 429 with Retry-After, hangs past the client's timeout, and replies the parsers
 cannot read. Replies follow the formats the parsers read (or the JSON schema asked for) and are
 deterministic: they depend only on the request's messages. Faults depend on the messages and on how
-often the same request has been seen, so a retried request can succeed. `GET /stats` reports counts.
+often the same request has been seen, so a retried request can succeed. A request with `"stream": true`
+gets the same reply as server-sent events, a word per chunk (and a usage chunk when
+`stream_options.include_usage` asks for it). `GET /stats` reports counts.
 
 Run alone: `python -m tools.dev.stub_server --latency 0.5 --max-concurrent 32` prints its base URL and
 serves until killed or until `--lifetime` seconds have passed (it always stops by itself).
@@ -135,6 +137,18 @@ def _status_error(status: int, headers: dict[str, str]) -> dict[str, Any]:
 JsonResponder = Callable[[str, str, bytes, dict[str, str]], Awaitable[tuple[int, Any, list[str]]]]
 
 
+@dataclass
+class EventStream:
+    """A reply sent as server-sent events: a `data:` line per event, then `data: [DONE]` (OpenAI's streaming)."""
+
+    events: list[Any]
+
+    def body(self) -> bytes:
+        """The whole event stream as the response body."""
+        return "".join(f"data: {json.dumps(event)}\n\n" for event in [*self.events, "[DONE]"]
+                       ).replace('data: "[DONE]"', "data: [DONE]").encode("utf-8")
+
+
 async def serve_json_connection(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, respond: JsonResponder
 ) -> None:
@@ -157,8 +171,10 @@ async def serve_json_connection(
                 headers[name.strip().lower()] = value.strip()
             body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
             status, payload, extra = await respond(method, path, body, headers)
-            data = json.dumps(payload).encode("utf-8")
-            head = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}", "Content-Type: application/json",
+            streamed = isinstance(payload, EventStream)
+            data = payload.body() if streamed else json.dumps(payload).encode("utf-8")
+            content_type = "text/event-stream" if streamed else "application/json"
+            head = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}", f"Content-Type: {content_type}",
                     f"Content-Length: {len(data)}", *extra]
             writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
             await writer.drain()
@@ -323,17 +339,36 @@ class StubServer(ThreadedJsonServer):
         if isinstance(limit, int) and len(text.split()) > limit:
             text, finish_reason = " ".join(text.split()[:limit]), "length"
         completion_tokens = len(text.split())
+        common = {"id": f"stub-{key[:12]}-{attempt}", "created": int(time.time()),
+                  "model": request.get("model", "stub")}
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}
+        if request.get("stream"):
+            return 200, EventStream(_stream_events(text, finish_reason, common, usage, request)), []
         return 200, {
-            "id": f"stub-{key[:12]}-{attempt}",
+            **common,
             "object": "chat.completion",
-            "created": int(time.time()),
-            "model": request.get("model", "stub"),
             "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
             ],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+            "usage": usage,
         }, []
+
+
+def _stream_events(
+    text: str, finish_reason: str, common: dict[str, Any], usage: dict[str, int], request: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The reply as `chat.completion.chunk` events: the role, a word each, the finish reason, usage if asked for."""
+    def chunk(delta: dict[str, str], finish: str | None = None) -> dict[str, Any]:
+        return {**common, "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    words = re.findall(r"\S+\s*|\s+", text)
+    events = [chunk({"role": "assistant", "content": ""}), *(chunk({"content": word}) for word in words),
+              chunk({}, finish_reason)]
+    if (request.get("stream_options") or {}).get("include_usage"):
+        events.append({**common, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+    return events
 
 
 async def _serve_for(server: StubServer, lifetime_s: float) -> None:
