@@ -174,11 +174,27 @@ def fatal_call_reason(error: BaseException) -> str | None:
         detail = body.get("error", body).get("message") if isinstance(body.get("error", body), dict) else None
         said = f": {mask_secrets(str(detail))[:160]}" if detail else ""
         return f"HTTP {error.status_code} {_FATAL_STATUS[error.status_code]}{where}{said}"
-    if isinstance(error, openai.APIConnectionError) and not isinstance(error, openai.APITimeoutError):
+    if isinstance(error, openai.APIConnectionError) and (
+        not isinstance(error, openai.APITimeoutError) or connection_failed_behind(error)
+    ):
         request = getattr(error, "request", None)
         where = f"{request.url.scheme}://{request.url.netloc.decode()}" if request is not None else "the endpoint"
         return f"cannot connect to {where} (after the client's retries)"
     return None
+
+
+def connection_failed_behind(error: BaseException) -> bool:
+    """Whether an error was caused by a connection that could not be made (refused, unknown host...).
+
+    aiohttp's transport reports a refused connection as a connect timeout; the operating system's error
+    underneath says what it was. A real timeout is no such error.
+    """
+    cause = error.__cause__
+    while cause is not None:
+        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def stable_tags(run_name: str) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +212,18 @@ async def test_a_graph_streamed_in_messages_mode_still_streams_every_call(stub: 
     calls = [node for node, _ in dict.fromkeys(chunks)]  # a call's chunks share its message id
     assert len(chunks) > len(calls)  # streamed token by token, not a message per call
     assert sorted(calls) == ["generate", "generate", "review"]
+
+
+async def test_a_refused_connection_fails_for_good_naming_the_endpoint() -> None:
+    # aiohttp's transport reports a refused connection as a connect timeout: it must still stop the run.
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    registry = ModelRegistry(ModelSettings(max_retries=0))
+    spec = f"compat:stub@http://127.0.0.1:{port}/v1"
+    try:
+        with pytest.raises(EndpointError, match=rf"cannot connect to http://127.0.0.1:{port}"):
+            await complete(registry.chat_model(spec), [HumanMessage("Hi?")], run_name="generator/iteration-1",
+                           model_spec=spec)
+    finally:
+        await registry.aclose()

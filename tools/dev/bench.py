@@ -9,7 +9,8 @@ Three scenarios, each run by three phases in their own processes:
   processes should help.
 
 Phases: a bare asyncio + openai loop (the practical floor for CPU; it admits whole prompts up to the cap, as a
-simple script would), `fellowship` with one process (`--workers 1`), and with two workers (`--workers 2`: this process
+simple script would), the same loop on aiohttp's connection pool (the pool fellowship's runs use: the floor moves
+with it), `fellowship` with one process (`--workers 1`), and with two workers (`--workers 2`: this process
 and a local Ray instance's worker, start-up and shutdown included). Printed per phase: wall time, its ratio
 to the lower bound max(critical path of one prompt, calls x latency / in-flight cap), CPU ms per call over
 every process but the stub's and the memory sampler's (Ray's own included), peak memory of the phase's
@@ -51,8 +52,9 @@ class Scenario:
 
 
 SCENARIOS = (Scenario(0.5, 200, 32), Scenario(0.1, 400, 32), Scenario(0.02, 3000, 64))
-PHASES = (("bare", "bare asyncio + openai"), ("workers1", "fellowship --workers 1"),
-          ("workers2", "fellowship --workers 2"))
+PHASES = (("bare", "bare asyncio + openai"), ("bare_aiohttp", "bare, aiohttp pool"),
+          ("workers1", "fellowship --workers 1"), ("workers2", "fellowship --workers 2"))
+BARE_PHASES = ("bare", "bare_aiohttp")
 
 
 def busy_seconds() -> float:
@@ -127,11 +129,15 @@ class PeakMemory:
         self.peak_mb = max(self.peak_mb, tree_rss_mb(os.getpid()))
 
 
-async def _bare_loop(base_url: str, prompts: int, concurrency: int) -> int:
-    """The same call graph written directly over the openai client: the practical floor for Python."""
-    from openai import AsyncOpenAI
+async def _bare_loop(base_url: str, prompts: int, concurrency: int, aiohttp_pool: bool) -> int:
+    """The same call graph written directly over the openai client: the practical floor for Python.
 
-    client = AsyncOpenAI(base_url=base_url, api_key="stub", max_retries=0)
+    With `aiohttp_pool`, the client uses aiohttp's connection pool, as fellowship's model registry does.
+    """
+    from openai import AsyncOpenAI, DefaultAioHttpClient
+
+    client = AsyncOpenAI(base_url=base_url, api_key="stub", max_retries=0,
+                         http_client=DefaultAioHttpClient() if aiohttp_pool else None)
     gate = asyncio.Semaphore(concurrency)
     calls = 0
 
@@ -200,7 +206,7 @@ def run_phase(phase: str, base_url: str, prompts: int, concurrency: int, stub_pi
     # Imports happen once per process, not per call: load them before the clock starts.
     import openai  # noqa: F401
 
-    if phase != "bare":
+    if phase not in BARE_PHASES:
         import datasets  # noqa: F401
         import langchain_openai
         import langchain_openai.chat_models.base  # noqa: F401
@@ -213,8 +219,8 @@ def run_phase(phase: str, base_url: str, prompts: int, concurrency: int, stub_pi
         busy_before, stub_before = busy_seconds(), process_seconds(stub_pid)
         started = time.perf_counter()
         with PeakMemory() as memory:
-            if phase == "bare":
-                calls = asyncio.run(_bare_loop(base_url, prompts, concurrency))
+            if phase in BARE_PHASES:
+                calls = asyncio.run(_bare_loop(base_url, prompts, concurrency, phase == "bare_aiohttp"))
             else:
                 workers = 2 if phase == "workers2" else 1
                 calls = run_coroutine(_pipeline(base_url, prompts, concurrency, workers, folder))
@@ -224,7 +230,7 @@ def run_phase(phase: str, base_url: str, prompts: int, concurrency: int, stub_pi
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return {"wall_s": wall, "calls": calls, "cpu_s": cpu, "peak_mb": memory.peak_mb,
-            "dir_mb_per_1k": directory / 1024 / 1024 * 1000 / prompts if phase != "bare" else 0.0}
+            "dir_mb_per_1k": directory / 1024 / 1024 * 1000 / prompts if phase not in BARE_PHASES else 0.0}
 
 
 def run_scenario(scenario: Scenario) -> dict[str, dict[str, float]]:
@@ -254,7 +260,7 @@ def run_scenario(scenario: Scenario) -> dict[str, dict[str, float]]:
                 raise SystemExit(f"{label} failed: {completed.stderr.strip().splitlines()[-1:]}")
             result = json.loads(completed.stdout.strip().splitlines()[-1])
             figures[phase] = result
-            directory = f"{result['dir_mb_per_1k']:.1f}" if phase != "bare" else "-"
+            directory = f"{result['dir_mb_per_1k']:.1f}" if phase not in BARE_PHASES else "-"
             print(f"{label:<26}{result['wall_s']:>8.2f}{result['wall_s'] / scenario.bound_s:>7.3f}"
                   f"{int(result['calls']):>7}{1000 * result['cpu_s'] / result['calls']:>13.2f}"
                   f"{result['peak_mb']:>9.0f}{directory:>19}")
@@ -267,7 +273,9 @@ def run_scenario(scenario: Scenario) -> dict[str, dict[str, float]]:
 
     speed_up = figures["workers1"]["wall_s"] / figures["workers2"]["wall_s"]
     print(f"CPU per call / bare loop's: --workers 1 {per_call('workers1') / per_call('bare'):.2f}, "
-          f"--workers 2 {per_call('workers2') / per_call('bare'):.2f}; "
+          f"--workers 2 {per_call('workers2') / per_call('bare'):.2f} "
+          f"(/ the aiohttp bare loop's: {per_call('workers1') / per_call('bare_aiohttp'):.2f}, "
+          f"{per_call('workers2') / per_call('bare_aiohttp'):.2f}); "
           f"--workers 2 speed-up over --workers 1: {speed_up:.2f}x")
     return figures
 
