@@ -145,8 +145,8 @@ class EventStream:
 
     def body(self) -> bytes:
         """The whole event stream as the response body."""
-        return "".join(f"data: {json.dumps(event)}\n\n" for event in [*self.events, "[DONE]"]
-                       ).replace('data: "[DONE]"', "data: [DONE]").encode("utf-8")
+        lines = [f"data: {json.dumps(event)}\n\n" for event in self.events]
+        return "".join([*lines, "data: [DONE]\n\n"]).encode("utf-8")
 
 
 async def serve_json_connection(
