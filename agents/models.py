@@ -189,7 +189,10 @@ class ModelRegistry:
     """Loads each spec once per run and owns the embedded servers it starts."""
 
     def __init__(self, settings: ModelSettings | None = None, *, closed_in_loop: bool = True) -> None:
-        """`closed_in_loop`: the owner calls `aclose` inside the loop that used the registry (see `_http_client`)."""
+        """A registry for one event loop; `closed_in_loop` picks its HTTP pool (see `_http_client`).
+
+        True: the owner calls `aclose` inside that loop, or the loop's process ends with it (a Ray worker's).
+        """
         self.settings = settings or ModelSettings()
         self.closed_in_loop = closed_in_loop
         self._models: dict[str, BaseChatModel] = {}
