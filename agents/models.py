@@ -231,7 +231,9 @@ class ModelRegistry:
     def chat_model(self, spec: str) -> BaseChatModel:
         """The chat model for a spec, loaded once per registry."""
         if spec not in self._models:
-            self._models[spec] = self._load(parse_model_spec(spec))
+            from agents.plain_requests import send_plain_bodies  # the openai client loads with the first model
+
+            self._models[spec] = send_plain_bodies(self._load(parse_model_spec(spec)))
         return self._models[spec]
 
     def _load(self, spec: ModelSpec) -> BaseChatModel:

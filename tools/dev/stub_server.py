@@ -277,7 +277,8 @@ class StubServer(ThreadedJsonServer):
             return 200, self.stats.as_dict(), []
         if method == "GET" and path.rstrip("/").endswith("/models"):
             return 200, {"object": "list", "data": [{"id": "stub", "object": "model"}]}, []
-        if method != "POST" or not path.rstrip("/").endswith("/chat/completions"):
+        route = path.split("?", 1)[0].rstrip("/")  # query parameters (a client's extra_query) do not change the route
+        if method != "POST" or not route.endswith("/chat/completions"):
             return 404, {"error": {"message": "not found"}}, []
         request = json.loads(body or b"{}")
         if self.settings.fixed_status is not None:
