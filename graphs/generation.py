@@ -383,7 +383,8 @@ async def run_generation(
         finally:
             if pool is not None:
                 workers_replaced = pool.replaced
-                pool.shutdown()
+                # A local instance stops in the background while the caller exports (see `finish_leaving`).
+                pool.shutdown(wait=False)
             if finished_run:
                 # Nothing is in flight any more (the workers are gone): give the deleted threads' space back.
                 local.saver.compact()

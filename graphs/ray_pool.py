@@ -20,6 +20,7 @@ extra `fellowship[ray]`.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import ipaddress
 import logging
@@ -36,6 +37,8 @@ from agents.models import PREFLIGHT_TIMEOUT_S, ModelSettings, connect_problem
 from tools.errors import ConfigError, FellowshipError
 
 MAX_DEATHS_PER_JOB = 3
+# How far below the driver's the CPU priority of a local instance's processes is (see `_own_local_instance`).
+RAY_NICENESS = 5
 # The local instance's shared-memory object store: results are one record each (kilobytes), so Ray's default
 # of 30% of the machine's memory would only reserve what the workers need for themselves.
 LOCAL_OBJECT_STORE_BYTES = 128 * 1024 * 1024
@@ -47,6 +50,34 @@ FORWARDED_PREFIXES = ("OPENAI_", "TOGETHER_", "COMPAT_", "LANGSMITH_", "LANGCHAI
 _INIT_OPTIONS: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR,
                                  "ignore_reinit_error": True}
 logger = logging.getLogger(__name__)
+# Owner threads of local instances still stopping after `shutdown(wait=False)` (see `finish_leaving`).
+_LEAVING: set[threading.Thread] = set()
+_LEAVING_LOCK = threading.Lock()
+_leave_at_exit_registered = False
+
+
+def finish_leaving() -> None:
+    """Wait until every local Ray instance this process started has stopped (its processes gone).
+
+    `RayWorkerPool.shutdown(wait=False)` leaves the stopping to the instance's owner thread, so that the command's
+    last work (the export) runs meanwhile; this waits for it. Called at interpreter exit, and before another
+    local instance starts (two instances must not start and stop at once in one process).
+    """
+    with _LEAVING_LOCK:
+        leaving = list(_LEAVING)
+    for thread in leaving:
+        thread.join()
+        with _LEAVING_LOCK:
+            _LEAVING.discard(thread)
+
+
+def _leave_at_exit() -> None:
+    """Make the interpreter wait for stopping instances at exit, before Ray's own exit handler runs."""
+    global _leave_at_exit_registered
+    if not _leave_at_exit_registered:
+        # Registered after ray is imported (Ray registers its handler when imported), so it runs first.
+        atexit.register(finish_leaving)
+        _leave_at_exit_registered = True
 
 
 @dataclass(frozen=True)
@@ -207,6 +238,7 @@ class RayWorkerPool:
         self._stop = threading.Event()
         self._placed: list[Any] = []
         self._closed = False
+        self._stores_closed = threading.Event()  # the actors have closed their stores (Ray may still be stopping)
 
     def start(self) -> None:
         """Join the cluster and place its actors (refusing one too small), or start working beside a local instance.
@@ -228,11 +260,13 @@ class RayWorkerPool:
             # it: none advertises or dials the machine's network address (Ray would turn 127.0.0.1 into it).
             os.environ[LOCAL_ONLY_VARIABLE] = "0"
         ray = _ray()
+        _leave_at_exit()
         if joining:
             self._join(ray, joining)
             self.actors = [self._spawn() for _ in range(self.workers)]
             self.busy = [0] * self.workers
             return
+        finish_leaving()
         loop = asyncio.get_running_loop()
         self._owner = threading.Thread(target=self._own_local_instance, args=(ray, loop), daemon=True,
                                        name="ray-instance")
@@ -259,6 +293,12 @@ class RayWorkerPool:
         starts to the thread that started them (they are stopped when their parent ends), and an instance
         started in one thread and stopped from another leaves processes behind.
         """
+        # Ray's processes inherit the CPU priority of the thread that starts them (Linux keeps it per thread):
+        # a little below the driver's, the instance's start-up (seconds of CPU on every core while the driver is
+        # already making calls) and later its daemons yield to the driver, which also commits every result.
+        with contextlib.suppress(OSError):
+            thread = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + RAY_NICENESS)
         try:
             self._start_local_instance(ray, loop)
         finally:
@@ -399,23 +439,35 @@ class RayWorkerPool:
             with contextlib.suppress(_actor_died()):
                 await worker.forget.remote(key)
 
-    def shutdown(self) -> None:
+    def shutdown(self, *, wait: bool = True) -> None:
         """Close the workers' stores, then leave Ray (stopping the local instance if this pool started it).
 
-        A local instance still starting is waited for first: its processes must not outlive the command.
+        A local instance still starting is waited for first: its processes must not outlive the command. With
+        `wait=False`, a local instance stops in the background once the workers' stores are closed (stopping Ray's
+        processes takes over a second, which the command's export can use): `finish_leaving` waits for it, and
+        the interpreter does at exit.
         """
         # `_adopt` may still be queued on the loop: from now on it hands nothing over.
         self._closed = True
         if self._owner is not None:
             self._stop.set()
-            self._owner.join()
+            if wait:
+                self._owner.join()
+            else:
+                with _LEAVING_LOCK:
+                    _LEAVING.add(self._owner)
+                self._stores_closed.wait()
         else:
             self._leave(_ray())
         self.actors = []
 
     def _leave(self, ray: Any) -> None:
         """Close the actors' stores, then leave Ray."""
+        try:
+            if ray.is_initialized():
+                with contextlib.suppress(Exception):
+                    ray.get([actor.close.remote() for actor in self.actors or self._placed], timeout=10)
+        finally:
+            self._stores_closed.set()
         if ray.is_initialized():
-            with contextlib.suppress(Exception):
-                ray.get([actor.close.remote() for actor in self.actors or self._placed], timeout=10)
             ray.shutdown()

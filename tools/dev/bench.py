@@ -178,7 +178,7 @@ async def _pipeline(base_url: str, prompts: int, concurrency: int, workers: int,
     from agents.models import ModelRegistry, ModelSettings
     from graphs.context import GenerationContext
     from graphs.generation import run_generation
-    from graphs.ray_pool import RayWorkers
+    from graphs.ray_pool import RayWorkers, finish_leaving
     from tools.outputs.export import export_records
     from tools.outputs.run_store import iter_done_records
     from tools.rules.pairing import PairingRules
@@ -198,6 +198,7 @@ async def _pipeline(base_url: str, prompts: int, concurrency: int, workers: int,
         raise SystemExit(f"pipeline failures: {result.failures[:3]}")
     # The export is part of the job (and of its memory): records stream from the run store to the files.
     summary = export_records(iter_done_records(folder / "progress.sqlite"), folder, PairingRules())
+    finish_leaving()  # the command ends when a local Ray instance has stopped, as the CLI's process does at exit
     return summary.usage()["calls"]
 
 
