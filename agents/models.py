@@ -21,15 +21,18 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import urlparse
 
-from langchain_core.language_models import BaseChatModel
 from pydantic import SecretStr
 
-from agents.cache import CacheStats, CallCache, CallCacheFile
 from agents.embedded import EmbeddedServer, resolve_gguf
 from tools.errors import ConfigError
+
+if TYPE_CHECKING:  # LangChain loads with the first model, not with the command line (`fellowship --help`)
+    from langchain_core.language_models import BaseChatModel
+
+    from agents.cache import CallCacheFile
 
 DEFAULT_MODEL = "local:smollm2"
 PROVIDERS = ("openai", "together", "compat", "local")
@@ -198,6 +201,8 @@ class ModelRegistry:
         self._models: dict[str, BaseChatModel] = {}
         self._servers: dict[str, EmbeddedServer] = {}
         self._http: Any = None
+        from agents.cache import CacheStats
+
         self.cache_stats = CacheStats()
         self._cache_file: CallCacheFile | None = None
 
@@ -246,6 +251,8 @@ class ModelRegistry:
             "http_async_client": self._http_client(),
         }
         if self.settings.cache_path is not None:
+            from agents.cache import CallCache, CallCacheFile
+
             if self._cache_file is None:
                 self._cache_file = CallCacheFile(self.settings.cache_path)
             common["cache"] = CallCache(self._cache_file, spec.text, self.cache_stats)

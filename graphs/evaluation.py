@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from agents.calls import CallSlots, call_scope, calls_per_worker, jobs_in_flight
+from agents.call_budget import calls_per_worker, jobs_in_flight
+from agents.calls import CallSlots, call_scope
 from agents.models import ModelRegistry, ModelSettings, ModelSource
 from agents.records import Verdict
 from agents.roles import DEFAULT_ROLES, RefereeRole

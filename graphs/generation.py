@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from agents.calls import CallSlots, call_scope, calls_per_worker, jobs_in_flight
+from agents.call_budget import calls_per_worker, jobs_in_flight
+from agents.calls import CallSlots, call_scope
 from agents.models import ModelRegistry, ModelSettings, ModelSource
 from agents.prices import BUILT_IN_PRICES, PriceTable
 from agents.records import Exchange, Usage

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agents.calls import jobs_in_flight
+from agents.call_budget import jobs_in_flight
 from agents.loop_executor import use_steps_on_loop
 from agents.models import PREFLIGHT_TIMEOUT_S, ModelSettings, connect_problem
 from tools.errors import ConfigError, FellowshipError

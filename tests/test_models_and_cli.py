@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -142,3 +144,32 @@ async def test_commands_run_inside_a_running_event_loop_as_in_jupyter() -> None:
 
     # A Jupyter kernel already runs a loop in its main thread; plain asyncio.run would refuse.
     assert run_coroutine(answer()) == 7
+
+
+# Libraries a real run needs and the command line's help and dry run do not (each costs a fraction of a second).
+RUN_ONLY_LIBRARIES = ("langchain_core", "langgraph", "langsmith", "openai", "datasets", "ray")
+LOADED_AFTER = """
+import runpy, sys
+sys.argv = ["fellowship", *sys.argv[1:]]
+try:
+    runpy.run_module("tools.cli", run_name="__main__")
+except SystemExit as end:
+    code = end.code
+print("exit", code, "loaded", *sorted({name.split(".")[0] for name in sys.modules}), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["generate", "--help"], ["generate", "--dry-run"]])
+def test_help_and_dry_run_load_no_model_client_graph_or_dataset_library(tmp_path: Path, args: list[str]) -> None:
+    if "--dry-run" in args:
+        prompts = write(tmp_path / "prompts.jsonl", ['{"prompt": "Why is the sky blue?"}'])
+        args = [*args, "--prompts", str(prompts), "--output", str(tmp_path / "run")]
+    finished = subprocess.run([sys.executable, "-c", LOADED_AFTER, *args], capture_output=True, text=True,
+                              timeout=60, check=False)
+    *_, last = finished.stderr.splitlines()
+    assert last.startswith("exit 0 loaded "), finished.stderr
+    assert set(last.split()[3:]) & set(RUN_ONLY_LIBRARIES) == set()
+    assert "tools" in last.split()[3:]  # the listing is the modules' (it would name the libraries too)
+    if "--dry-run" in args:
+        assert "calls: 6" in finished.stdout
+        assert not (tmp_path / "run").exists()

@@ -301,9 +301,7 @@ def run_generate_with(
     from agents.models import ModelRegistry, ModelSettings, check_model_roles
     from agents.prices import parse_prices
     from graphs.estimate import estimate_run
-    from graphs.generation import Budget, PromptOutcome, run_generation
     from tools.inputs.prompt_sets import load_prompts
-    from tools.outputs.export import dataset_card, export_records
     from tools.outputs.run_lock import RunLock
     from tools.outputs.run_store import PromptSourceId, iter_done_records
 
@@ -342,6 +340,10 @@ def run_generate_with(
     prices = parse_prices(options.price or [])
     if options.dry_run:
         return dry_run_report(options, prompts, context, panel, prices)
+    # The pipeline (LangGraph, LangChain, the openai client) and the exporters load only for a real run.
+    from graphs.generation import Budget, PromptOutcome, run_generation
+    from tools.outputs.export import dataset_card, export_records
+
     budget = None
     if options.max_cost_usd is not None:
         unpriced = sorted({spec for _, spec in roles if prices.per_million(spec) is None})
