@@ -196,13 +196,13 @@ class ModelRegistry:
 
         True: the owner calls `aclose` inside that loop, or the loop's process ends with it (a Ray worker's).
         """
+        from agents.cache import CacheStats  # with LangChain's cache interface: loaded for runs only
+
         self.settings = settings or ModelSettings()
         self.closed_in_loop = closed_in_loop
         self._models: dict[str, BaseChatModel] = {}
         self._servers: dict[str, EmbeddedServer] = {}
         self._http: Any = None
-        from agents.cache import CacheStats
-
         self.cache_stats = CacheStats()
         self._cache_file: CallCacheFile | None = None
 
