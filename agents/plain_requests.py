@@ -10,7 +10,8 @@ at about 0.6 ms of CPU per call: a fifth of a whole pipeline call (`make bench`)
 `PlainBodyCompletions.create` sends such a body as it is, through the same client method the stock `create`
 ends in (`_post`: the same headers, retries, timeouts and response types); anything else (a pydantic model, an
 iterator, an omitted value inside the body, or a future client version whose types do declare an alias or a
-format) goes through the stock `create`. `tests/test_plain_requests.py` checks that both send the same bytes.
+format) goes through the stock `create`. `tests/test_plain_requests.py` checks that both send the same request
+(path, headers and JSON body).
 """
 
 from __future__ import annotations

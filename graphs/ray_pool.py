@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -53,11 +54,10 @@ logger = logging.getLogger(__name__)
 # Owner threads of local instances still stopping after `shutdown(wait=False)` (see `finish_leaving`).
 _LEAVING: set[threading.Thread] = set()
 _LEAVING_LOCK = threading.Lock()
-_leave_at_exit_registered = False
 
 
 def finish_leaving() -> None:
-    """Wait until every local Ray instance this process started has stopped (its processes gone).
+    """Wait until every local Ray instance this process started has been stopped (`ray.shutdown` has returned).
 
     `RayWorkerPool.shutdown(wait=False)` leaves the stopping to the instance's owner thread, so that the command's
     last work (the export) runs meanwhile; this waits for it. Called at interpreter exit, and before another
@@ -71,13 +71,11 @@ def finish_leaving() -> None:
             _LEAVING.discard(thread)
 
 
+@functools.cache
 def _leave_at_exit() -> None:
-    """Make the interpreter wait for stopping instances at exit, before Ray's own exit handler runs."""
-    global _leave_at_exit_registered
-    if not _leave_at_exit_registered:
-        # Registered after ray is imported (Ray registers its handler when imported), so it runs first.
-        atexit.register(finish_leaving)
-        _leave_at_exit_registered = True
+    """Make the interpreter wait for stopping instances at exit, before Ray's own exit handler runs (once a process)."""
+    # Registered after ray is imported (Ray registers its handler when imported), so it runs first.
+    atexit.register(finish_leaving)
 
 
 @dataclass(frozen=True)

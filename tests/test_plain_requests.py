@@ -96,6 +96,23 @@ def test_a_request_is_sent_exactly_as_the_stock_client_sends_it(recording_stub: 
     assert plain_reply == stock_reply
 
 
+def test_a_plain_body_is_sent_as_given_and_anything_else_through_the_rewrite(recording_stub: RecordingStub) -> None:
+    # The rewrite rebuilds the body in the order of its parameter list (model first); a body sent as given
+    # keeps the caller's order. That tells which way each request went.
+    async def send_three() -> None:
+        client = AsyncOpenAI(base_url=recording_stub.base_url, api_key="sk-test", max_retries=0)
+        plain = PlainBodyCompletions(client)
+        await plain.create(messages=MESSAGES, model="stub")
+        await plain.create(messages=tuple(MESSAGES), model="stub")  # not plain JSON: rewritten
+        await client.chat.completions.create(messages=MESSAGES, model="stub")
+        await client.close()
+
+    asyncio.run(send_three())
+    as_given, rewritten, stock = (list(body) for _path, _headers, body in recording_stub.requests)
+    assert as_given == ["messages", "model"]
+    assert rewritten == stock == ["model", "messages"]
+
+
 class Card(TypedDict):
     """A parameter type with a renamed key, as some openai endpoints have."""
 
