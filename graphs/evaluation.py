@@ -167,7 +167,7 @@ async def evaluate_items(
                             model_settings=workers.model_settings, trace=trace_dir is not None,
                             calls_in_flight=actor_calls)
         pool = RayWorkerPool(job, workers=workers.count, address=workers.address, local=evaluator,
-                             actor_calls=actor_calls, forgets=False)
+                             actor_calls=actor_calls, jobs=len(items), start=workers.start, forgets=False)
         pool.start()
         items_at_once = pool.max_jobs  # the pool admits each worker's share
 

@@ -15,6 +15,7 @@ done has one source of truth however many workers (or machines) run the prompts.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import tempfile
 from collections.abc import Callable, Sequence
@@ -29,7 +30,7 @@ from agents.prices import BUILT_IN_PRICES, PriceTable
 from agents.records import Exchange, Usage
 from agents.roles import DEFAULT_ROLES, RefereeRole
 from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, endpoint_failure_key, run_pooled
-from graphs.checkpoints import InlineSqliteSaver
+from graphs.checkpoints import InlineSqliteSaver, worker_file, worker_files
 from graphs.context import GenerationContext
 from graphs.pipeline import CHECKPOINT_VERSION, build_pipeline_graph
 from graphs.ray_pool import RayWorkerPool, RayWorkers, WorkerLost
@@ -67,6 +68,8 @@ class GenerationResult:
     spent_usd: float = 0.0
     workers_replaced: int = 0
     threads_dropped: int = 0
+    # When a local Ray instance's workers joined, in seconds from the run's start (None: none joined).
+    ray_joined_after_s: float | None = None
 
 
 @dataclass
@@ -164,14 +167,14 @@ class PromptRunner:
     def open(
         cls, checkpoint_path: Path, *, context: GenerationContext, roles: Sequence[RefereeRole],
         model_source: ModelSource | None, prices: PriceTable, trace: bool, calls_in_flight: int | None = None,
-        shared_file: bool = False,
+        meeting_point: Path | None = None,
     ) -> PromptRunner:
-        """A runner whose checkpoints go to the SQLite file at `checkpoint_path`.
+        """A runner whose checkpoints go to the SQLite file at `checkpoint_path`, which no other process writes.
 
-        `shared_file`: other processes write the file too, so each step commits at once rather than with its
-        event-loop round's group.
+        `meeting_point`: the run directory's checkpoint file, from which a prompt's thread moves here when this
+        runner is given the prompt (a Ray worker on the driver's machine; see graphs.checkpoints).
         """
-        saver = InlineSqliteSaver.open(checkpoint_path, group_commit=not shared_file)
+        saver = InlineSqliteSaver.open(checkpoint_path, group_commit=True, meeting_point=meeting_point)
         graph = build_pipeline_graph(roles=roles, model_source=model_source).compile(checkpointer=saver,
                                                                                      name="pipeline")
         return cls(graph, saver, context, prices, trace=trace, calls_in_flight=calls_in_flight)
@@ -229,9 +232,10 @@ class PromptRunner:
 class PipelineJob:
     """How a Ray worker builds its PromptRunner (picklable: configuration only, no clients).
 
-    On the driver's machine every worker shares the run directory's checkpoint store, so a prompt cut off by
-    a kill resumes from its last step whichever worker takes it next; on another machine a worker keeps a
-    checkpoint store of its own in a temporary folder (a prompt cut off there starts again).
+    On the driver's machine a worker keeps its checkpoints in a file of its own in the run directory and takes
+    a prompt's thread over from the driver's file when given the prompt, so a prompt cut off by a kill resumes
+    from its last step whichever worker takes it next; on another machine a worker keeps its file in a
+    temporary folder (a prompt cut off there starts again).
     """
 
     context: GenerationContext
@@ -244,13 +248,15 @@ class PipelineJob:
 
     def __call__(self, on_driver_machine: bool) -> PromptRunner:
         """The worker's runner, with a model registry of its own."""
-        path = self.checkpoint_path
-        if not on_driver_machine:
+        if on_driver_machine:
+            path, meeting_point = worker_file(self.checkpoint_path, os.getpid()), self.checkpoint_path
+        else:
             path = Path(tempfile.mkdtemp(prefix="fellowship-checkpoints-")) / "checkpoints.sqlite"
+            meeting_point = None
         return PromptRunner.open(path, context=self.context, roles=self.roles,
                                  model_source=ModelRegistry(self.model_settings), prices=self.prices,
                                  trace=self.trace, calls_in_flight=self.calls_in_flight,
-                                 shared_file=on_driver_machine)
+                                 meeting_point=meeting_point)
 
 
 class PromptExecutor(Protocol):
@@ -339,12 +345,20 @@ async def run_generation(
 
         checkpoint_path = output_dir / "checkpoints.sqlite"
         local = PromptRunner.open(checkpoint_path, context=context, roles=roles, model_source=model_source,
-                                  prices=prices, trace=trace_dir is not None, calls_in_flight=concurrency,
-                                  shared_file=workers is not None)
+                                  prices=prices, trace=trace_dir is not None, calls_in_flight=concurrency)
+        # A killed run's Ray workers left files of their own: their prompts resume from here, as the driver's do.
+        local.saver.take_over(worker_files(checkpoint_path))
         # Before any worker opens the file: checkpoints of another pipeline shape cannot be resumed.
         threads_dropped = local.saver.bind_graph_version(CHECKPOINT_VERSION)
+
+        def take_over_ended_workers() -> None:
+            # A dead worker's prompts are run again elsewhere: from their last step, if its file comes back first.
+            with contextlib.suppress(sqlite3.Error):
+                local.saver.take_over(worker_files(checkpoint_path, ended_only=True))
+
         pool: Any = None
         workers_replaced = 0
+        ray_joined_after_s: float | None = None
         finished_run = False
         try:
             # A run killed between committing a record and deleting its checkpoints left them behind.
@@ -359,7 +373,8 @@ async def run_generation(
                                   model_settings=workers.model_settings, checkpoint_path=checkpoint_path.resolve(),
                                   calls_in_flight=actor_calls)
                 pool = RayWorkerPool(job, workers=workers.count, address=workers.address, local=local,
-                                     actor_calls=actor_calls)
+                                     actor_calls=actor_calls, jobs=len(pending), start=workers.start,
+                                     on_worker_lost=take_over_ended_workers)
                 pool.start()
                 prompts_at_once = pool.max_jobs  # the pool admits each worker's share
                 executor = RayPromptExecutor(pool)
@@ -384,8 +399,13 @@ async def run_generation(
         finally:
             if pool is not None:
                 workers_replaced = pool.replaced
+                ray_joined_after_s = pool.joined_after_s
                 # A local instance stops in the background while the caller exports (see `finish_leaving`).
                 pool.shutdown(wait=False)
+            if pool is not None:
+                # The workers have closed their files: what they hold (prompts not finished) moves here.
+                with contextlib.suppress(sqlite3.Error):
+                    local.saver.take_over(worker_files(checkpoint_path))
             if finished_run:
                 # Nothing is in flight any more (the workers are gone): give the deleted threads' space back.
                 local.saver.compact()
@@ -405,6 +425,7 @@ async def run_generation(
             budget_stopped=budget is not None and budget.stopped,
             spent_usd=budget.spent if budget is not None else 0.0,
             workers_replaced=workers_replaced,
+            ray_joined_after_s=ray_joined_after_s,
             threads_dropped=threads_dropped,
         )
     finally:

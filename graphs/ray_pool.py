@@ -1,9 +1,11 @@
 """A pool of Ray worker processes that each run jobs of one kind; the driver (this process) hands them out.
 
 Used by `generate --workers N` (and `evaluate`, `meta-eval`, `winrate`). On one machine the driver is the
-first of the N workers: it runs jobs from the first second with a runner of its own, while a local Ray
-instance with N - 1 CPUs starts beside it and its N - 1 actors join in as soon as they are ready (starting
-Ray and importing the pipeline takes seconds that would otherwise be idle). With `--ray-address` /
+first of the N workers: it runs jobs from the first second with a runner of its own. A local Ray instance
+with N - 1 CPUs starts beside it once the driver is CPU-bound with enough work left to pay for the start
+(`--ray-start when-busy`, the default: see `LocalStartWatch`), or at once (`--ray-start at-once`); its N - 1
+actors join in as soon as they are ready (starting Ray and importing the pipeline takes seconds that the
+driver spends working). With `--ray-address` /
 `RAY_ADDRESS` (Ray's own convention) the pool joins that cluster first, before any work, and places N
 actors there. Each actor builds its job runner once, from a picklable job description, so models, HTTP
 pools and checkpoint stores live in the worker that uses them. Results come back to the driver as each job
@@ -28,9 +30,11 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from importlib.util import find_spec
+from typing import Any, Literal
 
 from agents.call_budget import jobs_in_flight
 from agents.loop_executor import use_steps_on_loop
@@ -48,6 +52,15 @@ USAGE_STATS_VARIABLE = "RAY_USAGE_STATS_ENABLED"
 AUTH_MODE_VARIABLE = "RAY_AUTH_MODE"
 # Which environment variables a worker needs from the driver: provider keys and base URLs, and LangSmith's.
 FORWARDED_PREFIXES = ("OPENAI_", "TOGETHER_", "COMPAT_", "LANGSMITH_", "LANGCHAIN_", "FELLOWSHIP_")
+# `--ray-start when-busy` (see `LocalStartWatch`): how often the driver looks, over how long a window, what share
+# of one core makes it CPU-bound, and how much work must be left. A local instance costs 4-9 s and about ten
+# CPU-seconds (Ray's daemons, the actor's imports) on this 2-core machine before its actor takes a job, while
+# the driver slows down beside it: measured, a run of 10-20 s ended later with a second worker than without.
+WATCH_EVERY_S = 0.5
+WATCH_WINDOW_S = 2.0
+BUSY_CPU_SHARE = 0.8
+LOCAL_START_PAYBACK_S = 20.0
+RayStart = Literal["when-busy", "at-once"]
 _INIT_OPTIONS: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR,
                                  "ignore_reinit_error": True}
 logger = logging.getLogger(__name__)
@@ -90,6 +103,56 @@ class RayWorkers:
     count: int
     address: str | None
     model_settings: ModelSettings
+    start: RayStart = "when-busy"
+
+
+class LocalStartWatch:
+    """Tells when a local Ray instance would pay for its start-up, from samples of the driver's CPU time and jobs done.
+
+    A second process helps only when this one is CPU-bound: with a slow endpoint the calls in flight (a budget
+    that all workers share) are the limit, and a second process would only add its own CPU. And only when the
+    work left outlasts the start-up by far (`LOCAL_START_PAYBACK_S`): an instance costs seconds and CPU that the
+    driver would otherwise spend on the jobs. Both are judged over the last `WATCH_WINDOW_S`: the CPU share of
+    one core, and the work left as jobs left over jobs finished per second. While no job finishes within a
+    window (long jobs), a driver that stays CPU-bound for `LOCAL_START_PAYBACK_S` has that much work left.
+    """
+
+    def __init__(self, jobs: int, *, payback_s: float = LOCAL_START_PAYBACK_S, window_s: float = WATCH_WINDOW_S,
+                 busy_share: float = BUSY_CPU_SHARE) -> None:
+        self.jobs = jobs
+        self.payback_s = payback_s
+        self.window_s = window_s
+        self.busy_share = busy_share
+        self.why_not = f"the run ended within the first {window_s:g} s"
+        self._samples: deque[tuple[float, float, int]] = deque()
+        self._busy_since: float | None = None
+
+    def should_start(self, wall_s: float, cpu_s: float, finished: int) -> bool:
+        """Whether to start now, given the time, the driver's CPU time so far and the jobs it has finished."""
+        samples = self._samples
+        samples.append((wall_s, cpu_s, finished))
+        # Keep the newest sample that is at least a window old as the window's start.
+        while len(samples) > 2 and wall_s - samples[1][0] >= self.window_s:
+            samples.popleft()
+        first_wall, first_cpu, first_finished = samples[0]
+        span = wall_s - first_wall
+        if span < self.window_s:
+            return False
+        if (cpu_s - first_cpu) / span < self.busy_share:
+            self._busy_since = None
+            self.why_not = ("this process was not CPU-bound: the endpoint's latency and --concurrency were the limit, "
+                            "which a second process does not lift")
+            return False
+        if self._busy_since is None:
+            self._busy_since = first_wall
+        left = self.jobs - finished
+        rate = (finished - first_finished) / span
+        left_s = left / rate if rate > 0 else (wall_s - self._busy_since if left > 0 else 0.0)
+        if left_s >= self.payback_s:
+            return True
+        self.why_not = (f"the work left (about {left_s:.0f} s) was never more than a local Ray instance's start-up "
+                        f"pays for ({self.payback_s:g} s)")
+        return False
 
 
 class WorkerLost(FellowshipError):
@@ -212,11 +275,14 @@ class RayWorkerPool:
     it works while a local instance starts and then beside its actors, keeping its share of the run's call
     slots (`actor_calls` each for the actors, the rest for itself). Each worker holds `jobs_in_flight` of its
     call slots in jobs; a job goes to the worker with the most room, and waits while every worker is full.
+    `jobs` is how many jobs the run has, for `start="when-busy"` to judge the work left; `on_worker_lost` is
+    called when a dead worker has been replaced, before its jobs run again.
     """
 
     def __init__(
         self, job: Callable[[bool], Any], *, workers: int, address: str | None, local: Any, actor_calls: int,
-        forgets: bool = True,
+        jobs: int, start: RayStart = "when-busy", forgets: bool = True,
+        on_worker_lost: Callable[[], None] | None = None,
     ) -> None:
         self.job = job
         self.forgets = forgets  # whether the driver calls `forget` for every job (so the pool notes who ran it)
@@ -224,6 +290,11 @@ class RayWorkerPool:
         self.address = address
         self.local = local
         self.actor_calls = actor_calls
+        self.jobs = jobs
+        self.start_policy = start
+        self.on_worker_lost = on_worker_lost  # called when a dead worker has been replaced
+        self.finished = 0  # jobs that have returned a result
+        self.joined_after_s: float | None = None  # when a local instance's actors joined, from `start`
         self.local_busy = 0
         self.actors: list[Any] = []
         self.busy: list[int] = []
@@ -233,6 +304,10 @@ class RayWorkerPool:
         self._driver_node = ""
         self._waiting_for_room: list[asyncio.Future[None]] = []
         self._owner: threading.Thread | None = None
+        self._local_instance = False  # this pool works beside a local instance (started now or later)
+        self._started_at = 0.0
+        self._watch: asyncio.Task[None] | None = None
+        self._start_watch: LocalStartWatch | None = None
         self._stop = threading.Event()
         self._placed: list[Any] = []
         self._closed = False
@@ -242,7 +317,8 @@ class RayWorkerPool:
         """Join the cluster and place its actors (refusing one too small), or start working beside a local instance.
 
         Joining happens here, before any work, so a wrong address or a small cluster stops the command with
-        nothing done. A local instance starts in the background while the driver's runner takes the first jobs.
+        nothing done. A local instance starts in the background while the driver's runner takes the first jobs:
+        at once, or (`when-busy`) once `LocalStartWatch` finds that it pays for its start-up.
         """
         joining = ray_address_in_use(self.address)
         # Ray reports usage statistics to its makers by default: no run of ours sends anything anywhere unasked
@@ -257,18 +333,36 @@ class RayWorkerPool:
             # single-machine mode, as on macOS. Ray reads the variable when imported, and its processes inherit
             # it: none advertises or dials the machine's network address (Ray would turn 127.0.0.1 into it).
             os.environ[LOCAL_ONLY_VARIABLE] = "0"
-        ray = _ray()
-        _leave_at_exit()
         if joining:
+            ray = _ray()
+            _leave_at_exit()
             self._join(ray, joining)
             self.actors = [self._spawn() for _ in range(self.workers)]
             self.busy = [0] * self.workers
             return
-        finish_leaving()
+        if find_spec("ray") is None:  # the same one-line error as on a cluster, before any work rather than later
+            _ray()
+        self._local_instance = True
+        self._started_at = time.monotonic()
         loop = asyncio.get_running_loop()
-        self._owner = threading.Thread(target=self._own_local_instance, args=(ray, loop), daemon=True,
+        if self.start_policy == "at-once":
+            self._start_local_instance_thread(loop)
+        else:
+            self._watch = loop.create_task(self._start_when_busy(loop))
+
+    def _start_local_instance_thread(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._owner = threading.Thread(target=self._own_local_instance, args=(loop,), daemon=True,
                                        name="ray-instance")
         self._owner.start()
+
+    async def _start_when_busy(self, loop: asyncio.AbstractEventLoop) -> None:
+        """(A task on the loop.) Sample the driver's CPU and finished jobs; start the local instance once it pays."""
+        watch = self._start_watch = LocalStartWatch(self.jobs)
+        while not self._closed:
+            if watch.should_start(time.monotonic(), time.process_time(), self.finished):
+                self._start_local_instance_thread(loop)
+                return
+            await asyncio.sleep(WATCH_EVERY_S)
 
     def _join(self, ray: Any, joining: str) -> None:
         try:
@@ -284,7 +378,7 @@ class RayWorkerPool:
                               f"each worker takes one")
         self._driver_node = ray.get_runtime_context().get_node_id()
 
-    def _own_local_instance(self, ray: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def _own_local_instance(self, loop: asyncio.AbstractEventLoop) -> None:
         """(The owner thread.) Start a local instance, place N - 1 actors, hand them over once ready; leave at the end.
 
         The thread that starts the instance must also stop it, and live until then: Ray ties the processes it
@@ -297,11 +391,19 @@ class RayWorkerPool:
         with contextlib.suppress(OSError):
             thread = threading.get_native_id()
             os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + RAY_NICENESS)
+        ray: Any = None
         try:
+            # Imported here, not on the loop: importing Ray takes half a second that the driver's jobs go on meanwhile.
+            ray = _ray()
+            _leave_at_exit()
+            finish_leaving()  # two instances must not start and stop at once in one process
             self._start_local_instance(ray, loop)
         finally:
             self._stop.wait()
-            self._leave(ray)
+            if ray is None:
+                self._stores_closed.set()
+            else:
+                self._leave(ray)
 
     def _start_local_instance(self, ray: Any, loop: asyncio.AbstractEventLoop) -> None:
         started = time.monotonic()
@@ -319,15 +421,18 @@ class RayWorkerPool:
                            str(error).splitlines()[0] if str(error) else type(error).__name__)
             return
         with contextlib.suppress(RuntimeError):  # the loop is closed: the run ended first, shutdown cleans up
-            loop.call_soon_threadsafe(self._adopt, actors, time.monotonic() - started)
+            loop.call_soon_threadsafe(self._adopt, actors, started)
 
-    def _adopt(self, actors: list[Any], after_s: float) -> None:
+    def _adopt(self, actors: list[Any], instance_started: float) -> None:
         """(On the loop.) The actors take jobs from now on; the driver keeps the call slots the actors do not take."""
         if self._closed:
             return
-        logger.warning("note: %d Ray worker%s joined after %.1f s (the local instance's start-up); this process ran "
+        now = time.monotonic()
+        self.joined_after_s = now - self._started_at
+        waited = "" if self.start_policy == "at-once" else f", started {instance_started - self._started_at:.1f} s in"
+        logger.warning("note: %d Ray worker%s joined after %.1f s (the local instance's start-up%s); this process ran "
                        "the work until then and goes on with its share", len(actors), "" if len(actors) == 1 else "s",
-                       after_s)
+                       now - instance_started, waited)
         self.busy = [0] * len(actors)
         self.actors = actors
         slots = self.local.call_slots
@@ -342,7 +447,7 @@ class RayWorkerPool:
     @property
     def local_runs_jobs(self) -> bool:
         """Whether the driver's own runner takes jobs: with a local instance, not on a cluster."""
-        return self._owner is not None
+        return self._local_instance
 
     @property
     def max_jobs(self) -> int:
@@ -366,6 +471,8 @@ class RayWorkerPool:
                 _ray().kill(dead, no_restart=True)
             self.actors[slot] = self._spawn()
             self.replaced += 1
+            if self.on_worker_lost is not None:
+                self.on_worker_lost()
 
     def _room(self) -> tuple[bool, int | None]:
         """(True, worker) for the worker with the most room (None: the driver's runner); (False, None): all full."""
@@ -424,6 +531,7 @@ class RayWorkerPool:
                     continue
                 if self.forgets:
                     self._ran_on[key] = worker
+                self.finished += 1
                 return result
             finally:
                 self._release(slot)
@@ -447,7 +555,13 @@ class RayWorkerPool:
         """
         # `_adopt` may still be queued on the loop: from now on it hands nothing over.
         self._closed = True
-        if self._owner is not None:
+        if self._watch is not None:
+            self._watch.cancel()
+        if self._owner is None and self._local_instance:
+            if self._start_watch is not None:
+                logger.warning("note: no local Ray instance was started: %s; this process ran every job "
+                               "(--ray-start at-once starts one at once)", self._start_watch.why_not)
+        elif self._owner is not None:
             self._stop.set()
             if wait:
                 self._owner.join()

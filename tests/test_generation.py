@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import datasets
 import pytest
@@ -380,6 +381,92 @@ async def test_group_commit_writes_a_loop_round_in_one_commit_and_close_commits_
     assert committed() == 4
     plain.close()
     reader.close()
+
+
+def _put_thread(saver: Any, thread_id: str, step: str) -> None:
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    checkpoint = {**empty_checkpoint(), "id": step}
+    config = saver.put({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}, checkpoint, {}, {})
+    saver.put_writes(config, [("answers", [step])], task_id=f"task-{step}")
+    saver.flush()
+
+
+def _rows(path: Path, thread_id: str) -> tuple[int, int]:
+    with sqlite3.connect(path) as db:
+        return tuple(db.execute(f"SELECT COUNT(*) FROM {table} WHERE thread_id = ?", (thread_id,)).fetchone()[0]
+                     for table in ("checkpoints", "writes"))  # type: ignore[return-value]
+
+
+def test_a_worker_saver_takes_a_thread_over_from_the_meeting_point_on_first_read(tmp_path: Path) -> None:
+    from graphs.checkpoints import InlineSqliteSaver, worker_file
+
+    meeting_point = tmp_path / "checkpoints.sqlite"
+    driver = InlineSqliteSaver.open(meeting_point)
+    _put_thread(driver, "cut-off", "step-1")
+    _put_thread(driver, "cut-off", "step-2")
+    own = worker_file(meeting_point, 4242)
+    assert own.name == "checkpoints-worker-4242.sqlite"
+    worker = InlineSqliteSaver.open(own, group_commit=True, meeting_point=meeting_point)
+    found = worker.get_tuple({"configurable": {"thread_id": "cut-off", "checkpoint_ns": ""}})
+    assert found is not None and found.config["configurable"]["checkpoint_id"] == "step-2"  # the last step
+    assert _rows(own, "cut-off") == (2, 2)  # moved, steps and pending writes alike
+    assert _rows(meeting_point, "cut-off") == (0, 0)
+    # A thread the meeting point does not hold is new: nothing moves, and it is not looked for again.
+    assert worker.get_tuple({"configurable": {"thread_id": "new", "checkpoint_ns": ""}}) is None
+    _put_thread(driver, "new", "elsewhere")
+    assert worker.get_tuple({"configurable": {"thread_id": "new", "checkpoint_ns": ""}}) is None
+    worker.close()
+    driver.close()
+
+
+def test_the_driver_takes_back_the_threads_of_ended_workers_and_removes_their_files(tmp_path: Path) -> None:
+    from graphs.checkpoints import InlineSqliteSaver, worker_file, worker_files
+
+    meeting_point = tmp_path / "checkpoints.sqlite"
+    driver = InlineSqliteSaver.open(meeting_point, group_commit=True)
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True)
+    ended_file, running_file = worker_file(meeting_point, int(ended.stdout)), worker_file(meeting_point, os.getpid())
+    for path, thread_id in ((ended_file, "on-the-dead-worker"), (running_file, "on-a-live-worker")):
+        worker = InlineSqliteSaver.open(path, meeting_point=meeting_point)
+        _put_thread(worker, thread_id, "step-3")
+        worker.close()
+    assert worker_files(meeting_point, ended_only=True) == [ended_file]  # a live worker's file is its own
+    assert driver.take_over(worker_files(meeting_point, ended_only=True)) == 1
+    assert driver.thread_ids() == {"on-the-dead-worker"} and _rows(meeting_point, "on-the-dead-worker") == (1, 1)
+    assert not ended_file.exists() and running_file.exists()
+    # At a run's start or end every worker file comes back (no worker of the directory runs then).
+    assert driver.take_over(worker_files(meeting_point)) == 1
+    assert driver.thread_ids() == {"on-the-dead-worker", "on-a-live-worker"}
+    assert worker_files(meeting_point) == []
+    driver.close()
+
+
+def test_a_local_instance_starts_only_when_the_driver_is_cpu_bound_with_enough_work_left() -> None:
+    from graphs.ray_pool import LocalStartWatch
+
+    def decisions(watch: LocalStartWatch, samples: list[tuple[float, float, int]]) -> list[bool]:
+        return [watch.should_start(*sample) for sample in samples]
+
+    # Wall time, CPU time, jobs finished, every half second. Busy, 10 jobs a second, 1,000 jobs: 100 s left.
+    busy_and_long = [(t / 2, 0.95 * t / 2, 5 * t) for t in range(6)]
+    watch = LocalStartWatch(1000, payback_s=20, window_s=2)
+    assert decisions(watch, busy_and_long) == [False] * 4 + [True, True]  # judged once a window has passed
+    # As busy, but 80 jobs: 8 s left, less than a start-up pays for.
+    watch = LocalStartWatch(80, payback_s=20, window_s=2)
+    assert not any(decisions(watch, busy_and_long))
+    assert watch.why_not.startswith("the work left (about 6 s)")
+    # Long, but the driver uses a third of a core: the endpoint is the limit.
+    watch = LocalStartWatch(1000, payback_s=20, window_s=2)
+    assert not any(decisions(watch, [(t / 2, 0.3 * t / 2, 5 * t) for t in range(12)]))
+    assert "not CPU-bound" in watch.why_not
+    # Busy with jobs so long that none finishes: the work left is at least the time spent busy so far.
+    watch = LocalStartWatch(10, payback_s=20, window_s=2)
+    busy_and_silent = decisions(watch, [(t / 2, 0.95 * t / 2, 0) for t in range(50)])
+    assert busy_and_silent.index(True) == 40  # at 20 s: busy since 0 s
+    # A run that ends within the first window gives its reason too.
+    assert LocalStartWatch(10).why_not.startswith("the run ended within the first")
 
 
 def test_evaluate_resumes_from_partial_output(tmp_path: Path, stub: StubServer) -> None:

@@ -1,12 +1,15 @@
 """`generate --workers N` on a local Ray instance (2 CPUs, loopback only), against the stub server.
 
-Each test runs the real command in a subprocess (the driver), which starts Ray, places two workers and stops
-them: outputs equal a single-process run's, a SIGKILLed driver resumes without paying twice, and a killed
-worker is replaced without losing or failing a prompt.
+Each test runs the real command in a subprocess (the driver), which starts Ray (`--ray-start at-once`), places
+a worker and stops it: outputs equal a single-process run's, a SIGKILLed driver resumes without paying twice
+(the worker's prompts in flight too, from its own checkpoint file), and a killed worker is replaced without
+losing or failing a prompt. With the default `--ray-start when-busy`, a run that a local instance would not
+speed up starts none.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,7 @@ from tools.dev.stub_server import StubServer, StubSettings
 pytest.importorskip("ray")
 
 RUN_TIMEOUT_S = 120
+AT_ONCE = ("--ray-start", "at-once")
 
 
 def fellowship(*args: str) -> list[str]:
@@ -85,7 +88,8 @@ def test_two_workers_write_what_one_process_writes(tmp_path: Path, stub: StubSer
                            capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
     assert first.returncode == 0, first.stderr
     calls_single = stub.stats.completions
-    second = subprocess.run(fellowship(*generate_args(prompts, pooled, stub.base_url, "-c", "8", "--workers", "2")),
+    second = subprocess.run(fellowship(*generate_args(prompts, pooled, stub.base_url, "-c", "8", "--workers", "2",
+                                                      *AT_ONCE)),
                             capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
     assert second.returncode == 0, second.stderr
     assert "done: 24  failed: 0" in second.stdout
@@ -97,44 +101,90 @@ def test_two_workers_write_what_one_process_writes(tmp_path: Path, stub: StubSer
     assert not pool_worker_pids()  # the workers and the local instance are gone
 
 
-@pytest.fixture
-def slow_stub() -> Iterator[StubServer]:
-    """The stub at 100 ms per call: runs last long enough to be killed in the middle."""
-    server = StubServer(StubSettings(latency_s=0.1)).start_in_thread()
-    yield server
-    server.stop()
+def worker_checkpoint_threads(output: Path) -> set[str]:
+    threads: set[str] = set()
+    for path in output.glob("checkpoints-worker-*.sqlite"):
+        with contextlib.suppress(sqlite3.Error), sqlite3.connect(path, timeout=1) as db:
+            threads |= {row[0] for row in db.execute("SELECT DISTINCT thread_id FROM checkpoints")}
+    return threads
 
 
-def test_a_sigkilled_driver_resumes_and_pays_only_for_what_was_in_flight(tmp_path: Path, slow_stub: StubServer) -> None:
-    server = slow_stub
-    prompts = write_prompts(tmp_path / "prompts.jsonl", 30)
+def start_driver(command: list[str]) -> tuple[subprocess.Popen[str], list[str], threading.Thread]:
+    """The command in a subprocess, and its stderr lines as a thread collects them (and the thread)."""
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert driver.stderr is not None
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(iter(driver.stderr.readline, "")), daemon=True)
+    reader.start()
+    return driver, said, reader
+
+
+def wait_for_line(said: list[str], text: str) -> str:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not any(text in line for line in said) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return next(line for line in said if text in line)
+
+
+def test_a_sigkilled_driver_resumes_its_and_its_workers_prompts_and_pays_only_for_what_was_in_flight(
+    tmp_path: Path,
+) -> None:
+    # 60 prompts x 6 calls at 200 ms, 4 calls at a time: about 18 s, so that the driver is killed while the
+    # worker (joining after the local instance's start-up, 4-8 s) has prompts of its own under way.
+    server = StubServer(StubSettings(latency_s=0.2)).start_in_thread()
+    try:
+        prompts = write_prompts(tmp_path / "prompts.jsonl", 60)
+        output = tmp_path / "out"
+        command = fellowship(*generate_args(prompts, output, server.base_url, "-c", "4", "--workers", "2", *AT_ONCE))
+        driver, said, _ = start_driver(command)
+        wait_for_line(said, "Ray worker joined")
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not worker_checkpoint_threads(output) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # a step or two further
+        cut_off_on_the_worker = worker_checkpoint_threads(output)
+        assert cut_off_on_the_worker, "".join(said)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(10)
+        with sqlite3.connect(output / "progress.sqlite") as db:
+            kept = dict(db.execute("SELECT prompt_id, record FROM prompts WHERE status = 'done'").fetchall())
+        # The workers die with the driver's local instance: nobody goes on calling (and paying) unseen.
+        deadline = time.monotonic() + 30
+        while pool_worker_pids() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not pool_worker_pids()
+        calls_before_resume = server.stats.completions
+
+        resumed = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+        assert resumed.returncode == 0, resumed.stderr
+        assert f"reused from earlier runs: {len(kept)}" in resumed.stdout
+        with sqlite3.connect(output / "progress.sqlite") as db:
+            after = dict(db.execute("SELECT prompt_id, record FROM prompts WHERE status = 'done'").fetchall())
+        assert len(after) == 60
+        assert all(after[prompt_id] == record for prompt_id, record in kept.items())  # finished work untouched
+        # Only unfinished prompts were run again: 6 calls each at most (fewer for those resumed mid-prompt).
+        assert server.stats.completions - calls_before_resume <= 6 * (60 - len(kept))
+        # And the whole bill: 60 prompts, plus at most the 4 calls in flight at the kill (-c 4): the prompts cut
+        # off on the worker resumed from their last step too, not from the start.
+        assert server.stats.completions <= 6 * 60 + 4
+        # The worker files were taken back into the run's checkpoint file, which keeps nothing once all is done.
+        assert not list(output.glob("checkpoints-worker-*"))
+        assert not checkpoint_threads(output)
+    finally:
+        server.stop()
+
+
+def test_a_run_that_a_local_instance_would_not_speed_up_starts_none(tmp_path: Path, stub: StubServer) -> None:
+    # 12 prompts against a fast stub end within the watch's first window: Ray is never imported, nor started.
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 12)
     output = tmp_path / "out"
-    command = fellowship(*generate_args(prompts, output, server.base_url, "-c", "4", "--workers", "2"))
-    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
-    done_at_kill = wait_for_done(output, 6, driver)
-    os.kill(driver.pid, signal.SIGKILL)
-    driver.wait(10)
-    with sqlite3.connect(output / "progress.sqlite") as db:
-        kept = dict(db.execute("SELECT prompt_id, record FROM prompts WHERE status = 'done'").fetchall())
-    assert len(kept) >= done_at_kill
-    # The workers die with the driver's local instance: nobody goes on calling (and paying) unseen.
-    deadline = time.monotonic() + 30
-    while pool_worker_pids() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not pool_worker_pids()
-    calls_before_resume = server.stats.completions
-
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"reused from earlier runs: {len(kept)}" in resumed.stdout
-    with sqlite3.connect(output / "progress.sqlite") as db:
-        after = dict(db.execute("SELECT prompt_id, record FROM prompts WHERE status = 'done'").fetchall())
-    assert len(after) == 30
-    assert all(after[prompt_id] == record for prompt_id, record in kept.items())  # finished work untouched
-    # Only unfinished prompts were run again: 6 calls each at most (fewer for those resumed mid-prompt).
-    assert server.stats.completions - calls_before_resume <= 6 * (30 - len(kept))
-    # And the whole bill: 30 prompts, plus at most the 4 calls in flight at the kill (-c 4).
-    assert server.stats.completions <= 6 * 30 + 4
+    completed = subprocess.run(fellowship(*generate_args(prompts, output, stub.base_url, "-c", "6", "--workers", "2")),
+                               capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert "done: 12  failed: 0" in completed.stdout
+    assert "note: no local Ray instance was started: " in completed.stderr
+    assert "Ray worker joined" not in completed.stderr
+    assert stub.stats.completions == 12 * 6
 
 
 def test_the_driver_works_until_its_ray_workers_join_then_a_killed_one_is_replaced(tmp_path: Path) -> None:
@@ -144,16 +194,9 @@ def test_the_driver_works_until_its_ray_workers_join_then_a_killed_one_is_replac
     try:
         prompts = write_prompts(tmp_path / "prompts.jsonl", 60)
         output = tmp_path / "out"
-        command = fellowship(*generate_args(prompts, output, server.base_url, "-c", "4", "--workers", "2"))
-        driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert driver.stderr is not None
-        said: list[str] = []
-        reader = threading.Thread(target=lambda: said.extend(iter(driver.stderr.readline, "")), daemon=True)
-        reader.start()
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        while not any("Ray worker joined" in line for line in said) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        joined = next(line for line in said if "Ray worker joined" in line)
+        command = fellowship(*generate_args(prompts, output, server.base_url, "-c", "4", "--workers", "2", *AT_ONCE))
+        driver, said, reader = start_driver(command)
+        joined = wait_for_line(said, "Ray worker joined")
         # The driver did not wait for Ray: it made calls before its worker joined.
         assert server.stats.completions > 0 and joined.startswith("note: 1 Ray worker joined after ")
         time.sleep(1.0)  # the new worker takes the next prompts at once (it has the most room)
@@ -196,7 +239,7 @@ def test_evaluate_on_two_workers_gives_the_verdicts_of_one_process(tmp_path: Pat
         return verdicts
 
     single = evaluate(tmp_path / "single.jsonl")
-    pooled = evaluate(tmp_path / "pooled.jsonl", "--workers", "2")
+    pooled = evaluate(tmp_path / "pooled.jsonl", "--workers", "2", *AT_ONCE)
     assert pooled == single
     assert [verdict["id"] for verdict in pooled] == [f"q{index}" for index in range(12)]
     assert stub.stats.completions == 2 * 2 * 12  # two jurors per item, each run: nothing called twice
@@ -235,7 +278,7 @@ def test_joining_a_ray_start_cluster_gives_what_a_local_instance_gives(tmp_path:
         for name, extra_environment in (("local", {}), ("joined", {"RAY_ADDRESS": f"127.0.0.1:{port}"})):
             output = tmp_path / name
             completed = subprocess.run(
-                fellowship(*generate_args(prompts, output, stub.base_url, "-c", "6", "--workers", "2")),
+                fellowship(*generate_args(prompts, output, stub.base_url, "-c", "6", "--workers", "2", *AT_ONCE)),
                 capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False,
                 env={**os.environ, **extra_environment},
             )

@@ -109,6 +109,9 @@ WorkersOption = Annotated[int, typer.Option(
 RayAddressOption = Annotated[str | None, typer.Option(
     "--ray-address", help="join this Ray cluster instead of starting one (default: $RAY_ADDRESS with --workers "
     "above 1)")]
+RayStartOption = Annotated[Literal["when-busy", "at-once"], typer.Option(
+    "--ray-start", help="with --workers N on one machine, when the local Ray instance starts: when-busy (once this "
+    "process is CPU-bound with at least ~20 s of work left: a start costs seconds and CPU) or at-once")]
 MaxTokensOption = Annotated[int, typer.Option("--max-tokens", min=16, help="cap on tokens generated per call")]
 MaxRetriesOption = Annotated[
     int, typer.Option("--max-retries", min=0, max=20, help="retries of timeouts, 5xx and 429 per call, with backoff")

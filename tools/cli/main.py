@@ -26,6 +26,7 @@ from tools.cli.common import (
     ModelOption,
     OutputFormatOption,
     RayAddressOption,
+    RayStartOption,
     RoundsOption,
     SwapOption,
     TimeoutOption,
@@ -95,6 +96,7 @@ def evaluate(
     concurrency: ConcurrencyOption = EVALUATE_DEFAULTS["concurrency"],
     workers: WorkersOption = EVALUATE_DEFAULTS["workers"],
     ray_address: RayAddressOption = None,
+    ray_start: RayStartOption = EVALUATE_DEFAULTS["ray_start"],
     max_tokens: MaxTokensOption = EVALUATE_DEFAULTS["max_tokens"],
     output_format: OutputFormatOption = EVALUATE_DEFAULTS["output_format"],
     trace: TraceOption = None,
@@ -501,6 +503,7 @@ def generate(
                                              "all workers (a rate-limit budget)")] = GENERATE_DEFAULTS["concurrency"],
     workers: WorkersOption = GENERATE_DEFAULTS["workers"],
     ray_address: RayAddressOption = None,
+    ray_start: RayStartOption = GENERATE_DEFAULTS["ray_start"],
     limit: Annotated[int | None, typer.Option(min=1, help="only the first N prompts")] = None,
     prompt_field: Annotated[str | None, typer.Option(help="field or column holding the prompt")] = None,
     retry_failed: Annotated[bool, typer.Option(help="retry prompts that failed in an earlier run")]

@@ -26,6 +26,7 @@ from tools.cli.common import (
     ModelOption,
     OutputFormatOption,
     RayAddressOption,
+    RayStartOption,
     RoundsOption,
     SwapOption,
     TraceOption,
@@ -196,6 +197,7 @@ def meta_eval(
     concurrency: ConcurrencyOption = META_EVAL_DEFAULTS["concurrency"],
     workers: WorkersOption = META_EVAL_DEFAULTS["workers"],
     ray_address: RayAddressOption = None,
+    ray_start: RayStartOption = META_EVAL_DEFAULTS["ray_start"],
     max_tokens: MaxTokensOption = META_EVAL_DEFAULTS["max_tokens"],
     output_format: OutputFormatOption = META_EVAL_DEFAULTS["output_format"],
     trace: TraceOption = None,
@@ -338,6 +340,7 @@ def winrate_command(
     concurrency: ConcurrencyOption = 4,
     workers: WorkersOption = 1,
     ray_address: RayAddressOption = None,
+    ray_start: RayStartOption = "when-busy",
     max_tokens: MaxTokensOption = 512,
     output_format: OutputFormatOption = "auto",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="report folder (default "
@@ -369,7 +372,8 @@ def winrate_command(
                 "output_format": output_format, "answer": answer}
     options = EvaluationOptions(method="judge", strategy=strategy, scale=int(scale), model=[judge],  # type: ignore[arg-type]
                                 swap=swap, concurrency=concurrency, max_tokens=max_tokens, output_format=output_format,
-                                trace=trace, workers=workers, ray_address=ray_address)
+                                trace=trace, workers=workers, ray_address=ray_address,
+                                ray_start=ray_start)
     records = run_evaluation(items=items, output_path=output / f"verdicts-{settings_digest(settings)}.jsonl",
                              options=options, reuse_output=True)
     winners = [record["winner"] for record in records]

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agents.models import DEFAULT_MODEL, ModelSettings
 from agents.roles import DEFAULT_ROLES, RefereeRole
 from graphs.context import EvaluationContext, GenerationContext
-from graphs.ray_pool import RayWorkers, preflight_ray_address
+from graphs.ray_pool import RayStart, RayWorkers, preflight_ray_address
 from tools.errors import ConfigError
 from tools.inputs.config_files import read_config_file, validation_problem
 from tools.inputs.panels import panel_from_entries
@@ -62,6 +62,7 @@ class RunOptions(CommandOptions):
 
     workers: int = Field(default=1, ge=1, le=1024, description="worker processes (more than 1: on Ray)")
     ray_address: str | None = Field(default=None, description="join this Ray cluster (default: $RAY_ADDRESS)")
+    ray_start: RayStart = Field(default="when-busy", description="when a local Ray instance starts (one machine)")
 
     def on_ray(self) -> bool:
         """Whether the work runs on Ray workers: more than one worker, or a cluster to join."""
@@ -75,7 +76,8 @@ class RunOptions(CommandOptions):
         if not self.on_ray():
             return None
         preflight_ray_address(self.ray_address)
-        return RayWorkers(count=self.workers, address=self.ray_address, model_settings=model_settings)
+        return RayWorkers(count=self.workers, address=self.ray_address, model_settings=model_settings,
+                          start=self.ray_start)
 
 
 class EvaluationOptions(RunOptions):

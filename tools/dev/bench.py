@@ -11,10 +11,11 @@ Three scenarios, each run by three phases in their own processes:
 Phases: a bare asyncio + openai loop (the practical floor for CPU; it admits whole prompts up to the cap, as a
 simple script would), the same loop on aiohttp's connection pool (the pool fellowship's runs use: the floor moves
 with it), `fellowship` with one process (`--workers 1`), and with two workers (`--workers 2`: this process
-and a local Ray instance's worker, start-up and shutdown included). Printed per phase: wall time, its ratio
+and a local Ray instance's worker, start-up and shutdown included), the instance started when it pays for itself
+(the default, `--ray-start when-busy`) and at once (`--ray-start at-once`). Printed per phase: wall time, its ratio
 to the lower bound max(critical path of one prompt, calls x latency / in-flight cap), CPU ms per call over
 every process but the stub's and the memory sampler's (Ray's own included), peak memory of the phase's
-process tree, and the output directory's size per 1,000 prompts.
+process tree, the output directory's size per 1,000 prompts, and when a local Ray instance's worker joined.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from graphs.ray_pool import RayStart
 
 CALLS_PER_PROMPT = 6
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
@@ -53,7 +58,8 @@ class Scenario:
 
 SCENARIOS = (Scenario(0.5, 200, 32), Scenario(0.1, 400, 32), Scenario(0.02, 3000, 64))
 PHASES = (("bare", "bare asyncio + openai"), ("bare_aiohttp", "bare, aiohttp pool"),
-          ("workers1", "fellowship --workers 1"), ("workers2", "fellowship --workers 2"))
+          ("workers1", "fellowship --workers 1"), ("workers2", "fellowship --workers 2"),
+          ("workers2_at_once", "  --ray-start at-once"))
 BARE_PHASES = ("bare", "bare_aiohttp")
 
 
@@ -174,7 +180,9 @@ async def _bare_loop(base_url: str, prompts: int, concurrency: int, aiohttp_pool
     return calls
 
 
-async def _pipeline(base_url: str, prompts: int, concurrency: int, workers: int, folder: Path) -> int:
+async def _pipeline(
+    base_url: str, prompts: int, concurrency: int, workers: int, ray_start: RayStart, folder: Path,
+) -> tuple[int, float | None]:
     from agents.models import ModelRegistry, ModelSettings
     from graphs.context import GenerationContext
     from graphs.generation import run_generation
@@ -191,7 +199,8 @@ async def _pipeline(base_url: str, prompts: int, concurrency: int, workers: int,
         [f"Benchmark question {index}?" for index in range(prompts)],
         context=context, output_dir=folder, settings={"bench": True}, concurrency=concurrency,
         model_source=registry,
-        workers=RayWorkers(count=workers, address=None, model_settings=settings) if workers > 1 else None,
+        workers=RayWorkers(count=workers, address=None, model_settings=settings, start=ray_start) if workers > 1
+        else None,
     )
     await registry.aclose()
     if result.failures:
@@ -199,7 +208,7 @@ async def _pipeline(base_url: str, prompts: int, concurrency: int, workers: int,
     # The export is part of the job (and of its memory): records stream from the run store to the files.
     summary = export_records(iter_done_records(folder / "progress.sqlite"), folder, PairingRules())
     finish_leaving()  # the command ends when a local Ray instance has stopped, as the CLI's process does at exit
-    return summary.usage()["calls"]
+    return summary.usage()["calls"], result.ray_joined_after_s
 
 
 def run_phase(phase: str, base_url: str, prompts: int, concurrency: int, stub_pid: int) -> dict[str, float]:
@@ -221,17 +230,19 @@ def run_phase(phase: str, base_url: str, prompts: int, concurrency: int, stub_pi
         started = time.perf_counter()
         with PeakMemory() as memory:
             if phase in BARE_PHASES:
-                calls = asyncio.run(_bare_loop(base_url, prompts, concurrency, phase == "bare_aiohttp"))
+                calls, joined = asyncio.run(_bare_loop(base_url, prompts, concurrency, phase == "bare_aiohttp")), None
             else:
-                workers = 2 if phase == "workers2" else 1
-                calls = run_coroutine(_pipeline(base_url, prompts, concurrency, workers, folder))
+                workers = 1 if phase == "workers1" else 2
+                ray_start: RayStart = "at-once" if phase == "workers2_at_once" else "when-busy"
+                calls, joined = run_coroutine(_pipeline(base_url, prompts, concurrency, workers, ray_start, folder))
         wall = time.perf_counter() - started
         cpu = (busy_seconds() - busy_before) - (process_seconds(stub_pid) - stub_before) - memory.cpu_s
         directory = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return {"wall_s": wall, "calls": calls, "cpu_s": cpu, "peak_mb": memory.peak_mb,
-            "dir_mb_per_1k": directory / 1024 / 1024 * 1000 / prompts if phase not in BARE_PHASES else 0.0}
+            "dir_mb_per_1k": directory / 1024 / 1024 * 1000 / prompts if phase not in BARE_PHASES else 0.0,
+            "ray_joined_s": -1.0 if joined is None else joined}
 
 
 def run_scenario(scenario: Scenario) -> dict[str, dict[str, float]]:
@@ -250,7 +261,7 @@ def run_scenario(scenario: Scenario) -> dict[str, dict[str, float]]:
               f"at most {scenario.cap} in flight: lower bound {scenario.bound_s:.2f} s "
               f"(one call at a time, as the published code: {calls * scenario.latency_s:.0f} s)")
         print(f"{'phase':<26}{'wall s':>8}{'ratio':>7}{'calls':>7}{'CPU ms/call':>13}{'peak MB':>9}"
-              f"{'dir MB/1k prompts':>19}")
+              f"{'dir MB/1k prompts':>19}{'Ray joined s':>14}")
         for phase, label in PHASES:
             completed = subprocess.run(
                 [sys.executable, "-m", "tools.dev.bench", "--phase", phase, "--base-url", base_url,
@@ -262,9 +273,10 @@ def run_scenario(scenario: Scenario) -> dict[str, dict[str, float]]:
             result = json.loads(completed.stdout.strip().splitlines()[-1])
             figures[phase] = result
             directory = f"{result['dir_mb_per_1k']:.1f}" if phase not in BARE_PHASES else "-"
+            joined = f"{result['ray_joined_s']:.1f}" if result["ray_joined_s"] >= 0 else "-"
             print(f"{label:<26}{result['wall_s']:>8.2f}{result['wall_s'] / scenario.bound_s:>7.3f}"
                   f"{int(result['calls']):>7}{1000 * result['cpu_s'] / result['calls']:>13.2f}"
-                  f"{result['peak_mb']:>9.0f}{directory:>19}")
+                  f"{result['peak_mb']:>9.0f}{directory:>19}{joined:>14}")
     finally:
         stub.terminate()
         stub.wait(10)
@@ -277,7 +289,8 @@ def run_scenario(scenario: Scenario) -> dict[str, dict[str, float]]:
           f"--workers 2 {per_call('workers2') / per_call('bare'):.2f} "
           f"(/ the aiohttp bare loop's: {per_call('workers1') / per_call('bare_aiohttp'):.2f}, "
           f"{per_call('workers2') / per_call('bare_aiohttp'):.2f}); "
-          f"--workers 2 speed-up over --workers 1: {speed_up:.2f}x")
+          f"--workers 2 speed-up over --workers 1: {speed_up:.2f}x "
+          f"(at once: {figures['workers1']['wall_s'] / figures['workers2_at_once']['wall_s']:.2f}x)")
     return figures
 
 
