@@ -107,14 +107,16 @@ class RayWorkers:
 
 
 class LocalStartWatch:
-    """Tells when a local Ray instance would pay for its start-up, from samples of the driver's CPU time and jobs done.
+    """Tells when a local Ray instance would pay for its start-up, from samples of the driver's CPU time and jobs.
 
     A second process helps only when this one is CPU-bound: with a slow endpoint the calls in flight (a budget
     that all workers share) are the limit, and a second process would only add its own CPU. And only when the
     work left outlasts the start-up by far (`LOCAL_START_PAYBACK_S`): an instance costs seconds and CPU that the
-    driver would otherwise spend on the jobs. Both are judged over the last `WATCH_WINDOW_S`: the CPU share of
-    one core, and the work left as jobs left over jobs finished per second. While no job finishes within a
-    window (long jobs), a driver that stays CPU-bound for `LOCAL_START_PAYBACK_S` has that much work left.
+    driver would otherwise spend on the jobs. The CPU share of one core is judged over the last `WATCH_WINDOW_S`.
+    The work left follows Little's law: jobs left x the mean time a job takes / the jobs in flight. Counting jobs
+    finished per second instead misleads: jobs that start together end together, in waves seconds apart. While
+    no job has finished (long jobs), a driver that stays CPU-bound for `LOCAL_START_PAYBACK_S` has that much
+    work left.
     """
 
     def __init__(self, jobs: int, *, payback_s: float = LOCAL_START_PAYBACK_S, window_s: float = WATCH_WINDOW_S,
@@ -124,17 +126,21 @@ class LocalStartWatch:
         self.window_s = window_s
         self.busy_share = busy_share
         self.why_not = f"the run ended within the first {window_s:g} s"
-        self._samples: deque[tuple[float, float, int]] = deque()
+        self._samples: deque[tuple[float, float]] = deque()
         self._busy_since: float | None = None
 
-    def should_start(self, wall_s: float, cpu_s: float, finished: int) -> bool:
-        """Whether to start now, given the time, the driver's CPU time so far and the jobs it has finished."""
+    def should_start(self, wall_s: float, cpu_s: float, finished: int, in_flight: int, job_s: float) -> bool:
+        """Whether to start now.
+
+        Given: the time, the driver's CPU time so far, the jobs finished, the jobs the driver holds now, and the
+        mean seconds a finished job took.
+        """
         samples = self._samples
-        samples.append((wall_s, cpu_s, finished))
+        samples.append((wall_s, cpu_s))
         # Keep the newest sample that is at least a window old as the window's start.
         while len(samples) > 2 and wall_s - samples[1][0] >= self.window_s:
             samples.popleft()
-        first_wall, first_cpu, first_finished = samples[0]
+        first_wall, first_cpu = samples[0]
         span = wall_s - first_wall
         if span < self.window_s:
             return False
@@ -146,8 +152,12 @@ class LocalStartWatch:
         if self._busy_since is None:
             self._busy_since = first_wall
         left = self.jobs - finished
-        rate = (finished - first_finished) / span
-        left_s = left / rate if rate > 0 else (wall_s - self._busy_since if left > 0 else 0.0)
+        if left <= 0:
+            left_s = 0.0
+        elif finished == 0:
+            left_s = wall_s - self._busy_since
+        else:
+            left_s = left * job_s / max(1, in_flight)
         if left_s >= self.payback_s:
             return True
         self.why_not = (f"the work left (about {left_s:.0f} s) was never more than a local Ray instance's start-up "
@@ -294,6 +304,7 @@ class RayWorkerPool:
         self.start_policy = start
         self.on_worker_lost = on_worker_lost  # called when a dead worker has been replaced
         self.finished = 0  # jobs that have returned a result
+        self._finished_job_s = 0.0  # the seconds the finished jobs took, together (their mean: `LocalStartWatch`)
         self.joined_after_s: float | None = None  # when a local instance's actors joined, from `start`
         self.local_busy = 0
         self.actors: list[Any] = []
@@ -359,7 +370,8 @@ class RayWorkerPool:
         """(A task on the loop.) Sample the driver's CPU and finished jobs; start the local instance once it pays."""
         watch = self._start_watch = LocalStartWatch(self.jobs)
         while not self._closed:
-            if watch.should_start(time.monotonic(), time.process_time(), self.finished):
+            job_s = self._finished_job_s / self.finished if self.finished else 0.0
+            if watch.should_start(time.monotonic(), time.process_time(), self.finished, self.local_busy, job_s):
                 self._start_local_instance_thread(loop)
                 return
             await asyncio.sleep(WATCH_EVERY_S)
@@ -520,6 +532,7 @@ class RayWorkerPool:
             slot = await self._admit()
             try:
                 worker = self.local if slot is None else self.actors[slot]
+                began = time.monotonic()
                 try:
                     result = await (self.local.run(key, payload) if slot is None else worker.run.remote(key, payload))
                 except _actor_died() as error:
@@ -532,6 +545,7 @@ class RayWorkerPool:
                 if self.forgets:
                     self._ran_on[key] = worker
                 self.finished += 1
+                self._finished_job_s += time.monotonic() - began
                 return result
             finally:
                 self._release(slot)

@@ -446,24 +446,27 @@ def test_the_driver_takes_back_the_threads_of_ended_workers_and_removes_their_fi
 def test_a_local_instance_starts_only_when_the_driver_is_cpu_bound_with_enough_work_left() -> None:
     from graphs.ray_pool import LocalStartWatch
 
-    def decisions(watch: LocalStartWatch, samples: list[tuple[float, float, int]]) -> list[bool]:
+    def decisions(watch: LocalStartWatch, samples: list[tuple[float, float, int, int, float]]) -> list[bool]:
         return [watch.should_start(*sample) for sample in samples]
 
-    # Wall time, CPU time, jobs finished, every half second. Busy, 10 jobs a second, 1,000 jobs: 100 s left.
-    busy_and_long = [(t / 2, 0.95 * t / 2, 5 * t) for t in range(6)]
+    # Every half second: wall time, CPU time, jobs finished, jobs in flight, mean seconds a job took. Busy, 40 jobs
+    # in flight taking 4 s each (10 a second), 1,000 jobs: about 100 s left.
+    busy_and_long = [(t / 2, 0.95 * t / 2, 5 * t, 40, 4.0) for t in range(6)]
     watch = LocalStartWatch(1000, payback_s=20, window_s=2)
     assert decisions(watch, busy_and_long) == [False] * 4 + [True, True]  # judged once a window has passed
-    # As busy, but 80 jobs: 8 s left, less than a start-up pays for.
-    watch = LocalStartWatch(80, payback_s=20, window_s=2)
-    assert not any(decisions(watch, busy_and_long))
-    assert watch.why_not.startswith("the work left (about 6 s)")
+    # Jobs that start together end in waves: between two, none ends, yet the work left is what Little's law says
+    # (300 jobs, 96 in flight, 3 s each: under 10 s), not what the last seconds' finishing rate would make it.
+    waves = [(t / 2, 0.95 * t / 2, 96 * ((t + 1) // 6), 96, 3.0) for t in range(8)]
+    watch = LocalStartWatch(300, payback_s=20, window_s=2)
+    assert not any(decisions(watch, waves))
+    assert watch.why_not.startswith("the work left (about 6 s)")  # 204 jobs x 3 s / 96
     # Long, but the driver uses a third of a core: the endpoint is the limit.
     watch = LocalStartWatch(1000, payback_s=20, window_s=2)
-    assert not any(decisions(watch, [(t / 2, 0.3 * t / 2, 5 * t) for t in range(12)]))
+    assert not any(decisions(watch, [(t / 2, 0.3 * t / 2, 5 * t, 40, 4.0) for t in range(12)]))
     assert "not CPU-bound" in watch.why_not
     # Busy with jobs so long that none finishes: the work left is at least the time spent busy so far.
     watch = LocalStartWatch(10, payback_s=20, window_s=2)
-    busy_and_silent = decisions(watch, [(t / 2, 0.95 * t / 2, 0) for t in range(50)])
+    busy_and_silent = decisions(watch, [(t / 2, 0.95 * t / 2, 0, 10, 0.0) for t in range(50)])
     assert busy_and_silent.index(True) == 40  # at 20 s: busy since 0 s
     # A run that ends within the first window gives its reason too.
     assert LocalStartWatch(10).why_not.startswith("the run ended within the first")
