@@ -119,6 +119,17 @@ def start_driver(command: list[str]) -> tuple[subprocess.Popen[str], list[str], 
     return driver, said, reader
 
 
+def long_run(tmp_path: Path, server: StubServer) -> tuple[Path, list[str]]:
+    """The output folder and command of a run of 60 prompts on two workers, 4 calls at a time.
+
+    Against a 200 ms stub it lasts about 18 s, so its worker joins (after the local instance's start-up, 4-8 s)
+    with prompts still to run.
+    """
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 60)
+    output = tmp_path / "out"
+    return output, fellowship(*generate_args(prompts, output, server.base_url, "-c", "4", "--workers", "2", *AT_ONCE))
+
+
 def wait_for_line(said: list[str], text: str) -> str:
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while not any(text in line for line in said) and time.monotonic() < deadline:
@@ -129,13 +140,10 @@ def wait_for_line(said: list[str], text: str) -> str:
 def test_a_sigkilled_driver_resumes_its_and_its_workers_prompts_and_pays_only_for_what_was_in_flight(
     tmp_path: Path,
 ) -> None:
-    # 60 prompts x 6 calls at 200 ms, 4 calls at a time: about 18 s, so that the driver is killed while the
-    # worker (joining after the local instance's start-up, 4-8 s) has prompts of its own under way.
+    # The driver is killed while the worker has prompts of its own under way.
     server = StubServer(StubSettings(latency_s=0.2)).start_in_thread()
     try:
-        prompts = write_prompts(tmp_path / "prompts.jsonl", 60)
-        output = tmp_path / "out"
-        command = fellowship(*generate_args(prompts, output, server.base_url, "-c", "4", "--workers", "2", *AT_ONCE))
+        output, command = long_run(tmp_path, server)
         driver, said, _ = start_driver(command)
         wait_for_line(said, "Ray worker joined")
         deadline = time.monotonic() + RUN_TIMEOUT_S
@@ -188,13 +196,10 @@ def test_a_run_that_a_local_instance_would_not_speed_up_starts_none(tmp_path: Pa
 
 
 def test_the_driver_works_until_its_ray_workers_join_then_a_killed_one_is_replaced(tmp_path: Path) -> None:
-    # 60 prompts x 6 calls at 200 ms, 4 calls at a time: about 18 s, so that the worker, joining after the
-    # local instance's start-up (4-8 s), is killed with prompts of its own still to run.
+    # The worker is killed with prompts of its own still to run.
     server = StubServer(StubSettings(latency_s=0.2)).start_in_thread()
     try:
-        prompts = write_prompts(tmp_path / "prompts.jsonl", 60)
-        output = tmp_path / "out"
-        command = fellowship(*generate_args(prompts, output, server.base_url, "-c", "4", "--workers", "2", *AT_ONCE))
+        output, command = long_run(tmp_path, server)
         driver, said, reader = start_driver(command)
         joined = wait_for_line(said, "Ray worker joined")
         # The driver did not wait for Ray: it made calls before its worker joined.
