@@ -9,12 +9,17 @@ answers exist or, with a stop score, every reviewer is satisfied. Every answer a
 `generate` hands the reviewers' feedback to the generator itself (no superstep of its own: each step costs a
 checkpoint and the loop's bookkeeping), and writes nothing when a stop score is reached, which
 `route_after_answer` then ends on.
+
+`add_feedback_loop` adds these nodes and edges to a graph under construction: this module's graph, where the
+loop ends at END, and the pipeline's, where it goes on to the evaluator in the same graph (a subgraph there
+cost a second graph loop and its checkpoints for every prompt).
 """
 
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, Literal
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Annotated, Any
 
 from langchain_core.messages import AIMessage, AnyMessage
 from langgraph.graph import END, START, StateGraph
@@ -94,19 +99,42 @@ def _latest_reviews(state: LoopState) -> list[Review]:
     return [review for review in state.get("reviews", []) if review["iteration"] == iteration]
 
 
-async def route_after_answer(state: LoopState, runtime: Runtime[GenerationContext]) -> Literal["__end__"] | list[Send]:
-    """Stop at N answers or once the reviewers are satisfied; otherwise one review branch per reviewer seat."""
-    answers = state.get("answers", [])
-    if len(answers) >= runtime.context.iterations or reviewers_satisfied(state, runtime.context.stop_score):
-        return "__end__"  # END, spelled out: LangGraph types END as a plain str
-    latest = answers[-1]
+# Where a graph goes once its feedback loop is done: END, or the next node (the pipeline's evaluator).
+LoopExit = Callable[[Any, Runtime[GenerationContext]], Awaitable[str | Send]]
+
+
+async def end_loop(state: LoopState, runtime: Runtime[GenerationContext]) -> str:
+    """The feedback loop graph's exit: END."""
+    return END
+
+
+def loop_done(state: LoopState, context: GenerationContext) -> bool:
+    """Whether the loop has N answers, or the reviewers are satisfied with the latest one."""
+    return len(state.get("answers", [])) >= context.iterations or reviewers_satisfied(state, context.stop_score)
+
+
+def review_branches(state: LoopState, context: GenerationContext) -> list[Send]:
+    """One review branch per reviewer seat, on the latest answer."""
+    latest = state["answers"][-1]
     return [
         Send("review", ReviewTask(
             prompt_id=state["prompt_id"], prompt=state["prompt"], iteration=latest["iteration"],
             answer=latest["text"], seat=seat,
         ))
-        for seat in range(len(runtime.context.reviewers))
+        for seat in range(len(context.reviewers))
     ]
+
+
+def router_after_answer(exit_loop: LoopExit) -> Callable[..., Awaitable[str | Send | list[Send]]]:
+    """The conditional edge after `generate`: `exit_loop` once the loop is done, else the review branches."""
+
+    async def route_after_answer(state: LoopState, runtime: Runtime[GenerationContext]) -> str | Send | list[Send]:
+        """Stop at N answers or once the reviewers are satisfied; otherwise one review branch per reviewer seat."""
+        if loop_done(state, runtime.context):
+            return await exit_loop(state, runtime)
+        return review_branches(state, runtime.context)
+
+    return route_after_answer
 
 
 async def review(task: ReviewTask, runtime: Runtime[GenerationContext], models: ModelSource) -> dict[str, Any]:
@@ -152,15 +180,25 @@ def reviewers_satisfied(state: LoopState, threshold: float | None) -> bool:
     )
 
 
-def build_feedback_loop_graph(*, model_source: ModelSource | None = None) -> StateGraph[Any, Any, Any, Any]:
-    """The uncompiled feedback loop; `model_source` as for `build_judge_graph`."""
-    models = resolve_model_source(model_source)
-    builder = StateGraph(LoopState, context_schema=GenerationContext, input_schema=LoopInput)
+def add_feedback_loop(
+    builder: StateGraph[Any, Any, Any, Any], models: ModelSource, *, exit_loop: LoopExit, exits: Sequence[str]
+) -> None:
+    """Add the loop's `generate` and `review` nodes to `builder`, entered from START.
+
+    Once the loop is done, `exit_loop` says where the graph goes: one of `exits` (node names, or END).
+    The builder's state must hold `LoopState`'s keys.
+    """
     builder.add_node("generate", bind_models(generate, models))
     builder.add_node("review", bind_models(review, models), input_schema=ReviewTask)
     builder.add_edge(START, "generate")
-    builder.add_conditional_edges("generate", route_after_answer, ["review", END])
+    builder.add_conditional_edges("generate", router_after_answer(exit_loop), ["review", *exits])
     builder.add_edge("review", "generate")
+
+
+def build_feedback_loop_graph(*, model_source: ModelSource | None = None) -> StateGraph[Any, Any, Any, Any]:
+    """The uncompiled feedback loop; `model_source` as for `build_judge_graph`."""
+    builder = StateGraph(LoopState, context_schema=GenerationContext, input_schema=LoopInput)
+    add_feedback_loop(builder, resolve_model_source(model_source), exit_loop=end_loop, exits=[END])
     return builder
 
 

@@ -1,12 +1,14 @@
 """The preference-dataset pipeline (SPEC.md section 4): feedback loop, then an evaluator, then the record.
 
-The feedback loop is a subgraph node sharing the pipeline's state keys, so a checkpointer given to the
-pipeline also checkpoints every step inside the loop: a killed run resumes mid-loop. The evaluators
-(judge, jury, debate) are subgraph nodes too, so drawings and Studio show them inside the pipeline and a
-debate resumes mid-round; `route_evaluator` picks the one the run's context names and hands it the
-answers as one item (a Send, not a node of its own: each superstep costs a checkpoint).
+The feedback loop's nodes (`generate`, `review`: `graphs.feedback_loop.add_feedback_loop`) are the pipeline's
+own, so a checkpointer given to the pipeline checkpoints every step of the loop and a killed run resumes
+mid-loop. They are not a subgraph: a subgraph is a second graph loop with checkpoints of its own for every
+prompt, about a tenth of a run's CPU (`make bench`). The evaluators (judge, jury, debate) are subgraph nodes,
+so drawings and Studio show them inside the pipeline and a debate resumes mid-round; once the loop is done,
+`route_evaluator` picks the one the run's context names and hands it the answers as one item (a Send, not a
+node of its own: each superstep costs a checkpoint).
 
-    START -> feedback_loop (subgraph) -(route_evaluator)-> judge | jury | debate | single_answer -> END
+    START -> generate <-> review (the loop) -(route_evaluator)-> judge | jury | debate | single_answer -> END
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import END, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
@@ -24,7 +26,7 @@ from agents.roles import DEFAULT_ROLES, RefereeRole
 from graphs.binding import resolve_model_source
 from graphs.context import GenerationContext
 from graphs.debate import build_debate_graph
-from graphs.feedback_loop import LoopInput, LoopState, build_feedback_loop_graph
+from graphs.feedback_loop import LoopInput, LoopState, add_feedback_loop
 from graphs.judge import build_judge_graph
 from graphs.jury import build_jury_graph
 from graphs.state import ItemState
@@ -32,7 +34,8 @@ from tools.inputs.panels import configured_panel
 
 # The shape of the pipeline's checkpoints: raise it whenever a node of the pipeline or of its subgraphs is
 # added, removed or renamed. Version 2: no gather_feedback, start_judging, open_jury or collect_answers step.
-CHECKPOINT_VERSION = 2
+# Version 3: the feedback loop's nodes are the pipeline's own (no feedback_loop subgraph).
+CHECKPOINT_VERSION = 3
 
 
 class PipelineState(LoopState, total=False):
@@ -51,7 +54,10 @@ def collect_answers(state: PipelineState) -> ItemState:
 
 
 async def route_evaluator(state: PipelineState, runtime: Runtime[GenerationContext]) -> Send:
-    """The evaluator the context names, sent the answers as its item; one answer (early stop, N = 1) is not ranked."""
+    """Where the loop exits: the evaluator the context names, sent the answers as its item.
+
+    One answer (early stop, N = 1) is not ranked.
+    """
     item = collect_answers(state)
     evaluator = "single_answer" if len(item["responses"]) < 2 else runtime.context.evaluator
     return Send(evaluator, {"prompt_id": state["prompt_id"], "item": item})
@@ -69,13 +75,11 @@ def build_pipeline_graph(
     """The uncompiled pipeline; `roles` is the debate panel, `model_source` as for `build_judge_graph`."""
     models = resolve_model_source(model_source)
     builder = StateGraph(PipelineState, context_schema=GenerationContext, input_schema=LoopInput)
-    builder.add_node("feedback_loop", build_feedback_loop_graph(model_source=models).compile(name="feedback_loop"))
     builder.add_node("judge", build_judge_graph(model_source=models).compile(name="judge"))
     builder.add_node("jury", build_jury_graph(model_source=models).compile(name="jury"))
     builder.add_node("debate", build_debate_graph(roles=roles, model_source=models).compile(name="debate"))
     builder.add_node("single_answer", single_answer)
-    builder.add_edge(START, "feedback_loop")
-    builder.add_conditional_edges("feedback_loop", route_evaluator, ["judge", "jury", "debate", "single_answer"])
+    add_feedback_loop(builder, models, exit_loop=route_evaluator, exits=["judge", "jury", "debate", "single_answer"])
     for evaluator in ("judge", "jury", "debate", "single_answer"):
         builder.add_edge(evaluator, END)
     return builder

@@ -37,7 +37,8 @@ def test_generate_notebook_builds_and_checks_a_dataset() -> None:
     assert "prompts done: 2  failed: 0" in output
     # Both datasets load with TRL's columns, however many rows the tiny model's verdicts allowed.
     assert "features: ['prompt'" in output and "'chosen', 'rejected'" in output and "'completion', 'label'" in output
-    assert "subgraph feedback_loop" in output  # the pipeline graph drawn as Mermaid text
+    # The pipeline graph drawn as Mermaid text: the loop's nodes, then the evaluators as subgraphs.
+    assert "review --> generate;" in output and "subgraph judge" in output
     assert "models: generator local:smollm2 (default)" in output
 
 
