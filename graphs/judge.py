@@ -5,10 +5,15 @@ independent scoring fans out one `score_alone` branch per candidate. `decide` tu
 the item's verdict.
 
     START -> route_judge_tasks -> compare | score_alone (parallel) -> decide -> END
+
+`judge_in_one_step` runs the same branches and decision as one node: the pipeline's `judge`. There a subgraph
+for the one or two calls of a judgement cost a graph loop and three checkpoints per prompt, about a sixth of a
+run's CPU (`make bench`); a prompt cut off inside it redoes its judge calls on resume.
 """
 
 from __future__ import annotations
 
+import asyncio
 import operator
 from typing import Annotated, Any
 
@@ -57,14 +62,17 @@ def _trace_metadata(item: ItemState, **extra: Any) -> dict[str, Any]:
     return {"item_id": item["id"], **extra}
 
 
-async def route_judge_tasks(state: JudgeState, runtime: Runtime[EvaluationContext]) -> list[Send]:
-    """One branch per answer order (direct/combined) or per candidate (independent)."""
-    item = state["item"]
-    context = runtime.context
+def judge_tasks(item: ItemState, context: EvaluationContext) -> list[Send]:
+    """The judge calls an item needs: one per answer order (direct/combined) or per candidate (independent)."""
     if context.strategy == "independent":
         return [Send("score_alone", ScoreTask(item=item, index=index)) for index in range(len(item["responses"]))]
     orders = [False, True] if context.swap else [False]
     return [Send("compare", CompareTask(item=item, reversed=is_reversed)) for is_reversed in orders]
+
+
+async def route_judge_tasks(state: JudgeState, runtime: Runtime[EvaluationContext]) -> list[Send]:
+    """One branch per judge call (`judge_tasks`)."""
+    return judge_tasks(state["item"], runtime.context)
 
 
 async def compare(task: CompareTask, runtime: Runtime[EvaluationContext], models: ModelSource) -> dict[str, Any]:
@@ -138,6 +146,18 @@ async def decide(state: JudgeState, runtime: Runtime[EvaluationContext]) -> dict
         strategy=context.strategy, scale=None if context.strategy == "direct" else context.scale,
         swapped=context.swap and context.strategy != "independent", order_winners=order_winners,
     )
+
+
+async def judge_in_one_step(
+    state: EvaluationInput, runtime: Runtime[EvaluationContext], models: ModelSource
+) -> dict[str, Any]:
+    """The judge graph's work as one node: its calls (`judge_tasks`, concurrently), then `decide`."""
+    branches = {"compare": compare, "score_alone": score_alone_node}
+    calls = [branches[task.node](task.arg, runtime, models) for task in judge_tasks(state["item"], runtime.context)]
+    # One call needs no task of its own (the default: combined scoring, one answer order).
+    updates = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
+    judgements = [entry for update in updates for entry in update["judgements"]]
+    return await decide({"item": state["item"], "judgements": judgements}, runtime)
 
 
 def build_judge_graph(*, model_source: ModelSource | None = None) -> StateGraph[Any, Any, Any, Any]:

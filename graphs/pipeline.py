@@ -3,10 +3,11 @@
 The feedback loop's nodes (`generate`, `review`: `graphs.feedback_loop.add_feedback_loop`) are the pipeline's
 own, so a checkpointer given to the pipeline checkpoints every step of the loop and a killed run resumes
 mid-loop. They are not a subgraph: a subgraph is a second graph loop with checkpoints of its own for every
-prompt, about a tenth of a run's CPU (`make bench`). The evaluators (judge, jury, debate) are subgraph nodes,
-so drawings and Studio show them inside the pipeline and a debate resumes mid-round; once the loop is done,
-`route_evaluator` picks the one the run's context names and hands it the answers as one item (a Send, not a
-node of its own: each superstep costs a checkpoint).
+prompt, about a tenth of a run's CPU (`make bench`). The jury and the debate are subgraph nodes, so drawings
+and Studio show their seats and roles inside the pipeline and a debate resumes mid-round; the judge, one or
+two calls, is one node (`graphs.judge.judge_in_one_step`: the judge graph's calls and decision, without a
+graph loop of its own). Once the loop is done, `route_evaluator` picks the evaluator the run's context names
+and hands it the answers as one item (a Send, not a node of its own: each superstep costs a checkpoint).
 
     START -> generate <-> review (the loop) -(route_evaluator)-> judge | jury | debate | single_answer -> END
 """
@@ -23,18 +24,18 @@ from langgraph.types import Send
 from agents.models import ModelSource
 from agents.records import Verdict
 from agents.roles import DEFAULT_ROLES, RefereeRole
-from graphs.binding import resolve_model_source
+from graphs.binding import bind_models, resolve_model_source
 from graphs.context import GenerationContext
 from graphs.debate import build_debate_graph
 from graphs.feedback_loop import LoopInput, LoopState, add_feedback_loop
-from graphs.judge import build_judge_graph
+from graphs.judge import judge_in_one_step
 from graphs.jury import build_jury_graph
-from graphs.state import ItemState
+from graphs.state import EvaluationInput, ItemState
 from tools.inputs.panels import configured_panel
 
 # The shape of the pipeline's checkpoints: raise it whenever a node of the pipeline or of its subgraphs is
 # added, removed or renamed. Version 2: no gather_feedback, start_judging, open_jury or collect_answers step.
-# Version 3: the feedback loop's nodes are the pipeline's own (no feedback_loop subgraph).
+# Version 3: the feedback loop's nodes are the pipeline's own (no feedback_loop subgraph), the judge one node.
 CHECKPOINT_VERSION = 3
 
 
@@ -75,7 +76,7 @@ def build_pipeline_graph(
     """The uncompiled pipeline; `roles` is the debate panel, `model_source` as for `build_judge_graph`."""
     models = resolve_model_source(model_source)
     builder = StateGraph(PipelineState, context_schema=GenerationContext, input_schema=LoopInput)
-    builder.add_node("judge", build_judge_graph(model_source=models).compile(name="judge"))
+    builder.add_node("judge", bind_models(judge_in_one_step, models), input_schema=EvaluationInput)
     builder.add_node("jury", build_jury_graph(model_source=models).compile(name="jury"))
     builder.add_node("debate", build_debate_graph(roles=roles, model_source=models).compile(name="debate"))
     builder.add_node("single_answer", single_answer)

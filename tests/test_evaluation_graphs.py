@@ -13,6 +13,7 @@ from agents.roles import DEFAULT_ROLES, RefereeRole
 from graphs.context import EvaluationContext
 from graphs.debate import build_debate_graph
 from graphs.evaluation import evaluate_items, evaluation_graph
+from graphs.judge import judge_in_one_step
 from graphs.jury import route_jurors
 from tests.fakes import FakeModelSource, ScriptedChatModel, last_user_text
 from tools.inputs.items import EvalItem
@@ -124,6 +125,35 @@ async def test_swap_position_biased_judge_becomes_tie() -> None:
     verdict = await run("judge", context, source)
     assert verdict["order_winners"] == ["A", "B"]
     assert verdict["winner"] == "tie"
+
+
+def without_timing(verdict: dict) -> dict:
+    """A verdict without what depends on the clock (latencies)."""
+    kept = {key: value for key, value in verdict.items() if key not in ("latency_s", "exchanges")}
+    kept["exchanges"] = [{key: value for key, value in exchange.items() if key != "latency_s"}
+                         for exchange in verdict["exchanges"]]
+    return kept
+
+
+@pytest.mark.parametrize("strategy,swap", [("combined", False), ("combined", True), ("direct", True),
+                                           ("independent", False)])
+async def test_the_pipelines_one_step_judge_gives_the_judge_graphs_verdict(strategy: str, swap: bool) -> None:
+    def respond(messages: list[BaseMessage]) -> str:
+        text = last_user_text(messages)
+        if strategy == "direct":
+            return "### Answer: A" if text.index("It is 4.") < text.index("It is 5.") else "### Answer: B"
+        if strategy == "independent":
+            return "### Overall Score: 8/10" if "It is 4." in text else "### Overall Score: 2/10"
+        return prefer_answer("It is 4.").responder(messages)
+
+    context = EvaluationContext(models=["m"], strategy=strategy, swap=swap)  # type: ignore[arg-type]
+    graph_model, step_model = ScriptedChatModel(respond), ScriptedChatModel(respond)
+    from_graph = await run("judge", context, FakeModelSource({"m": graph_model}))
+    update = await judge_in_one_step({"item": ITEM.model_dump()}, Runtime(context=context),
+                                     FakeModelSource({"m": step_model}))
+    assert without_timing(update["verdict"]) == without_timing(from_graph)
+    assert len(step_model.calls) == len(graph_model.calls) == (2 if swap or strategy == "independent" else 1)
+    assert from_graph["winner"] == "A"
 
 
 async def test_route_jurors_one_send_per_seat_and_order() -> None:

@@ -38,7 +38,7 @@ def test_generate_notebook_builds_and_checks_a_dataset() -> None:
     # Both datasets load with TRL's columns, however many rows the tiny model's verdicts allowed.
     assert "features: ['prompt'" in output and "'chosen', 'rejected'" in output and "'completion', 'label'" in output
     # The pipeline graph drawn as Mermaid text: the loop's nodes, then the evaluators as subgraphs.
-    assert "review --> generate;" in output and "subgraph judge" in output
+    assert "review --> generate;" in output and "subgraph debate" in output
     assert "models: generator local:smollm2 (default)" in output
 
 

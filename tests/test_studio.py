@@ -104,7 +104,7 @@ def test_server_serves_every_graph_with_schemas_and_a_drawing(server: str) -> No
         assert len(drawing["nodes"]) > 3 and drawing["edges"], name
     pipeline = call(server, "GET", f"/assistants/{ids['pipeline']}/graph?xray=true")
     node_ids = {node["id"] for node in pipeline["nodes"]}
-    assert {"judge:decide", "jury:aggregate_votes", "debate:critic", "generate", "review"} <= node_ids
+    assert {"judge", "jury:aggregate_votes", "debate:critic", "generate", "review"} <= node_ids
 
 
 @pytest.mark.parametrize("method", ["judge", "debate"])
