@@ -115,8 +115,9 @@ class LocalStartWatch:
     driver would otherwise spend on the jobs. The CPU share of one core is judged over the last `WATCH_WINDOW_S`.
     The work left follows Little's law: jobs left x the mean time a job takes / the jobs in flight. Counting jobs
     finished per second instead misleads: jobs that start together end together, in waves seconds apart. While
-    no job has finished (long jobs), a driver that stays CPU-bound for `LOCAL_START_PAYBACK_S` has that much
-    work left.
+    no job has finished, each job in flight has taken at least its age so far, so their mean age stands in for
+    the mean job time (a lower bound: on a CPU-bound start the first jobs end seconds later); and a driver that
+    stays CPU-bound for `LOCAL_START_PAYBACK_S` has that much work left.
     """
 
     def __init__(self, jobs: int, *, payback_s: float = LOCAL_START_PAYBACK_S, window_s: float = WATCH_WINDOW_S,
@@ -133,7 +134,7 @@ class LocalStartWatch:
         """Whether to start now.
 
         Given: the time, the driver's CPU time so far, the jobs finished, the jobs the driver holds now, and the
-        mean seconds a finished job took.
+        mean seconds a finished job took (while none has finished: the mean age of the jobs in flight).
         """
         samples = self._samples
         samples.append((wall_s, cpu_s))
@@ -155,7 +156,7 @@ class LocalStartWatch:
         if left <= 0:
             left_s = 0.0
         elif finished == 0:
-            left_s = wall_s - self._busy_since
+            left_s = max(wall_s - self._busy_since, left * job_s / max(1, in_flight))
         else:
             left_s = left * job_s / max(1, in_flight)
         if left_s >= self.payback_s:
@@ -305,6 +306,7 @@ class RayWorkerPool:
         self.on_worker_lost = on_worker_lost  # called when a dead worker has been replaced
         self.finished = 0  # jobs that have returned a result
         self._finished_job_s = 0.0  # the seconds the finished jobs took, together (their mean: `LocalStartWatch`)
+        self._began_total = 0.0  # the start times of the driver's jobs in flight, summed (their mean age: the same)
         self.joined_after_s: float | None = None  # when a local instance's actors joined, from `start`
         self.local_busy = 0
         self.actors: list[Any] = []
@@ -370,8 +372,12 @@ class RayWorkerPool:
         """(A task on the loop.) Sample the driver's CPU and finished jobs; start the local instance once it pays."""
         watch = self._start_watch = LocalStartWatch(self.jobs)
         while not self._closed:
-            job_s = self._finished_job_s / self.finished if self.finished else 0.0
-            if watch.should_start(time.monotonic(), time.process_time(), self.finished, self.local_busy, job_s):
+            now = time.monotonic()
+            if self.finished:
+                job_s = self._finished_job_s / self.finished
+            else:  # none has ended yet: the mean age of the jobs in flight (all on the driver until Ray starts)
+                job_s = now - self._began_total / self.local_busy if self.local_busy else 0.0
+            if watch.should_start(now, time.process_time(), self.finished, self.local_busy, job_s):
                 self._start_local_instance_thread(loop)
                 return
             await asyncio.sleep(WATCH_EVERY_S)
@@ -533,6 +539,8 @@ class RayWorkerPool:
             try:
                 worker = self.local if slot is None else self.actors[slot]
                 began = time.monotonic()
+                if slot is None:
+                    self._began_total += began
                 try:
                     result = await (self.local.run(key, payload) if slot is None else worker.run.remote(key, payload))
                 except _actor_died() as error:
@@ -548,6 +556,8 @@ class RayWorkerPool:
                 self._finished_job_s += time.monotonic() - began
                 return result
             finally:
+                if slot is None:
+                    self._began_total -= began
                 self._release(slot)
 
     async def forget(self, key: str) -> None:

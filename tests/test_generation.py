@@ -468,6 +468,13 @@ def test_a_local_instance_starts_only_when_the_driver_is_cpu_bound_with_enough_w
     watch = LocalStartWatch(10, payback_s=20, window_s=2)
     busy_and_silent = decisions(watch, [(t / 2, 0.95 * t / 2, 0, 10, 0.0) for t in range(50)])
     assert busy_and_silent.index(True) == 40  # at 20 s: busy since 0 s
+    # Busy from the start, none finished yet, but 192 jobs in flight for 2 s each, of 3,000: each takes at least
+    # that, so at least 2,808 x 2 / 192 = 29 s are left; the instance starts once the first window has passed.
+    watch = LocalStartWatch(3000, payback_s=20, window_s=2)
+    assert decisions(watch, [(t / 2, 0.95 * t / 2, 0, 192, t / 2) for t in range(6)]) == [False] * 4 + [True, True]
+    # The same start with 300 jobs: at most 6 s left, no start.
+    watch = LocalStartWatch(300, payback_s=20, window_s=2)
+    assert not any(decisions(watch, [(t / 2, 0.95 * t / 2, 0, 192, t / 2) for t in range(6)]))
     # A run that ends within the first window gives its reason too.
     assert LocalStartWatch(10).why_not.startswith("the run ended within the first")
 
