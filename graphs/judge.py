@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import operator
-from typing import Annotated, Any
+from collections.abc import Coroutine
+from typing import Annotated, Any, TypeVar
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
@@ -31,6 +32,8 @@ from graphs.state import EvaluationInput, EvaluationOutput, ItemState, Judgement
 from graphs.verdicts import verdict_update
 from tools.inputs.items import prompt_text
 from tools.rules.verdicts import merge_orders, winner_from_scores
+
+ResultT = TypeVar("ResultT")
 
 
 class JudgeState(TypedDict, total=False):
@@ -148,6 +151,21 @@ async def decide(state: JudgeState, runtime: Runtime[EvaluationContext]) -> dict
     )
 
 
+async def _all_or_none(calls: list[Coroutine[Any, Any, ResultT]]) -> list[ResultT]:
+    """Every call's result, run concurrently.
+
+    When one fails, the others are cancelled (as LangGraph cancels a failed step's other branches) and its error
+    is raised as it is, not wrapped in a group: the run's error handling reads it.
+    """
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
+
+
 async def judge_in_one_step(
     state: EvaluationInput, runtime: Runtime[EvaluationContext], models: ModelSource
 ) -> dict[str, Any]:
@@ -155,7 +173,7 @@ async def judge_in_one_step(
     branches = {"compare": compare, "score_alone": score_alone_node}
     calls = [branches[task.node](task.arg, runtime, models) for task in judge_tasks(state["item"], runtime.context)]
     # One call needs no task of its own (the default: combined scoring, one answer order).
-    updates = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
+    updates = [await calls[0]] if len(calls) == 1 else await _all_or_none(calls)
     judgements = [entry for update in updates for entry in update["judgements"]]
     return await decide({"item": state["item"], "judgements": judgements}, runtime)
 

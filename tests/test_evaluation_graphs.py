@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
 import pytest
 from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatResult
 from langgraph.runtime import Runtime
+from pydantic import Field
 
 from agents.roles import DEFAULT_ROLES, RefereeRole
 from graphs.context import EvaluationContext
@@ -154,6 +157,33 @@ async def test_the_pipelines_one_step_judge_gives_the_judge_graphs_verdict(strat
     assert without_timing(update["verdict"]) == without_timing(from_graph)
     assert len(step_model.calls) == len(graph_model.calls) == (2 if swap or strategy == "independent" else 1)
     assert from_graph["winner"] == "A"
+
+
+class OneOrderFails(ScriptedChatModel):
+    """A judge whose call on the reversed order fails at once, while the forward one waits until cancelled."""
+
+    cancelled: list[bool] = Field(default_factory=list)
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                         run_manager: object = None, **kwargs: object) -> ChatResult:
+        text = last_user_text(messages)
+        if text.index("It is 4.") > text.index("It is 5."):  # the reversed order
+            raise ValueError("the judge's endpoint broke")
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(True)
+            raise
+        raise AssertionError("unreachable")
+
+
+async def test_the_one_step_judge_cancels_the_other_order_when_one_fails_and_raises_its_error() -> None:
+    model = OneOrderFails(lambda _: "")
+    context = EvaluationContext(models=["m"], swap=True)
+    with pytest.raises(ValueError, match="endpoint broke"):
+        await judge_in_one_step({"item": ITEM.model_dump()}, Runtime(context=context), FakeModelSource({"m": model}))
+    await asyncio.sleep(0)  # the cancelled call runs its handler
+    assert model.cancelled == [True]
 
 
 async def test_route_jurors_one_send_per_seat_and_order() -> None:
