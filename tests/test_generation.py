@@ -96,6 +96,32 @@ def record_with(texts: list[str], winner: str | None, scores: list[float | None]
     }
 
 
+async def test_a_prompt_is_one_graph_loop_checkpointed_once_per_step(tmp_path: Path) -> None:
+    """The pipeline runs the loop's nodes and the judge itself: no subgraph namespace, 8 checkpoints for N = 3."""
+    from agents.prices import BUILT_IN_PRICES
+    from agents.roles import DEFAULT_ROLES
+    from graphs.generation import PromptRunner
+
+    judge = ScriptedChatModel(lambda _: "### Score Assistant A: 4/10\n### Score Assistant B: 6/10\n"
+                                        "### Score Assistant C: 9/10")
+    source = FakeModelSource({"gen": generator_model(), "rev": reviewer_model(6.5, "Mention the moon."),
+                              "judge": judge})
+    context = GenerationContext(generator="gen", reviewers=["rev"], models=["judge"], iterations=3)
+    path = tmp_path / "checkpoints.sqlite"
+    prompt_runner = PromptRunner.open(path, context=context, roles=DEFAULT_ROLES, model_source=source,
+                                      prices=BUILT_IN_PRICES, trace=False)
+    result = await prompt_runner.run("p1", "Explain tides.")
+    prompt_runner.saver.flush()
+    assert result.record is not None and result.record["verdict"]["winner"] == "C"
+    with sqlite3.connect(path) as db:
+        namespaces = {row[0] for row in db.execute("SELECT DISTINCT checkpoint_ns FROM checkpoints")}
+        checkpoints = db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0]
+    # The input, the start step, then one after each superstep: generate, review, generate, review, generate, judge.
+    assert namespaces == {""}
+    assert checkpoints == 8
+    prompt_runner.close()
+
+
 def test_preference_rows_dpo_and_kto() -> None:
     dpo, kto, outcome = preference_rows(record_with(["one", "two", "three"], "B", [5, 9, 6]))
     assert outcome == "ok"
