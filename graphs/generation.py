@@ -402,7 +402,6 @@ async def run_generation(
                 ray_joined_after_s = pool.joined_after_s
                 # A local instance stops in the background while the caller exports (see `finish_leaving`).
                 pool.shutdown(wait=False)
-            if pool is not None:
                 # The workers have closed their files: what they hold (prompts not finished) moves here.
                 with contextlib.suppress(sqlite3.Error):
                     local.saver.take_over(worker_files(checkpoint_path))

@@ -43,7 +43,7 @@ class PipelineState(LoopState, total=False):
     """The feedback loop's state, plus what the evaluator reads and writes."""
 
     item: ItemState
-    """The prompt and all N answers, as the evaluator subgraph reads them."""
+    """The prompt and all N answers, as the evaluator reads them."""
     verdict: dict[str, Any]
     """The evaluator's verdict over the answers (a `Verdict` as JSON)."""
 

@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agents.loop_executor import run_with_steps_on_loop
+from graphs.ray_pool import RayStart
 from tools.errors import EXIT_CONFIG, EXIT_FAILURES, EXIT_INTERRUPTED, ConfigError, FellowshipError
 
 # Piped or captured output gets wide tables rather than the 80 columns rich assumes off a terminal.
@@ -109,7 +110,7 @@ WorkersOption = Annotated[int, typer.Option(
 RayAddressOption = Annotated[str | None, typer.Option(
     "--ray-address", help="join this Ray cluster instead of starting one (default: $RAY_ADDRESS with --workers "
     "above 1)")]
-RayStartOption = Annotated[Literal["when-busy", "at-once"], typer.Option(
+RayStartOption = Annotated[RayStart, typer.Option(
     "--ray-start", help="with --workers N on one machine, when the local Ray instance starts: when-busy (once this "
     "process is CPU-bound with at least ~20 s of work left: a start costs seconds and CPU) or at-once")]
 MaxTokensOption = Annotated[int, typer.Option("--max-tokens", min=16, help="cap on tokens generated per call")]

@@ -340,7 +340,7 @@ def winrate_command(
     concurrency: ConcurrencyOption = 4,
     workers: WorkersOption = 1,
     ray_address: RayAddressOption = None,
-    ray_start: RayStartOption = "when-busy",
+    ray_start: RayStartOption = META_EVAL_DEFAULTS["ray_start"],
     max_tokens: MaxTokensOption = 512,
     output_format: OutputFormatOption = "auto",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="report folder (default "
