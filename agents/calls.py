@@ -73,6 +73,18 @@ class CallSlots:
                 self.release()  # the slot was handed over just as the caller was cancelled: pass it on
             raise
 
+    def resize(self, limit: int) -> None:
+        """Change the limit: a higher one hands its new slots to waiting calls at once.
+
+        A lower one retires slots as their calls end.
+        """
+        self.limit = max(1, limit)
+        while self._waiting and self.in_use < self.limit:
+            _, _, granted = heapq.heappop(self._waiting)
+            if not granted.done():
+                self.in_use += 1
+                granted.set_result(None)
+
     def release(self) -> None:
         """Give a slot back: to the best waiting call (cancelled waiters are skipped), else to the pool.
 

@@ -47,7 +47,19 @@ class CircuitBreaker:
         self._reason: str | None = None
         self._streak = 0
         self.tripped: EndpointError | None = None
+        self.halted: str | None = None  # why the run was stopped for a reason of its own (`halt`)
         self._tasks: list[asyncio.Task[object]] = []
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the run must stop: the breaker tripped, or the run was halted."""
+        return self.tripped is not None or self.halted is not None
+
+    def halt(self, reason: str) -> None:
+        """Stop the run for a reason other than failing calls (its Ray cluster was lost): cancel the work in flight."""
+        if not self.stopped:
+            self.halted = reason
+            self._cancel_others()
 
     def record_success(self) -> None:
         """A call succeeded: the configuration works, so the count starts again."""
@@ -88,7 +100,10 @@ class CircuitBreaker:
                 task.cancel()
 
     def stop_error(self, finished: int, unit: str) -> RunStopped:
-        """The one line a tripped run ends with; `unit` is what the run counts (prompts, items)."""
+        """The one line a stopped run ends with; `unit` is what the run counts (prompts, items)."""
+        if self.halted is not None:
+            return RunStopped(f"stopped: {self.halted}; {finished} finished {unit} are kept: "
+                              "run the same command to resume")
         assert self.tripped is not None
         return RunStopped(
             f"stopped: {self.trip_after} {unit} in a row failed the same way ({self.tripped}); "
@@ -108,7 +123,7 @@ async def run_pooled(
 
     async def worker() -> None:
         for job in pending:  # one shared iterator: each job is taken once
-            if breaker.tripped:
+            if breaker.stopped:
                 return
             await run(job)
 

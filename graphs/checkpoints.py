@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -33,6 +32,8 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata, CheckpointTuple
 from langgraph.checkpoint.sqlite import SqliteSaver
+
+from graphs.ray_processes import process_running
 
 WORKER_FILE_PREFIX = "checkpoints-worker-"
 # LangGraph's SQLite saver keeps a thread in these two tables (both keyed by thread_id).
@@ -44,22 +45,12 @@ def worker_file(meeting_point: Path, pid: int) -> Path:
     return meeting_point.with_name(f"{WORKER_FILE_PREFIX}{pid}.sqlite")
 
 
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: it exists
-        return True
-    return True
-
-
 def worker_files(meeting_point: Path, *, ended_only: bool = False) -> list[Path]:
     """The worker files beside `meeting_point`; with `ended_only`, those whose process is no longer running."""
     found = []
     for path in sorted(meeting_point.parent.glob(f"{WORKER_FILE_PREFIX}*.sqlite")):
         pid = path.stem.removeprefix(WORKER_FILE_PREFIX)
-        if not ended_only or not pid.isdigit() or not _pid_running(int(pid)):
+        if not ended_only or not pid.isdigit() or not process_running(int(pid)):
             found.append(path)
     return found
 

@@ -7,6 +7,7 @@ the verdicts come back to this process, which alone keeps them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from tools.rules.secrets import failure_reason
 
 Method = Literal["judge", "jury", "debate"]
 METHODS: tuple[Method, ...] = ("judge", "jury", "debate")
+
+logger = logging.getLogger(__name__)
 
 
 def evaluation_graph(
@@ -167,7 +170,8 @@ async def evaluate_items(
                             model_settings=workers.model_settings, trace=trace_dir is not None,
                             calls_in_flight=actor_calls)
         pool = RayWorkerPool(job, workers=workers.count, address=workers.address, local=evaluator,
-                             actor_calls=actor_calls, jobs=len(items), start=workers.start, forgets=False)
+                             actor_calls=actor_calls, jobs=len(items), start=workers.start, forgets=False,
+                             on_pool_lost=breaker.halt, stall_s=workers.stall_s, unit="items")
         pool.start()
         items_at_once = pool.max_jobs  # the pool admits each worker's share
 
@@ -181,14 +185,14 @@ async def evaluate_items(
         return result
 
     async def run_one(position: int, item: EvalItem) -> None:
-        if breaker.tripped:
+        if breaker.stopped:
             return
         result = await evaluate(item)
         if trace_dir is not None and result.trace is not None:
             write_trace(trace_dir / trace_filename(item.key), result.trace)
         breaker.record(result.endpoint_failure)
         verdicts[position] = result.verdict
-        if on_verdict is not None and not breaker.tripped:
+        if on_verdict is not None and not breaker.stopped:
             on_verdict(result.verdict)
 
     try:
@@ -196,7 +200,8 @@ async def evaluate_items(
     finally:
         if pool is not None:
             pool.shutdown()
-    if breaker.tripped:
+            logger.warning("%s", pool.where_jobs_ran())
+    if breaker.stopped:
         kept = sum(1 for verdict in verdicts.values() if not verdict.get("error"))
         raise breaker.stop_error(kept, "items")
     return [verdicts[position] for position in range(len(items))]

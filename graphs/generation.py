@@ -70,6 +70,8 @@ class GenerationResult:
     threads_dropped: int = 0
     # When a local Ray instance's workers joined, in seconds from the run's start (None: none joined).
     ray_joined_after_s: float | None = None
+    # With Ray: a line saying how many prompts the Ray workers and this process each finished.
+    where_prompts_ran: str | None = None
 
 
 @dataclass
@@ -359,6 +361,7 @@ async def run_generation(
         pool: Any = None
         workers_replaced = 0
         ray_joined_after_s: float | None = None
+        where_prompts_ran: str | None = None
         finished_run = False
         try:
             # A run killed between committing a record and deleting its checkpoints left them behind.
@@ -374,13 +377,14 @@ async def run_generation(
                                   calls_in_flight=actor_calls)
                 pool = RayWorkerPool(job, workers=workers.count, address=workers.address, local=local,
                                      actor_calls=actor_calls, jobs=len(pending), start=workers.start,
-                                     on_worker_lost=take_over_ended_workers)
+                                     on_worker_lost=take_over_ended_workers, on_pool_lost=breaker.halt,
+                                     stall_s=workers.stall_s, unit="prompts")
                 pool.start()
                 prompts_at_once = pool.max_jobs  # the pool admits each worker's share
                 executor = RayPromptExecutor(pool)
 
             async def run_one(prompt_id: str, prompt: Prompt) -> None:
-                if breaker.tripped or (budget is not None and not budget.admit()):
+                if breaker.stopped or (budget is not None and not budget.admit()):
                     return
                 try:
                     result = await executor.run(prompt_id, prompt)
@@ -400,6 +404,7 @@ async def run_generation(
             if pool is not None:
                 workers_replaced = pool.replaced
                 ray_joined_after_s = pool.joined_after_s
+                where_prompts_ran = pool.where_jobs_ran()
                 # A local instance stops in the background while the caller exports (see `finish_leaving`).
                 pool.shutdown(wait=False)
                 # The workers have closed their files: what they hold (prompts not finished) moves here.
@@ -411,7 +416,7 @@ async def run_generation(
             local.close()
 
         every_id = store.prompt_ids()
-        if breaker.tripped:
+        if breaker.stopped:
             raise breaker.stop_error(store.count("done"), "prompts")
         return GenerationResult(
             prompt_ids=prompt_ids,
@@ -425,6 +430,7 @@ async def run_generation(
             spent_usd=budget.spent if budget is not None else 0.0,
             workers_replaced=workers_replaced,
             ray_joined_after_s=ray_joined_after_s,
+            where_prompts_ran=where_prompts_ran,
             threads_dropped=threads_dropped,
         )
     finally:

@@ -11,9 +11,12 @@ actors there. Each actor builds its job runner once, from a picklable job descri
 pools and checkpoint stores live in the worker that uses them. Results come back to the driver as each job
 finishes; the driver alone commits them, so it stays the single source of truth of what is done.
 
-A worker that dies (killed, out of memory, its machine gone) is replaced, and the jobs it held are run
-again on the worker with the most room; a job that takes down its worker `MAX_DEATHS_PER_JOB` times fails with
-`WorkerLost` instead of hanging the run.
+A worker that dies (killed, out of memory, its machine gone), stops answering pings or stops finishing jobs is
+replaced, and the jobs it held are run again on the worker with the most room; a job that takes down its worker
+`MAX_DEATHS_PER_JOB` times fails with `WorkerLost` instead of hanging the run. A local instance whose raylet or
+GCS server exits is given up whole: its processes are stopped and the driver finishes the run alone. A cluster
+whose workers are all lost stops the run (`PoolLost`), finished work kept. Leaving Ray never holds the command
+for more than a few seconds, and a local instance leaves no process behind.
 
 Ray itself is imported only when a pool starts (`--workers` above 1, or an address): it is the optional
 extra `fellowship[ray]`.
@@ -28,6 +31,7 @@ import functools
 import ipaddress
 import logging
 import os
+import signal
 import threading
 import time
 from collections import deque
@@ -39,7 +43,8 @@ from typing import Any, Literal
 from agents.call_budget import jobs_in_flight
 from agents.loop_executor import use_steps_on_loop
 from agents.models import PREFLIGHT_TIMEOUT_S, ModelSettings, connect_problem
-from tools.errors import ConfigError, FellowshipError
+from graphs.ray_processes import LocalInstanceProcesses, process_running
+from tools.errors import ConfigError, FellowshipError, RunStopped
 
 MAX_DEATHS_PER_JOB = 3
 # How far below the driver's the CPU priority of a local instance's processes is (see `_own_local_instance`).
@@ -60,28 +65,50 @@ WATCH_EVERY_S = 0.5
 WATCH_WINDOW_S = 2.0
 BUSY_CPU_SHARE = 0.8
 LOCAL_START_PAYBACK_S = 20.0
+# The health watch (see `RayWorkerPool`): how often it looks; how often a ready actor is pinged and how long it may
+# take to answer (a live actor answers in milliseconds); how long a new actor may take to load its runner; a
+# worker holding jobs that finishes none for STALL_JOB_FACTOR x the slowest job so far (at least STALL_FLOOR_S)
+# counts as lost; on a cluster, no ready actor for CLUSTER_LOST_S loses the pool.
+HEALTH_EVERY_S = 1.0
+PING_EVERY_S = 2.0
+PING_TIMEOUT_S = 15.0
+ACTOR_START_TIMEOUT_S = 120.0
+STALL_FLOOR_S = 60.0
+STALL_JOB_FACTOR = 10.0
+CLUSTER_LOST_S = 30.0
+# Leaving Ray: how long the actors may take to close their stores, and Ray to stop, before the pool stops what is
+# left of a local instance itself (a half-dead instance can hold `ray.shutdown()` for many seconds).
+CLOSE_TIMEOUT_S = 10.0
+LEAVE_TIMEOUT_S = 5.0
 RayStart = Literal["when-busy", "at-once"]
 _INIT_OPTIONS: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR,
                                  "ignore_reinit_error": True}
 logger = logging.getLogger(__name__)
-# Owner threads of local instances still stopping after `shutdown(wait=False)` (see `finish_leaving`).
-_LEAVING: set[threading.Thread] = set()
+# Owner threads of local instances still stopping after `shutdown(wait=False)`, with their pools (`finish_leaving`).
+_LEAVING: dict[threading.Thread, RayWorkerPool] = {}
 _LEAVING_LOCK = threading.Lock()
 
 
 def finish_leaving() -> None:
-    """Wait until every local Ray instance this process started has been stopped (`ray.shutdown` has returned).
+    """Wait until every local Ray instance this process started has been stopped.
 
     `RayWorkerPool.shutdown(wait=False)` leaves the stopping to the instance's owner thread, so that the command's
     last work (the export) runs meanwhile; this waits for it. Called at interpreter exit, and before another
-    local instance starts (two instances must not start and stop at once in one process).
+    local instance starts (two instances must not start and stop at once in one process). An owner thread still
+    inside `ray.shutdown()` after `CLOSE_TIMEOUT_S + LEAVE_TIMEOUT_S` (a half-dead instance) has its instance's
+    processes stopped for it, and is waited for `LEAVE_TIMEOUT_S` more at most: leaving never hangs the command.
     """
     with _LEAVING_LOCK:
-        leaving = list(_LEAVING)
-    for thread in leaving:
-        thread.join()
+        leaving = list(_LEAVING.items())
+    for thread, pool in leaving:
+        thread.join(CLOSE_TIMEOUT_S + LEAVE_TIMEOUT_S)
+        if thread.is_alive():
+            stopped = pool.stop_leftovers()
+            logger.warning("note: the local Ray instance did not stop within %.0f s; its %d processes were killed",
+                           CLOSE_TIMEOUT_S + LEAVE_TIMEOUT_S, stopped)
+            thread.join(LEAVE_TIMEOUT_S)
         with _LEAVING_LOCK:
-            _LEAVING.discard(thread)
+            _LEAVING.pop(thread, None)
 
 
 @functools.cache
@@ -104,6 +131,7 @@ class RayWorkers:
     address: str | None
     model_settings: ModelSettings
     start: RayStart = "when-busy"
+    stall_s: float | None = None  # `--worker-timeout`: None derives it from the job times (`RayWorkerPool`)
 
 
 class LocalStartWatch:
@@ -170,6 +198,10 @@ class WorkerLost(FellowshipError):
     """A job's worker process died `MAX_DEATHS_PER_JOB` times while running it."""
 
 
+class PoolLost(RunStopped):
+    """A cluster's workers are all lost (its head or every machine gone): the run stops, finished work kept."""
+
+
 def _ray() -> Any:
     """The ray module, imported on first use: a local instance must set its loopback variable before the import."""
     try:
@@ -178,6 +210,21 @@ def _ray() -> Any:
         raise ConfigError("--workers: Ray is not installed; install the extra: pip install 'fellowship[ray]'") \
             from missing
     return ray
+
+
+def _route_ray_messages_to_the_log(ray: Any) -> None:
+    """Send the messages Ray's driver thread prints about its cluster (a dead raylet's log tail) to our debug log.
+
+    Ray prints them on standard output, where the command's summary goes, whatever `log_to_driver` says; the pool
+    says what happened to a worker or an instance in one line of its own. Call after `ray.init`.
+    """
+    worker_module = ray._private.worker
+
+    def to_debug_log(data: dict[str, Any], ignore_prefix: bool = False) -> None:
+        for line in data.get("lines", []):
+            logger.debug("ray (%s): %s", data.get("pid"), line)
+
+    worker_module.print_to_stdstream = to_debug_log
 
 
 def _actor_died() -> type[Exception]:
@@ -259,9 +306,14 @@ class PoolWorker:
             self._runner = self._job(on_driver_machine)
         return self._runner
 
-    async def ready(self) -> None:
-        """Build the runner now (imports, models, stores), so that the first job does not wait for it."""
+    async def ready(self) -> int:
+        """Build the runner now (imports, models, stores), so that the first job does not wait for it; the PID."""
         self._ready()
+        return os.getpid()
+
+    async def ping(self) -> int:
+        """Answer at once (the driver's health watch): the process and its event loop are alive."""
+        return os.getpid()
 
     async def run(self, key: str, payload: Any) -> Any:
         """Run one job and return its result."""
@@ -278,6 +330,34 @@ class PoolWorker:
             self._runner = None
 
 
+class SeatLost(Exception):
+    """(Inside the pool.) The actor a job was waiting on counts as lost: the job runs again elsewhere."""
+
+    def __init__(self, reason: str, *, counts: bool) -> None:
+        super().__init__(reason)
+        self.counts = counts  # whether it counts towards the job's MAX_DEATHS_PER_JOB (not when the instance died)
+
+
+@dataclass(eq=False)
+class Seat:
+    """One actor's place in the pool: the actor, the jobs it holds, and what the health watch knows of it.
+
+    `lost` resolves (with the reason) the moment the actor counts as lost: every job waiting on it stops waiting.
+    A seat takes jobs only once its actor has answered `ready` (a replacement starts not ready).
+    """
+
+    actor: Any
+    lost: asyncio.Future[SeatLost]
+    ready: bool = False
+    busy: int = 0
+    pid: int | None = None
+    since: float = 0.0  # when it was placed
+    progress_at: float = 0.0  # when it last finished a job, or last began holding jobs
+    probe: asyncio.Future[Any] | None = None  # the `ready` or `ping` call in flight
+    probe_sent_at: float = 0.0
+    answered_at: float = 0.0
+
+
 class RayWorkerPool:
     """`workers` processes running jobs: this one and Ray actors on a local instance, or actors on a cluster.
 
@@ -287,13 +367,21 @@ class RayWorkerPool:
     slots (`actor_calls` each for the actors, the rest for itself). Each worker holds `jobs_in_flight` of its
     call slots in jobs; a job goes to the worker with the most room, and waits while every worker is full.
     `jobs` is how many jobs the run has, for `start="when-busy"` to judge the work left; `on_worker_lost` is
-    called when a dead worker has been replaced, before its jobs run again.
+    called when a dead worker has been replaced, before its jobs run again; `unit` names the jobs in notes.
+
+    A health watch runs beside the jobs (`_watch_health`): an actor counts as lost when Ray says it died, when it
+    does not answer a ping within `PING_TIMEOUT_S`, or when it holds jobs and finishes none for `stall_s` (given,
+    or `STALL_JOB_FACTOR` times the slowest job so far, at least `STALL_FLOOR_S`). Its jobs go back to the other
+    workers at once. A local instance whose raylet or GCS server exits is lost whole: its processes are stopped
+    and the driver runs the rest alone. On a cluster, a lost actor is replaced; when no actor has been ready for
+    `CLUSTER_LOST_S`, `on_pool_lost(reason)` is called and jobs raise `PoolLost`.
     """
 
     def __init__(
         self, job: Callable[[bool], Any], *, workers: int, address: str | None, local: Any, actor_calls: int,
         jobs: int, start: RayStart = "when-busy", forgets: bool = True,
-        on_worker_lost: Callable[[], None] | None = None,
+        on_worker_lost: Callable[[], None] | None = None, on_pool_lost: Callable[[str], None] | None = None,
+        stall_s: float | None = None, unit: str = "jobs",
     ) -> None:
         self.job = job
         self.forgets = forgets  # whether the driver calls `forget` for every job (so the pool notes who ran it)
@@ -304,27 +392,42 @@ class RayWorkerPool:
         self.jobs = jobs
         self.start_policy = start
         self.on_worker_lost = on_worker_lost  # called when a dead worker has been replaced
+        self.on_pool_lost = on_pool_lost  # called once when a cluster's workers are all lost
+        self.stall_s = stall_s
+        self.unit = unit
         self.finished = 0  # jobs that have returned a result
+        self.finished_on_ray = 0  # of those, the jobs a Ray actor ran (the rest ran in the driver)
         self._finished_job_s = 0.0  # the seconds the finished jobs took, together (their mean: `LocalStartWatch`)
+        self._slowest_job_s = 0.0  # the longest a finished job took (the default stall bound)
         self._began_total = 0.0  # the start times of the driver's jobs in flight, summed (their mean age: the same)
         self.joined_after_s: float | None = None  # when a local instance's actors joined, from `start`
         self.local_busy = 0
-        self.actors: list[Any] = []
-        self.busy: list[int] = []
+        self.seats: list[Seat] = []
         self.replaced = 0
-        self._ran_on: dict[str, Any] = {}
+        self.instance_lost: str | None = None  # why the local instance was given up, once it was
+        self.pool_lost: str | None = None  # why a cluster's pool was given up, once it was
+        self._ran_on: dict[str, Seat | None] = {}
         self._environment = forwarded_environment()
         self._driver_node = ""
         self._waiting_for_room: list[asyncio.Future[None]] = []
         self._owner: threading.Thread | None = None
         self._local_instance = False  # this pool works beside a local instance (started now or later)
+        self._processes: LocalInstanceProcesses | None = None  # the local instance's processes, once it started
         self._started_at = 0.0
         self._watch: asyncio.Task[None] | None = None
+        self._health: asyncio.Task[None] | None = None
         self._start_watch: LocalStartWatch | None = None
         self._stop = threading.Event()
         self._placed: list[Any] = []
         self._closed = False
         self._stores_closed = threading.Event()  # the actors have closed their stores (Ray may still be stopping)
+        self._driver_limit: int | None = None  # the driver's call slots before actors took their share
+        self._ever_ready = False  # whether any actor has been ready (a cluster's first start may take longer)
+
+    @property
+    def actors(self) -> list[Any]:
+        """The actors the pool holds now."""
+        return [seat.actor for seat in self.seats]
 
     def start(self) -> None:
         """Join the cluster and place its actors (refusing one too small), or start working beside a local instance.
@@ -346,17 +449,17 @@ class RayWorkerPool:
             # single-machine mode, as on macOS. Ray reads the variable when imported, and its processes inherit
             # it: none advertises or dials the machine's network address (Ray would turn 127.0.0.1 into it).
             os.environ[LOCAL_ONLY_VARIABLE] = "0"
+        self._started_at = time.monotonic()
         if joining:
             ray = _ray()
             _leave_at_exit()
             self._join(ray, joining)
-            self.actors = [self._spawn() for _ in range(self.workers)]
-            self.busy = [0] * self.workers
+            self.seats = [self._seat(self._spawn()) for _ in range(self.workers)]
+            self._health = asyncio.get_running_loop().create_task(self._watch_health())
             return
         if find_spec("ray") is None:  # the same one-line error as on a cluster, before any work rather than later
             _ray()
         self._local_instance = True
-        self._started_at = time.monotonic()
         loop = asyncio.get_running_loop()
         if self.start_policy == "at-once":
             self._start_local_instance_thread(loop)
@@ -385,6 +488,7 @@ class RayWorkerPool:
     def _join(self, ray: Any, joining: str) -> None:
         try:
             ray.init(address=joining, **_INIT_OPTIONS)
+            _route_ray_messages_to_the_log(ray)
         except (ConnectionError, RuntimeError, ValueError) as error:
             flag = "--ray-address" if self.address else "RAY_ADDRESS"
             raise ConfigError(f"{flag} {joining}: could not join the Ray cluster "
@@ -425,23 +529,27 @@ class RayWorkerPool:
 
     def _start_local_instance(self, ray: Any, loop: asyncio.AbstractEventLoop) -> None:
         started = time.monotonic()
+        self._processes = LocalInstanceProcesses()
         try:
             # address="local": a new instance of our own, even where a `ray start` cluster runs on this machine
             # (Ray would otherwise join that one).
             ray.init(address="local", num_cpus=self.workers - 1, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
                      _node_ip_address="127.0.0.1", **_INIT_OPTIONS)
+            _route_ray_messages_to_the_log(ray)
             self._driver_node = ray.get_runtime_context().get_node_id()
             actors = [self._spawn() for _ in range(self.workers - 1)]
             self._placed = actors  # for `shutdown`, should the run end before they are handed over
-            ray.get([actor.ready.remote() for actor in actors])
+            pids = ray.get([actor.ready.remote() for actor in actors], timeout=ACTOR_START_TIMEOUT_S)
         except Exception as error:  # the run goes on in this process alone, and says so
             logger.warning("note: the local Ray instance did not start (%s); this process runs every job alone",
                            str(error).splitlines()[0] if str(error) else type(error).__name__)
             return
+        # While the instance is whole: the daemons, their agents and the actors, to watch and, at the end, to stop.
+        self._processes.note()
         with contextlib.suppress(RuntimeError):  # the loop is closed: the run ended first, shutdown cleans up
-            loop.call_soon_threadsafe(self._adopt, actors, started)
+            loop.call_soon_threadsafe(self._adopt, actors, pids, started)
 
-    def _adopt(self, actors: list[Any], instance_started: float) -> None:
+    def _adopt(self, actors: list[Any], pids: list[int], instance_started: float) -> None:
         """(On the loop.) The actors take jobs from now on; the driver keeps the call slots the actors do not take."""
         if self._closed:
             return
@@ -451,16 +559,13 @@ class RayWorkerPool:
         logger.warning("note: %d Ray worker%s joined after %.1f s (the local instance's start-up%s); this process ran "
                        "the work until then and goes on with its share", len(actors), "" if len(actors) == 1 else "s",
                        now - instance_started, waited)
-        self.busy = [0] * len(actors)
-        self.actors = actors
+        self.seats = [self._seat(actor, ready=True, pid=pid) for actor, pid in zip(actors, pids, strict=True)]
         slots = self.local.call_slots
         if slots is not None:
-            slots.limit = max(1, slots.limit - len(actors) * self.actor_calls)
-        # Room has appeared: every job waiting for it looks again (those that find none wait again).
-        waiting, self._waiting_for_room = self._waiting_for_room, []
-        for waiter in waiting:
-            if not waiter.done():
-                waiter.set_result(None)
+            self._driver_limit = slots.limit
+            slots.resize(slots.limit - len(actors) * self.actor_calls)
+        self._health = asyncio.get_running_loop().create_task(self._watch_health())
+        self._wake_all()  # room has appeared: every job waiting for it looks again
 
     @property
     def local_runs_jobs(self) -> bool:
@@ -483,45 +588,197 @@ class RayWorkerPool:
         actor_class = _ray().remote(PoolWorker).options(num_cpus=1, max_concurrency=self._capacity(0) + 8)
         return actor_class.remote(self.job, self._environment, self._driver_node)
 
-    def _replace(self, slot: int, dead: Any) -> None:
-        if self.actors[slot] is dead:  # the first job to see the death replaces the worker; the others follow
-            with contextlib.suppress(Exception):
-                _ray().kill(dead, no_restart=True)
-            self.actors[slot] = self._spawn()
-            self.replaced += 1
-            if self.on_worker_lost is not None:
-                self.on_worker_lost()
+    def _seat(self, actor: Any, *, ready: bool = False, pid: int | None = None) -> Seat:
+        """A seat for an actor; one not known to be ready is asked at once to load its runner."""
+        now = time.monotonic()
+        seat = Seat(actor, asyncio.get_running_loop().create_future(), ready=ready, pid=pid, since=now,
+                    progress_at=now, answered_at=now)
+        if not ready:
+            self._probe(seat, "ready")
+        return seat
+
+    # --- health ---------------------------------------------------------------------------------------------------
+
+    def _stall_bound_s(self) -> float:
+        """How long a worker may hold jobs without finishing one before it counts as lost."""
+        if self.stall_s is not None:
+            return self.stall_s
+        return max(STALL_FLOOR_S, STALL_JOB_FACTOR * self._slowest_job_s)
+
+    async def _watch_health(self) -> None:
+        """(A task on the loop.) Look at the instance and every actor each `HEALTH_EVERY_S`, while the pool works."""
+        while not self._closed and self.seats:
+            await asyncio.sleep(HEALTH_EVERY_S)
+            if self._closed:
+                return
+            self._check_health(time.monotonic())
+
+    def _check_health(self, now: float) -> None:
+        """Declare lost what has died, stopped answering or stopped making progress; send the next pings."""
+        if self._processes is not None and self.instance_lost is None:
+            dead = self._processes.dead_daemon()
+            if dead is not None:
+                self._give_up_instance(f"{dead} exited")
+                return
+        for seat in list(self.seats):
+            if seat.lost.done():
+                continue
+            probe_age = now - seat.probe_sent_at
+            if not seat.ready:
+                if seat.probe is None:
+                    self._probe(seat, "ready")
+                elif probe_age > ACTOR_START_TIMEOUT_S:
+                    self._lose(seat, f"did not start within {ACTOR_START_TIMEOUT_S:g} s")
+                continue
+            if seat.probe is not None and probe_age > PING_TIMEOUT_S:
+                self._lose(seat, f"did not answer for {probe_age:.0f} s")
+            elif seat.busy and now - seat.progress_at > self._stall_bound_s():
+                self._lose(seat, f"finished no {self.unit[:-1] or 'job'} for {now - seat.progress_at:.0f} s")
+            elif seat.probe is None and now - seat.answered_at >= PING_EVERY_S:
+                self._probe(seat, "ping")
+        if not self.local_runs_jobs and self.pool_lost is None and self.seats:
+            # A cluster: when no actor has been ready for a while, the cluster (or every machine of it) is gone.
+            bound = CLUSTER_LOST_S if self._ever_ready else ACTOR_START_TIMEOUT_S
+            silent = now - max(seat.answered_at for seat in self.seats)
+            if not any(seat.ready for seat in self.seats) and silent > bound:
+                self._give_up_pool(f"no worker has answered for {silent:.0f} s")
+
+    def _probe(self, seat: Seat, method: str) -> None:
+        """Call the actor's `ready` (a new actor: it loads its runner) or `ping` (a cheap sign of life)."""
+        seat.probe_sent_at = time.monotonic()
+        probe = asyncio.ensure_future(getattr(seat.actor, method).remote())
+        seat.probe = probe
+
+        def answered(done: asyncio.Future[Any]) -> None:
+            if seat.probe is done:
+                seat.probe = None
+            if done.cancelled() or seat.lost.done():
+                return
+            if done.exception() is not None:
+                self._lose(seat, f"its process died ({type(done.exception()).__name__})")
+                return
+            seat.answered_at = time.monotonic()
+            if not seat.ready:
+                self._ever_ready = True
+                seat.ready, seat.pid, seat.progress_at = True, done.result(), seat.answered_at
+                if self._processes is not None:
+                    self._processes.note()
+                self._wake_all()
+
+        probe.add_done_callback(answered)
+
+    def _lose(self, seat: Seat, reason: str, *, counts: bool = True) -> None:
+        """The seat's actor counts as lost: its jobs stop waiting for it, and it is stopped and replaced."""
+        if seat.lost.done() or seat not in self.seats:
+            return
+        if self._processes is not None:
+            dead = self._processes.dead_daemon()
+            if dead is not None:  # not the actor alone: the instance under it
+                self._give_up_instance(f"{dead} exited")
+                return
+        seat.lost.set_result(SeatLost(reason, counts=counts))
+        if seat.probe is not None:
+            seat.probe.cancel()
+        self._stop_actor(seat)
+        slot = self.seats.index(seat)
+        self.seats[slot] = self._seat(self._spawn())
+        self.replaced += 1
+        logger.debug("a Ray worker %s; replaced", reason)
+        if self.on_worker_lost is not None:
+            self.on_worker_lost()
+        # The replacement takes jobs once ready; the jobs that waited on the lost actor look for room meanwhile.
+        self._wake_all()
+
+    def _stop_actor(self, seat: Seat) -> None:
+        """Stop a lost actor for good, so that it makes no more calls for jobs that now run elsewhere."""
+        if self._processes is not None and seat.pid is not None:
+            # On this machine: at once, and wait until it is gone, so that its checkpoint file can be taken over.
+            with contextlib.suppress(OSError):
+                os.kill(seat.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 2.0
+            while process_running(seat.pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        actor = seat.actor
+        # Through Ray (another machine's actor, or one never seen ready): in a thread, as a dead GCS may not answer.
+        threading.Thread(target=_kill_quietly, args=(actor,), daemon=True, name="ray-kill").start()
+
+    def _give_up_instance(self, reason: str) -> None:
+        """The local instance is dead: stop what is left of it, and run everything in this process from now on."""
+        if self.instance_lost is not None:
+            return
+        self.instance_lost = reason
+        held = sum(seat.busy for seat in self.seats)
+        if held:
+            logger.warning("note: the local Ray instance died (%s); its %d %s run again here", reason, held,
+                           self.unit if held != 1 else self.unit[:-1] or "job")
+        else:
+            logger.warning("note: the local Ray instance died (%s); this process runs the rest alone", reason)
+        seats, self.seats = self.seats, []
+        if self._processes is not None:
+            self._processes.kill_all()
+        # The owner thread leaves Ray now: Ray's threads in this process would otherwise go on polling the dead
+        # daemons (one spins on a GIL-holding poll, slowing the driver by a third).
+        self._stop.set()
+        for seat in seats:
+            if not seat.lost.done():
+                seat.lost.set_result(SeatLost(reason, counts=False))
+            if seat.probe is not None:
+                seat.probe.cancel()
+        slots = self.local.call_slots
+        if slots is not None and self._driver_limit is not None:
+            slots.resize(self._driver_limit)  # the driver takes back the call slots the actors held
+        if self.on_worker_lost is not None:
+            self.on_worker_lost()  # their checkpoint files come back to the driver's
+        self._wake_all()
+
+    def _give_up_pool(self, reason: str) -> None:
+        """A cluster's workers are all lost: every job stops, and the run says so."""
+        where = f"the Ray cluster at {ray_address_in_use(self.address)}"
+        self.pool_lost = f"lost {where}: {reason}"
+        for seat in self.seats:
+            if not seat.lost.done():
+                seat.lost.set_result(SeatLost(self.pool_lost, counts=False))
+        self._wake_all()
+        if self.on_pool_lost is not None:
+            self.on_pool_lost(self.pool_lost)
+
+    # --- jobs -----------------------------------------------------------------------------------------------------
 
     def _room(self) -> tuple[bool, int | None]:
         """(True, worker) for the worker with the most room (None: the driver's runner); (False, None): all full."""
         best: tuple[float, int | None] | None = None
         if self.local_runs_jobs and self.local_busy < self._capacity(None):
             best = (self.local_busy / self._capacity(None), None)
-        for slot, busy in enumerate(self.busy):
-            load = busy / self._capacity(slot)
-            if busy < self._capacity(slot) and (best is None or load < best[0]):
+        for slot, seat in enumerate(self.seats):
+            load = seat.busy / self._capacity(slot)
+            if seat.ready and seat.busy < self._capacity(slot) and (best is None or load < best[0]):
                 best = (load, slot)
         return (True, best[1]) if best is not None else (False, None)
 
-    async def _admit(self) -> int | None:
-        """Wait for room on some worker and take it; returns the worker (None: the driver's runner)."""
+    async def _admit(self) -> Seat | None:
+        """Wait for room on some worker and take it; returns the worker's seat (None: the driver's runner)."""
         while True:
+            if self.pool_lost is not None:
+                raise PoolLost(self.pool_lost)
             found, slot = self._room()
             if found:
                 if slot is None:
                     self.local_busy += 1
-                else:
-                    self.busy[slot] += 1
-                return slot
+                    return None
+                seat = self.seats[slot]
+                if not seat.busy:
+                    seat.progress_at = time.monotonic()
+                seat.busy += 1
+                return seat
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiting_for_room.append(waiter)
             await waiter
 
-    def _release(self, slot: int | None) -> None:
-        if slot is None:
+    def _release(self, seat: Seat | None) -> None:
+        if seat is None:
             self.local_busy -= 1
         else:
-            self.busy[slot] -= 1
+            seat.busy -= 1
         self._wake_one()
 
     def _wake_one(self) -> None:
@@ -531,43 +788,84 @@ class RayWorkerPool:
                 waiter.set_result(None)
                 return
 
+    def _wake_all(self) -> None:
+        waiting, self._waiting_for_room = self._waiting_for_room, []
+        for waiter in waiting:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _on_seat(self, seat: Seat, call: Any) -> Any:
+        """The result of a call to the seat's actor; SeatLost the moment the actor counts as lost."""
+        if seat.lost.done():
+            raise seat.lost.result()
+        reply = asyncio.ensure_future(call)
+        try:
+            await asyncio.wait((reply, seat.lost), return_when=asyncio.FIRST_COMPLETED)
+            if reply.done():
+                return reply.result()
+            raise seat.lost.result()
+        finally:
+            if not reply.done():
+                reply.cancel()
+
     async def run(self, key: str, payload: Any) -> Any:
-        """Run a job on the worker with the most room; on an actor's death, again (on another, or its replacement)."""
+        """Run a job on the worker with the most room; if that worker is lost, again (on another or its replacement)."""
         deaths = 0
         while True:
-            slot = await self._admit()
+            seat = await self._admit()
+            began = time.monotonic()
             try:
-                worker = self.local if slot is None else self.actors[slot]
-                began = time.monotonic()
-                if slot is None:
+                if seat is None:
                     self._began_total += began
-                try:
-                    result = await (self.local.run(key, payload) if slot is None else worker.run.remote(key, payload))
-                except _actor_died() as error:
-                    deaths += 1
-                    self._replace(slot, worker)  # type: ignore[arg-type]  # only an actor dies this way
-                    if deaths >= MAX_DEATHS_PER_JOB:
-                        raise WorkerLost(f"its worker process died {deaths} times while running it "
-                                         f"({type(error).__name__})") from error
-                    continue
+                    result = await self.local.run(key, payload)
+                else:
+                    try:
+                        result = await self._on_seat(seat, seat.actor.run.remote(key, payload))
+                    except _actor_died() as error:
+                        self._lose(seat, f"its process died ({type(error).__name__})")
+                        deaths += 1
+                        if deaths >= MAX_DEATHS_PER_JOB:
+                            raise WorkerLost(f"its worker process died {deaths} times while running it "
+                                             f"({type(error).__name__})") from error
+                        continue
+                    except SeatLost as lost:
+                        if self.pool_lost is not None:
+                            raise PoolLost(self.pool_lost) from None
+                        deaths += lost.counts
+                        if deaths >= MAX_DEATHS_PER_JOB:
+                            raise WorkerLost(f"its worker was lost {deaths} times while running it ({lost})") from None
+                        continue
+                    seat.progress_at = seat.answered_at = time.monotonic()
+                    self.finished_on_ray += 1
                 if self.forgets:
-                    self._ran_on[key] = worker
+                    self._ran_on[key] = seat
                 self.finished += 1
-                self._finished_job_s += time.monotonic() - began
+                took = time.monotonic() - began
+                self._finished_job_s += took
+                self._slowest_job_s = max(self._slowest_job_s, took)
                 return result
             finally:
-                if slot is None:
+                if seat is None:
                     self._began_total -= began
-                self._release(slot)
+                self._release(seat)
 
     async def forget(self, key: str) -> None:
-        """Tell the worker that ran a job that the driver has committed it (a dead worker has nothing to drop)."""
-        worker = self._ran_on.pop(key, None)
-        if worker is self.local:
+        """Tell the worker that ran a job that the driver has committed it (a lost worker has nothing to drop)."""
+        if key not in self._ran_on:
+            return
+        seat = self._ran_on.pop(key)
+        if seat is None:
             await self.local.forget(key)
-        elif worker is not None:
-            with contextlib.suppress(_actor_died()):
-                await worker.forget.remote(key)
+        elif seat in self.seats:
+            with contextlib.suppress(SeatLost, _actor_died()):
+                await self._on_seat(seat, seat.actor.forget.remote(key))
+
+    def where_jobs_ran(self) -> str:
+        """One line saying how many jobs the Ray workers and this process each finished (the run's share on Ray)."""
+        here = self.finished - self.finished_on_ray
+        place = "the cluster's Ray workers" if not self.local_runs_jobs else "the Ray workers"
+        return (f"note: {place} finished {self.finished_on_ray} {self.unit} and this process {here}"
+                + (f" (the local instance was lost: {self.instance_lost})" if self.instance_lost else ""))
 
     def shutdown(self, *, wait: bool = True) -> None:
         """Close the workers' stores, then leave Ray (stopping the local instance if this pool started it).
@@ -575,35 +873,53 @@ class RayWorkerPool:
         A local instance still starting is waited for first: its processes must not outlive the command. With
         `wait=False`, a local instance stops in the background once the workers' stores are closed (stopping Ray's
         processes takes over a second, which the command's export can use): `finish_leaving` waits for it, and
-        the interpreter does at exit.
+        the interpreter does at exit. Leaving never holds the command for long: a dead or half-dead instance's
+        processes are stopped by the pool itself after `LEAVE_TIMEOUT_S`.
         """
         # `_adopt` may still be queued on the loop: from now on it hands nothing over.
         self._closed = True
-        if self._watch is not None:
-            self._watch.cancel()
+        for task in (self._watch, self._health):
+            if task is not None:
+                task.cancel()
         if self._owner is None and self._local_instance:
             if self._start_watch is not None:
                 logger.warning("note: no local Ray instance was started: %s; this process ran every job "
                                "(--ray-start at-once starts one at once)", self._start_watch.why_not)
         elif self._owner is not None:
             self._stop.set()
+            with _LEAVING_LOCK:
+                _LEAVING[self._owner] = self
             if wait:
-                self._owner.join()
+                finish_leaving()
             else:
-                with _LEAVING_LOCK:
-                    _LEAVING.add(self._owner)
-                self._stores_closed.wait()
+                self._stores_closed.wait(CLOSE_TIMEOUT_S + LEAVE_TIMEOUT_S)
         else:
-            self._leave(_ray())
-        self.actors = []
+            leaving = threading.Thread(target=self._leave, args=(_ray(),), daemon=True, name="ray-leave")
+            leaving.start()
+            leaving.join(CLOSE_TIMEOUT_S + LEAVE_TIMEOUT_S)
+        self.seats = []
 
     def _leave(self, ray: Any) -> None:
-        """Close the actors' stores, then leave Ray."""
+        """Close the actors' stores, then leave Ray, then stop what is left of a local instance."""
         try:
-            if ray.is_initialized():
+            actors = [seat.actor for seat in self.seats if seat.ready] if self._adopted_or_joined() else self._placed
+            if ray.is_initialized() and actors and self.instance_lost is None and self.pool_lost is None:
                 with contextlib.suppress(Exception):
-                    ray.get([actor.close.remote() for actor in self.actors or self._placed], timeout=10)
+                    ray.get([actor.close.remote() for actor in actors], timeout=CLOSE_TIMEOUT_S)
         finally:
             self._stores_closed.set()
         if ray.is_initialized():
             ray.shutdown()
+        self.stop_leftovers()
+
+    def _adopted_or_joined(self) -> bool:
+        return bool(self.seats)
+
+    def stop_leftovers(self) -> int:
+        """SIGKILL whatever of the local instance still runs (Ray leaves some processes of a half-dead one)."""
+        return self._processes.kill_all() if self._processes is not None else 0
+
+
+def _kill_quietly(actor: Any) -> None:
+    with contextlib.suppress(Exception):
+        _ray().kill(actor, no_restart=True)

@@ -47,6 +47,21 @@ async def test_slots_go_to_the_job_with_the_fewest_calls_made_then_in_arrival_or
     assert slots.in_use == 0
 
 
+async def test_a_raised_limit_hands_its_new_slots_to_waiting_calls_at_once() -> None:
+    # The Ray instance died: this process takes its workers' slots back while its own calls queue for slots.
+    slots = CallSlots(2)
+    for _ in range(2):
+        await slots.acquire(0)
+    waiters = [asyncio.ensure_future(slots.acquire(0)) for _ in range(3)]
+    await asyncio.sleep(0)
+    slots.resize(4)
+    await asyncio.sleep(0)
+    assert slots.in_use == 4 and sum(waiter.done() for waiter in waiters) == 2
+    slots.release()  # a slot handed on, not retired: the third waiter gets it
+    await asyncio.sleep(0)
+    assert all(waiter.done() for waiter in waiters) and slots.in_use == 4
+
+
 async def test_a_lowered_limit_retires_slots_as_their_calls_end() -> None:
     slots = CallSlots(3)
     for _ in range(3):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -55,7 +56,7 @@ def wait_for_done(output: Path, at_least: int, process: subprocess.Popen[str]) -
 
 
 def records_without_timing(output: Path) -> list[dict]:
-    records = [json.loads(line) for line in (output / "records.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in without_port((output / "records.jsonl").read_text()).splitlines()]
     for record in records:
         record["verdict"].pop("latency_s", None)
         for exchange in [answer["exchange"] for answer in record["answers"]] + [
@@ -70,6 +71,36 @@ def pool_worker_pids() -> set[int]:
     return {int(line.split()[0]) for line in listing.splitlines() if "ray::PoolWorker" in line}
 
 
+# What a Ray process's command line holds: its daemons, the Python helpers it starts, and its renamed workers.
+RAY_PROCESS_MARKS = ("ray::", "/ray/core/src/ray/", "/site-packages/ray/")
+
+
+def ray_processes(below: int | None = None) -> list[str]:
+    """Running Ray processes (zombies, already dead, left out): all of them, or those below the process `below`."""
+    listing = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,stat=,args="], capture_output=True, text=True,
+                             check=True).stdout
+    rows = [line.split(None, 3) for line in listing.splitlines()]
+    wanted = None
+    if below is not None:
+        wanted, grew = {below}, True
+        while grew:
+            grew = False
+            for pid, ppid, _, _ in rows:
+                if int(ppid) in wanted and int(pid) not in wanted:
+                    wanted.add(int(pid))
+                    grew = True
+    return [f"{pid} {args}" for pid, _, stat, args in rows
+            if not stat.startswith("Z") and any(mark in args for mark in RAY_PROCESS_MARKS)
+            and (wanted is None or (int(pid) in wanted and int(pid) != below))]
+
+
+def wait_until_no_ray_process(seconds: float = 20) -> list[str]:
+    deadline = time.monotonic() + seconds
+    while ray_processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return ray_processes()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -81,24 +112,55 @@ def checkpoint_threads(output: Path) -> set[str]:
         return {row[0] for row in db.execute("SELECT DISTINCT thread_id FROM checkpoints")}
 
 
-def test_two_workers_write_what_one_process_writes(tmp_path: Path, stub: StubServer) -> None:
-    prompts = write_prompts(tmp_path / "prompts.jsonl", 24)
-    single, pooled = tmp_path / "single", tmp_path / "pooled"
-    first = subprocess.run(fellowship(*generate_args(prompts, single, stub.base_url, "-c", "8")),
-                           capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
-    assert first.returncode == 0, first.stderr
-    calls_single = stub.stats.completions
-    second = subprocess.run(fellowship(*generate_args(prompts, pooled, stub.base_url, "-c", "8", "--workers", "2",
-                                                      *AT_ONCE)),
-                            capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
-    assert second.returncode == 0, second.stderr
-    assert "done: 24  failed: 0" in second.stdout
-    assert stub.stats.completions == 2 * calls_single  # the same calls, none twice
+def reference_run(tmp_path: Path, prompts: Path) -> Path:
+    """The same prompts on `--workers 1` against a stub that answers at once (replies depend only on the request)."""
+    server = StubServer(StubSettings()).start_in_thread()
+    try:
+        output = tmp_path / "single"
+        completed = subprocess.run(fellowship(*generate_args(prompts, output, server.base_url, "-c", "4")),
+                                   capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+        assert completed.returncode == 0, completed.stderr
+        return output
+    finally:
+        server.stop()
+
+
+def without_port(text: str) -> str:
+    """The text with the stub's port left out: runs against two stubs name their models by two URLs."""
+    return re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", text)
+
+
+def datasets_equal(output: Path, reference: Path) -> None:
     for name in ("dpo.jsonl", "kto.jsonl"):
-        assert sorted((pooled / name).read_text().splitlines()) == sorted((single / name).read_text().splitlines())
-    assert records_without_timing(pooled) == records_without_timing(single)
-    assert not checkpoint_threads(pooled)  # every prompt was committed, so no checkpoint is kept
-    assert not pool_worker_pids()  # the workers and the local instance are gone
+        assert sorted(without_port((output / name).read_text()).splitlines()) == sorted(
+            without_port((reference / name).read_text()).splitlines())
+
+
+def prompts_per_process(said: str, unit: str = "prompts") -> tuple[int, int]:
+    """(on Ray workers, in the driver) from the note the command ends with."""
+    found = re.search(rf"finished (\d+) {unit} and this process (\d+)", said)
+    assert found, said
+    return int(found.group(1)), int(found.group(2))
+
+
+def test_two_workers_write_what_one_process_writes(tmp_path: Path) -> None:
+    server = StubServer(StubSettings(latency_s=0.2)).start_in_thread()
+    try:
+        output, command = long_run(tmp_path, server)
+        pooled = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+        assert pooled.returncode == 0, pooled.stderr
+        assert "done: 60  failed: 0" in pooled.stdout
+        assert server.stats.completions == 60 * 6  # nothing called twice
+    finally:
+        server.stop()
+    # The Ray worker did its share: the comparison below is between two processes' work and one's.
+    on_ray, here = prompts_per_process(pooled.stderr)
+    assert on_ray > 0 and here > 0 and on_ray + here == 60, pooled.stderr
+    single = reference_run(tmp_path, tmp_path / "prompts.jsonl")
+    datasets_equal(output, single)
+    assert records_without_timing(output) == records_without_timing(single)
+    assert not checkpoint_threads(output)  # every prompt was committed, so no checkpoint is kept
+    assert not ray_processes()  # the workers and the local instance are gone
 
 
 def worker_checkpoint_threads(output: Path) -> set[str]:
@@ -125,6 +187,7 @@ def long_run(tmp_path: Path, server: StubServer) -> tuple[Path, list[str]]:
     Against a 200 ms stub it lasts about 18 s, so its worker joins (after the local instance's start-up, 4-8 s)
     with prompts still to run.
     """
+    tmp_path.mkdir(parents=True, exist_ok=True)
     prompts = write_prompts(tmp_path / "prompts.jsonl", 60)
     output = tmp_path / "out"
     return output, fellowship(*generate_args(prompts, output, server.base_url, "-c", "4", "--workers", "2", *AT_ONCE))
@@ -195,8 +258,20 @@ def test_a_run_that_a_local_instance_would_not_speed_up_starts_none(tmp_path: Pa
     assert stub.stats.completions == 12 * 6
 
 
-def test_the_driver_works_until_its_ray_workers_join_then_a_killed_one_is_replaced(tmp_path: Path) -> None:
-    # The worker is killed with prompts of its own still to run.
+# The process of the local instance each case kills (its command line holds the mark), and what the driver must
+# say: the actor is replaced; the raylet's or the GCS server's death loses the instance, and the driver finishes
+# alone; the dashboard agent's takes the raylet down with it, or nothing happens (both were seen).
+KILLS = {
+    "worker actor": ("ray::PoolWorker", ("1 worker processes died and were replaced",)),
+    "raylet": ("/raylet/raylet ", ("the local Ray instance died (raylet exited)",)),
+    "GCS server": ("/gcs/gcs_server ", ("the local Ray instance died (GCS server exited)",)),
+    "dashboard agent": ("ray::DashboardAgent", ("the local Ray instance died (raylet exited)", "")),
+}
+
+
+@pytest.mark.parametrize("victim", list(KILLS))
+def test_a_killed_ray_process_never_hangs_the_run_and_no_prompt_is_paid_twice(tmp_path: Path, victim: str) -> None:
+    mark, notes = KILLS[victim]
     server = StubServer(StubSettings(latency_s=0.2)).start_in_thread()
     try:
         output, command = long_run(tmp_path, server)
@@ -204,50 +279,68 @@ def test_the_driver_works_until_its_ray_workers_join_then_a_killed_one_is_replac
         joined = wait_for_line(said, "Ray worker joined")
         # The driver did not wait for Ray: it made calls before its worker joined.
         assert server.stats.completions > 0 and joined.startswith("note: 1 Ray worker joined after ")
-        time.sleep(1.0)  # the new worker takes the next prompts at once (it has the most room)
-        [victim] = pool_worker_pids()
-        os.kill(victim, signal.SIGKILL)
-        # stderr belongs to the reader thread alone (communicate() would read it too, and take lines from it).
+        time.sleep(1.0)  # the worker holds prompts of its own by now (it has the most room)
+        victims = [line for line in ray_processes(below=driver.pid) if mark in line]
+        assert len(victims) == 1, ray_processes(below=driver.pid)
+        os.kill(int(victims[0].split()[0]), signal.SIGKILL)
         assert driver.stdout is not None
-        driver.wait(timeout=RUN_TIMEOUT_S)  # its stdout is a few summary lines: no pipe fills up meanwhile
+        # Ends by itself: a hang fails here (the run alone takes about 20 s).
+        driver.wait(timeout=RUN_TIMEOUT_S)
         stdout = driver.stdout.read()
         reader.join(5)
-        assert driver.returncode == 0, "".join(said)
+        stderr = "".join(said)
+        assert driver.returncode == 0, stderr
         assert "done: 60  failed: 0" in stdout
-        assert any("1 worker processes died and were replaced" in line for line in said), "".join(said)
-        assert len((output / "records.jsonl").read_text().splitlines()) == 60
-        assert server.stats.max_in_flight <= 4  # the driver's and the worker's shares of --concurrency
+        assert any(note in stderr for note in notes), stderr
+        assert "[state-dump]" not in stdout + stderr  # Ray's own dump of a dead raylet's log stays out of the output
+        assert not wait_until_no_ray_process(), "Ray processes left behind"
+        # 60 prompts of 6 calls, plus at most the calls in flight on the worker when it was stopped (-c 4).
+        assert server.stats.completions <= 60 * 6 + 4
+        # The driver's and the worker's shares of --concurrency. When the instance is lost the driver takes the
+        # worker's share back at once, while the provider (the stub) may still be answering the calls that the
+        # killed worker had in flight (2, its share): they count at the provider until answered.
+        assert server.stats.max_in_flight <= (4 if victim == "worker actor" else 4 + 2)
     finally:
         server.stop()
+    datasets_equal(output, reference_run(tmp_path, tmp_path / "prompts.jsonl"))
+    assert len((output / "records.jsonl").read_text().splitlines()) == 60
 
 
 def test_evaluate_on_two_workers_gives_the_verdicts_of_one_process(tmp_path: Path, stub: StubServer) -> None:
     pairs = tmp_path / "pairs.jsonl"
+    count = 160
     pairs.write_text("".join(
         json.dumps({"id": f"q{index}", "prompt": f"Question {index}?", "responses": [f"yes {index}", f"no {index}"]})
-        + "\n" for index in range(12)
+        + "\n" for index in range(count)
     ))
 
-    def evaluate(output: Path, *extra: str) -> list[dict]:
+    def evaluate(output: Path, url: str, *extra: str) -> tuple[list[dict], str]:
         completed = subprocess.run(
             fellowship("evaluate", "--input", str(pairs), "--output", str(output), "--method", "jury",
-                       "--model", f"compat:stub@{stub.base_url}", "--model", f"compat:stub@{stub.base_url}",
-                       "--concurrency", "6", *extra),
+                       "--model", f"compat:stub@{url}", "--model", f"compat:stub@{url}",
+                       "--concurrency", "4", *extra),
             capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False,
         )
         assert completed.returncode == 0, completed.stderr
-        verdicts = [json.loads(line) for line in output.read_text().splitlines()]
+        verdicts = [json.loads(line) for line in without_port(output.read_text()).splitlines()]
         for verdict in verdicts:
             verdict.pop("latency_s")
             for exchange in verdict["exchanges"]:
                 exchange.pop("latency_s")
-        return verdicts
+        return verdicts, completed.stderr
 
-    single = evaluate(tmp_path / "single.jsonl")
-    pooled = evaluate(tmp_path / "pooled.jsonl", "--workers", "2", *AT_ONCE)
+    single, _ = evaluate(tmp_path / "single.jsonl", stub.base_url)
+    # Slow enough (about 15 s alone) that the worker joins with items left to judge.
+    slow = StubServer(StubSettings(latency_s=0.2)).start_in_thread()
+    try:
+        pooled, said = evaluate(tmp_path / "pooled.jsonl", slow.base_url, "--workers", "2", *AT_ONCE)
+        assert slow.stats.completions == 2 * count  # two jurors per item: nothing called twice
+    finally:
+        slow.stop()
+    on_ray, here = prompts_per_process(said, "items")
+    assert on_ray > 0 and on_ray + here == count, said  # the worker judged items, and they came back
     assert pooled == single
-    assert [verdict["id"] for verdict in pooled] == [f"q{index}" for index in range(12)]
-    assert stub.stats.completions == 2 * 2 * 12  # two jurors per item, each run: nothing called twice
+    assert [verdict["id"] for verdict in pooled] == [f"q{index}" for index in range(count)]
 
 
 def test_an_unreachable_ray_cluster_stops_the_command_before_anything_is_written(
@@ -268,30 +361,75 @@ def test_an_unreachable_ray_cluster_stops_the_command_before_anything_is_written
     assert stub.stats.requests == 0
 
 
-def test_joining_a_ray_start_cluster_gives_what_a_local_instance_gives(tmp_path: Path, stub: StubServer) -> None:
-    port = free_port()
-    # The cluster a user starts by hand, on loopback only (Ray's single-machine mode): `ray start --head`.
-    environment = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
-    ray_command = str(Path(sys.executable).with_name("ray"))
-    started = subprocess.run([ray_command, "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
+def ray_start_head(port: int) -> None:
+    """A cluster as a user starts it by hand, on loopback only (Ray's single-machine mode): `ray start --head`."""
+    started = subprocess.run([RAY_COMMAND, "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
                               "--num-cpus", "2", "--include-dashboard", "false"],
-                             capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=environment, check=False)
+                             capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=RAY_CLUSTER_ENVIRONMENT,
+                             check=False)
     assert started.returncode == 0, started.stderr
+
+
+def ray_stop() -> None:
+    subprocess.run([RAY_COMMAND, "stop", "--force"], capture_output=True, timeout=RUN_TIMEOUT_S,
+                   env=RAY_CLUSTER_ENVIRONMENT, check=False)
+
+
+RAY_COMMAND = str(Path(sys.executable).with_name("ray"))
+RAY_CLUSTER_ENVIRONMENT = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def test_joining_a_ray_start_cluster_gives_what_a_local_instance_gives_and_losing_it_stops_the_run(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    ray_start_head(port)
+    server = StubServer(StubSettings(latency_s=0.2)).start_in_thread()
     try:
-        prompts = write_prompts(tmp_path / "prompts.jsonl", 12)
-        runs = {}
-        for name, extra_environment in (("local", {}), ("joined", {"RAY_ADDRESS": f"127.0.0.1:{port}"})):
-            output = tmp_path / name
-            completed = subprocess.run(
-                fellowship(*generate_args(prompts, output, stub.base_url, "-c", "6", "--workers", "2", *AT_ONCE)),
-                capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False,
-                env={**os.environ, **extra_environment},
-            )
-            # With a `ray start` cluster on the machine, no address still means an instance of our own.
-            assert completed.returncode == 0, completed.stderr
-            runs[name] = sorted((output / "dpo.jsonl").read_text().splitlines())
-        assert runs["joined"] == runs["local"]
-        assert stub.stats.completions == 2 * 12 * 6
+        # With a `ray start` cluster on the machine, no address still means an instance of our own, whose
+        # worker (a child of this command, not of the cluster) does prompts.
+        output, command = long_run(tmp_path / "local", server)
+        local = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+        assert local.returncode == 0, local.stderr
+        assert "note: 1 Ray worker joined after " in local.stderr
+        assert prompts_per_process(local.stderr)[0] > 0, local.stderr
+
+        # With the address, both workers are the cluster's and the driver runs none. The cluster is stopped
+        # (`ray stop --force`: every process of it killed) while they hold prompts: the run stops by itself with one
+        # line and status 1, keeping what it finished.
+        output, command = long_run(tmp_path / "joined", server)
+        calls_before = server.stats.completions
+        joined_environment = {**os.environ, "RAY_ADDRESS": address}
+        driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=joined_environment)
+        wait_for_done(output, 10, driver)
+        ray_stop()
+        _, stderr = driver.communicate(timeout=RUN_TIMEOUT_S)
+        assert driver.returncode == 1, stderr
+        [line] = [line for line in stderr.splitlines() if line.startswith("error: ")]
+        assert line.startswith(f"error: stopped: lost the Ray cluster at {address}: "), stderr
+        assert "finished prompts are kept: run the same command to resume" in line
+        assert not wait_until_no_ray_process(), "Ray processes left behind"
+
+        # The same command, once the cluster is back, finishes the run and pays only for what was cut off.
+        ray_start_head(port)
+        resumed = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False,
+                                 env=joined_environment)
+        assert resumed.returncode == 0, resumed.stderr
+        assert prompts_per_process(resumed.stderr) == (60 - done_before_resume(resumed.stdout), 0)
+        # The prompts the cluster's workers held resume from their last committed step; a reply that arrived in
+        # the killed worker's last event-loop round was not committed yet (-c 4: at most 4 calls in flight, and
+        # as many replies in the round).
+        assert server.stats.completions - calls_before <= 60 * 6 + 2 * 4
     finally:
-        subprocess.run([ray_command, "stop", "--force"], capture_output=True, timeout=RUN_TIMEOUT_S, env=environment,
-                       check=False)
+        ray_stop()
+        server.stop()
+    datasets_equal(output, reference_run(tmp_path, tmp_path / "joined" / "prompts.jsonl"))
+    datasets_equal(tmp_path / "local" / "out", output)
+
+
+def done_before_resume(stdout: str) -> int:
+    found = re.search(r"reused from earlier runs: (\d+)", stdout)
+    assert found, stdout
+    return int(found.group(1))

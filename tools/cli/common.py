@@ -113,6 +113,9 @@ RayAddressOption = Annotated[str | None, typer.Option(
 RayStartOption = Annotated[RayStart, typer.Option(
     "--ray-start", help="with --workers N on one machine, when the local Ray instance starts: when-busy (once this "
     "process is CPU-bound with at least ~20 s of work left: a start costs seconds and CPU) or at-once")]
+WorkerTimeoutOption = Annotated[float | None, typer.Option(
+    "--worker-timeout", min=1, help="with --workers: seconds a Ray worker may hold work without finishing any "
+    "before its work moves to the others (default: 10x the slowest prompt or item so far, at least 60)")]
 MaxTokensOption = Annotated[int, typer.Option("--max-tokens", min=16, help="cap on tokens generated per call")]
 MaxRetriesOption = Annotated[
     int, typer.Option("--max-retries", min=0, max=20, help="retries of timeouts, 5xx and 429 per call, with backoff")

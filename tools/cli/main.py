@@ -32,6 +32,7 @@ from tools.cli.common import (
     TimeoutOption,
     TraceOption,
     WorkersOption,
+    WorkerTimeoutOption,
     announce_models,
     console,
     errors,
@@ -97,6 +98,7 @@ def evaluate(
     workers: WorkersOption = EVALUATE_DEFAULTS["workers"],
     ray_address: RayAddressOption = None,
     ray_start: RayStartOption = EVALUATE_DEFAULTS["ray_start"],
+    worker_timeout: WorkerTimeoutOption = None,
     max_tokens: MaxTokensOption = EVALUATE_DEFAULTS["max_tokens"],
     output_format: OutputFormatOption = EVALUATE_DEFAULTS["output_format"],
     trace: TraceOption = None,
@@ -399,6 +401,8 @@ def run_generate_with(
         if result.threads_dropped:
             errors.print(f"note: {result.threads_dropped} unfinished prompts were checkpointed by another version of "
                          "the pipeline and start again", markup=False, highlight=False, soft_wrap=True)
+        if result.where_prompts_ran:
+            errors.print(result.where_prompts_ran, markup=False, highlight=False, soft_wrap=True)
         if result.workers_replaced:
             errors.print(f"note: {result.workers_replaced} worker processes died and were replaced; the prompts they "
                          "held ran again on the others", markup=False, highlight=False, soft_wrap=True)
@@ -504,6 +508,7 @@ def generate(
     workers: WorkersOption = GENERATE_DEFAULTS["workers"],
     ray_address: RayAddressOption = None,
     ray_start: RayStartOption = GENERATE_DEFAULTS["ray_start"],
+    worker_timeout: WorkerTimeoutOption = None,
     limit: Annotated[int | None, typer.Option(min=1, help="only the first N prompts")] = None,
     prompt_field: Annotated[str | None, typer.Option(help="field or column holding the prompt")] = None,
     retry_failed: Annotated[bool, typer.Option(help="retry prompts that failed in an earlier run")]

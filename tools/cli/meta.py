@@ -31,6 +31,7 @@ from tools.cli.common import (
     SwapOption,
     TraceOption,
     WorkersOption,
+    WorkerTimeoutOption,
     announce_models,
     check_evaluation_flags,
     console,
@@ -198,6 +199,7 @@ def meta_eval(
     workers: WorkersOption = META_EVAL_DEFAULTS["workers"],
     ray_address: RayAddressOption = None,
     ray_start: RayStartOption = META_EVAL_DEFAULTS["ray_start"],
+    worker_timeout: WorkerTimeoutOption = None,
     max_tokens: MaxTokensOption = META_EVAL_DEFAULTS["max_tokens"],
     output_format: OutputFormatOption = META_EVAL_DEFAULTS["output_format"],
     trace: TraceOption = None,
@@ -341,6 +343,7 @@ def winrate_command(
     workers: WorkersOption = 1,
     ray_address: RayAddressOption = None,
     ray_start: RayStartOption = META_EVAL_DEFAULTS["ray_start"],
+    worker_timeout: WorkerTimeoutOption = None,
     max_tokens: MaxTokensOption = 512,
     output_format: OutputFormatOption = "auto",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="report folder (default "
@@ -373,7 +376,7 @@ def winrate_command(
     options = EvaluationOptions(method="judge", strategy=strategy, scale=int(scale), model=[judge],  # type: ignore[arg-type]
                                 swap=swap, concurrency=concurrency, max_tokens=max_tokens, output_format=output_format,
                                 trace=trace, workers=workers, ray_address=ray_address,
-                                ray_start=ray_start)
+                                ray_start=ray_start, worker_timeout=worker_timeout)
     records = run_evaluation(items=items, output_path=output / f"verdicts-{settings_digest(settings)}.jsonl",
                              options=options, reuse_output=True)
     winners = [record["winner"] for record in records]

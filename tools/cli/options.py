@@ -63,6 +63,9 @@ class RunOptions(CommandOptions):
     workers: int = Field(default=1, ge=1, le=1024, description="worker processes (more than 1: on Ray)")
     ray_address: str | None = Field(default=None, description="join this Ray cluster (default: $RAY_ADDRESS)")
     ray_start: RayStart = Field(default="when-busy", description="when a local Ray instance starts (one machine)")
+    worker_timeout: float | None = Field(
+        default=None, gt=0, description="seconds a Ray worker may hold work without finishing any before it counts as "
+        "lost (default: 10x the slowest job so far, at least 60)")
 
     def on_ray(self) -> bool:
         """Whether the work runs on Ray workers: more than one worker, or a cluster to join."""
@@ -77,7 +80,7 @@ class RunOptions(CommandOptions):
             return None
         preflight_ray_address(self.ray_address)
         return RayWorkers(count=self.workers, address=self.ray_address, model_settings=model_settings,
-                          start=self.ray_start)
+                          start=self.ray_start, stall_s=self.worker_timeout)
 
 
 class EvaluationOptions(RunOptions):
