@@ -3,8 +3,11 @@ and the providers' API keys are removed from the environment."""
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
+import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,8 +87,34 @@ def stub() -> Iterator[StubServer]:
     server.stop()
 
 
+# Set by `make test` (and its tiers): every test must run there, so what a test needs and lacks fails it. A
+# person running pytest by hand may go without a tier (Ray, the benchmarks) and sees it skipped, with the reason.
+FULL_SUITE_VARIABLE = "FELLOWSHIP_FULL_SUITE"
+
+
+def full_suite() -> bool:
+    return os.environ.get(FULL_SUITE_VARIABLE) == "1"
+
+
+def missing(what: str) -> None:
+    """Fail under `make test`, else skip: `what` says what is missing and where it was looked for."""
+    if full_suite():
+        pytest.fail(f"{what} ({FULL_SUITE_VARIABLE}=1: make test runs every test)", pytrace=False)
+    pytest.skip(what, allow_module_level=True)
+
+
+def require_module(name: str) -> None:
+    """Import a module a test tier needs (Ray), failing under `make test` when it is not installed."""
+    if importlib.util.find_spec(name) is None:
+        missing(f"the {name} package is not installed in {sys.prefix}")
+
+
 @pytest.fixture
 def benchmarks_dir() -> Path:
-    if not BENCHMARKS.is_dir():
-        pytest.skip(f"shared benchmarks folder absent: {BENCHMARKS}")
-    return BENCHMARKS
+    """The human-labelled benchmarks: $FELLOWSHIP_BENCHMARKS, else ../shared/benchmarks beside the project."""
+    configured = os.environ.get("FELLOWSHIP_BENCHMARKS")
+    folder = Path(configured) if configured else BENCHMARKS
+    if not folder.is_dir():
+        where = f"$FELLOWSHIP_BENCHMARKS={configured}" if configured else str(folder)
+        missing(f"the benchmarks folder was looked for at {where} and is not there")
+    return folder

@@ -346,17 +346,36 @@ def test_winrate_best_answer_without_a_pick_is_not_reported_missing(tmp_path: Pa
     assert json.loads((tmp_path / "w" / "winrate.json").read_text())["n"] == 1
 
 
-def test_jury_with_both_orders_reports_position_consistency(tmp_path: Path, stub: StubServer) -> None:
-    bench = tmp_path / "bench.jsonl"
-    bench.write_text("".join(json.dumps({"id": f"q{index}", "prompt": f"Q{index}?", "responses": [f"a{index}", "b"],
-                                         "label": "A"}) + "\n" for index in range(4)))
-    spec = f"compat:stub@{stub.base_url}"
-    output = tmp_path / "report"
-    result = runner.invoke(app, ["meta-eval", "--benchmark", str(bench), "--method", "jury", "-m", spec, "-m", spec,
-                                 "--swap", "--output", str(output)])
-    assert result.exit_code == 0, result.output
+@pytest.mark.parametrize(("first_answer_bonus", "consistency", "p_first"), [(0, 1.0, 0.5), (10, 0.0, 1.0)])
+def test_jury_with_both_orders_reports_position_consistency(
+    tmp_path: Path, first_answer_bonus: int, consistency: float, p_first: float
+) -> None:
+    # Jurors that score answers on their text alone agree with themselves across orders (and prefer the first
+    # answer shown in half the orders: "a" always beats "b" here); jurors that always score the answer shown first
+    # highest never do. The jury must un-reverse the swapped order's votes to see it: the reversed order's winner,
+    # in the original labels, is B.
+    server = StubServer(StubSettings(first_answer_bonus=first_answer_bonus)).start_in_thread()
+    try:
+        bench = tmp_path / "bench.jsonl"
+        bench.write_text("".join(json.dumps({"id": f"q{index}", "prompt": f"Q{index}?",
+                                             "responses": [f"a{index}", "b"], "label": "A"}) + "\n"
+                                 for index in range(4)))
+        spec = f"compat:stub@{server.base_url}"
+        output = tmp_path / "report"
+        result = runner.invoke(app, ["meta-eval", "--benchmark", str(bench), "--method", "jury", "-m", spec,
+                                     "-m", spec, "--swap", "--output", str(output)])
+        assert result.exit_code == 0, result.output
+    finally:
+        server.stop()
     row = json.loads((output / "scores.json").read_text())["rows"][0]
-    assert row["name"].startswith("jury") and row["position_consistency"] is not None
+    assert row["name"].startswith("jury")
+    assert row["position_consistency"] == consistency
+    assert row["p_first"] == p_first
+    [verdict_file] = (output / "verdicts").glob("jury-*.jsonl")
+    verdicts = [json.loads(line) for line in verdict_file.read_text().splitlines()]
+    if first_answer_bonus:
+        # Each juror's two orders disagree, so each votes a tie, and so does the jury.
+        assert all(verdict["order_winners"] == ["A", "B"] and verdict["winner"] == "tie" for verdict in verdicts)
 
 
 def test_ids_keep_their_json_type(tmp_path: Path, stub: StubServer) -> None:

@@ -53,6 +53,8 @@ class StubSettings:
     # Answer every chat request with this HTTP status (401, 403, 404...) and an OpenAI-style error body that
     # echoes the start of the API key, as providers do: a broken configuration, not a passing fault.
     fixed_status: int | None = None
+    # A judge biased towards the answer shown first: combined scoring adds this to its score (see `reply_for`).
+    first_answer_bonus: int = 0
 
 
 @dataclass
@@ -88,8 +90,13 @@ def _answers_in(text: str) -> list[tuple[str, str]]:
     return re.findall(r"\[The Start of Assistant (\w+)'s Answer\]\n(.*?)\n\[The End of", text, re.S)
 
 
-def reply_for(messages: list[dict[str, Any]], response_format: dict[str, Any] | None) -> str:
-    """What the stub says to a conversation: role detected from the prompt wording."""
+def reply_for(messages: list[dict[str, Any]], response_format: dict[str, Any] | None, *,
+              first_answer_bonus: int = 0) -> str:
+    """What the stub says to a conversation: role detected from the prompt wording.
+
+    `first_answer_bonus` makes the stub a judge with a position bias: the answer shown first in combined scoring
+    gets that many more points (at most 10).
+    """
     last = str(messages[-1].get("content", "")) if messages else ""
     first_user = next((str(m.get("content", "")) for m in messages if m.get("role") == "user"), "")
     schema = (response_format or {}).get("json_schema", {}).get("schema")
@@ -103,7 +110,8 @@ def reply_for(messages: list[dict[str, Any]], response_format: dict[str, Any] | 
         return f"### Evaluation\nClear but brief.\n### Overall Score: {score}/10\n### Feedback\nAdd a concrete example."
     answers = _answers_in(last)
     if answers and ("Score Assistant" in last or SCORE_PREFIX in last or "scores" in last):
-        scores = {label: _score(text) for label, text in answers}
+        scores = {label: min(10, _score(text) + (first_answer_bonus if position == 0 else 0))
+                  for position, (label, text) in enumerate(answers)}
         if schema:
             fields = {score_field(label): value for label, value in scores.items()}
             return json.dumps({EVIDENCE: "Compared.", **fields})
@@ -328,7 +336,7 @@ class StubServer(ThreadedJsonServer):
             self.stats.faults[fault] += 1
             return 500, {"error": {"message": "injected server error", "type": "server_error"}}, []
         messages = request.get("messages", [])
-        text = reply_for(messages, request.get("response_format"))
+        text = reply_for(messages, request.get("response_format"), first_answer_bonus=settings.first_answer_bonus)
         if fault == "garbage":
             self.stats.faults[fault] += 1
             text = "I would rather not say."
