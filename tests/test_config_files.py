@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tools.cli import app
-from tools.dev.stub_server import StubServer
+from tools.dev.stub_server import StubServer, StubSettings
 
 runner = CliRunner()
 
@@ -61,6 +61,36 @@ def test_evaluate_debate_with_the_yaml_panel_has_the_ethicist_speak_and_score(
         ethicist_final = next(exchange for exchange in record["exchanges"]
                               if exchange["run"] == "debate/ethicist/final")
         assert ethicist_final["text"]
+
+
+def test_a_new_referee_with_its_own_model_uses_it_and_its_scores_count_in_the_mean(
+    tmp_path: Path, stub: StubServer
+) -> None:
+    # The Ethicist's own model is a second server, a judge that always gives the first answer 5 points more: its
+    # scores differ from the others', so whether they count in the mean shows.
+    own = StubServer(StubSettings(first_answer_bonus=5)).start_in_thread()
+    try:
+        own_spec = f"compat:ethicist@{own.base_url}"
+        config = tmp_path / "panel.yaml"
+        config.write_text(PANEL_YAML.replace("    # optional: model: openai:gpt-4o", f"    model: {own_spec}"))
+        output = tmp_path / "verdicts.jsonl"
+        result = runner.invoke(app, ["evaluate", "--method", "debate", "--config", str(config), "--input",
+                                     str(write_pairs(tmp_path / "pairs.jsonl")), "--output", str(output),
+                                     "--model", f"compat:stub@{stub.base_url}"])
+        assert result.exit_code == 0, result.output
+        assert own.stats.completions == 2 * 3  # per item: a turn in each of the 2 rounds and the final scores
+    finally:
+        own.stop()
+    assert stub.stats.completions == 2 * 3 * 3  # the three other referees, on the --model spec
+    for record in map(json.loads, output.read_text().splitlines()):
+        by_role = {entry["role"]: entry for entry in record["referee_scores"]}
+        ethicist = by_role["ethicist"]
+        assert ethicist["model"] == own_spec
+        assert {exchange["model"] for exchange in record["exchanges"] if "/ethicist/" in exchange["run"]} == {own_spec}
+        assert all(isinstance(score, float) for score in ethicist["scores"])  # parsed
+        others = [by_role[key]["scores"] for key in ("general_public", "psychologist", "critic")]
+        assert ethicist["scores"] not in others
+        assert record["scores"] == [sum(column) / 4 for column in zip(*others, ethicist["scores"], strict=True)]
 
 
 def test_graph_debate_draws_the_configured_panel(panel: Path) -> None:

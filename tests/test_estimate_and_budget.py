@@ -87,26 +87,51 @@ def test_prices_are_checked_and_shown(tmp_path: Path, stub: StubServer) -> None:
     assert re.search(r"cost: \$0\.\d{4} estimated", priced.output), priced.output
 
 
+def billed(stub: StubServer, price_in: float, price_out: float) -> float:
+    """What the stub's reported usage costs at these USD-per-million prices, worked out apart from the tool."""
+    return (stub.stats.prompt_tokens * price_in + stub.stats.completion_tokens * price_out) / 1_000_000
+
+
+def test_the_cost_a_run_reports_is_the_providers_usage_at_the_given_prices(tmp_path: Path, stub: StubServer) -> None:
+    # Input and output priced apart (swapped prices give another figure: the stub's prompts are longer than its
+    # replies), dear enough that four decimals show every token.
+    spec = f"compat:stub@{stub.base_url}"
+    prompts = write_prompts(tmp_path / "p.jsonl", 3)
+    result = runner.invoke(app, [*generate(prompts, tmp_path / "run", spec), "--price", f"{spec}=300:7000"])
+    assert result.exit_code == 0, result.output
+    expected = billed(stub, 300, 7000)
+    assert billed(stub, 7000, 300) != pytest.approx(expected)
+    reported = re.search(r"cost: \$([\d.]+)", result.output)
+    assert reported and float(reported.group(1)) == round(expected, 4), result.output
+    records = [json.loads(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
+    assert sum(record["usage"]["cost_usd"] for record in records) == pytest.approx(expected, rel=1e-12)
+    assert sum(record["usage"]["input_tokens"] for record in records) == stub.stats.prompt_tokens
+    assert sum(record["usage"]["output_tokens"] for record in records) == stub.stats.completion_tokens
+
+
 def test_budget_stops_then_a_higher_cap_finishes_without_paying_twice(tmp_path: Path, stub: StubServer) -> None:
     spec = f"compat:stub@{stub.base_url}"
     prompts = write_prompts(tmp_path / "p.jsonl", 12)
-    price = ["--price", f"{spec}=1000:1000", "--concurrency", "2"]  # a dear model
+    price = ["--price", f"{spec}=1000:3000", "--concurrency", "2"]  # a dear model
     dry = runner.invoke(app, [*generate(prompts, tmp_path / "run", spec), *price, "--dry-run"])
     estimated = float(re.search(r"cost: \$([\d.]+) estimated", dry.output).group(1))  # type: ignore[union-attr]
-    # The reserve for a prompt in flight is the estimate per prompt; the cap leaves room for two in flight and
-    # a little spending, so the run must stop part way (the stub's replies cost less than the estimate).
+    # The reserve for a prompt in flight is the estimate per prompt (it assumes every reply is --max-tokens long):
+    # a cap of 2.5 of them leaves room for two in flight and a little spending, so the run stops part way. What is
+    # checked is the provider's bill (the stub's usage at these prices, worked out here), not the tool's count.
     cap = 2.5 * estimated / 12
     stopped = runner.invoke(app, [*generate(prompts, tmp_path / "run", spec), *price, "--max-cost-usd", f"{cap:.4f}"])
     assert stopped.exit_code == 3, stopped.output
     assert "stopped at the budget: $" in stopped.output and "run again with a higher --max-cost-usd" in stopped.output
+    bill = billed(stub, 1000, 3000)
     records = (tmp_path / "run" / "records.jsonl").read_text().splitlines()
-    spent = sum(json.loads(line)["usage"]["cost_usd"] for line in records)
-    assert 0 < len(records) < 12 and spent <= cap
+    assert 0 < len(records) < 12
+    assert bill <= cap  # what the provider would charge, not only what the tool counted
+    assert sum(json.loads(line)["usage"]["cost_usd"] for line in records) == pytest.approx(bill, rel=1e-12)
     paid = stub.stats.completions
     assert paid == 6 * len(records)  # no prompt was started and left unfinished
     finished = runner.invoke(app, [*generate(prompts, tmp_path / "run", spec), *price, "--max-cost-usd", "1000"])
     assert finished.exit_code == 0, finished.output
-    assert stub.stats.completions == 12 * 6  # the first run's prompts were not paid again
+    assert stub.stats.completions == 6 * 12  # the first run's prompts were not paid again
 
 
 def test_a_budget_needs_every_model_priced(tmp_path: Path, stub: StubServer, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -307,12 +307,21 @@ async def test_provider_failure_is_recorded_and_run_goes_on() -> None:
     def explode(_: list[BaseMessage]) -> str:
         raise RuntimeError("upstream 503 after retries")
 
-    source = FakeModelSource({"ok": prefer_answer("It is 4."), "broken": ScriptedChatModel(explode)})
-    items = [ITEM, EvalItem(id="q2", prompt="Say hi", responses=["hi", "bye"])]
-    context = EvaluationContext(models=["broken"])
-    verdicts = await evaluate_items(items, method="judge", context=context, model_source=source)
-    assert [verdict["id"] for verdict in verdicts] == ["q1", "q2"]
-    assert all(verdict["winner"] is None and "upstream 503" in verdict["error"] for verdict in verdicts)
+    judge = prefer_answer("It is 4.")
+
+    def fails_on_hello(messages: list[BaseMessage]) -> str:
+        if "Say hi" in last_user_text(messages):
+            raise RuntimeError("upstream 503 after retries")
+        return judge.responder(messages)
+
+    source = FakeModelSource({"flaky": ScriptedChatModel(fails_on_hello)})
+    items = [EvalItem(id="q2", prompt="Say hi", responses=["hi", "bye"]), ITEM]
+    context = EvaluationContext(models=["flaky"])
+    verdicts = await evaluate_items(items, method="judge", context=context, model_source=source, concurrency=1)
+    assert [verdict["id"] for verdict in verdicts] == ["q2", "q1"]
+    # The first item failed with its reason, and the run went on: the next one has its verdict.
+    assert verdicts[0]["winner"] is None and "upstream 503" in verdicts[0]["error"]
+    assert verdicts[1]["winner"] == "A" and not verdicts[1].get("error") and verdicts[1]["scores"] == [9.0, 3.0]
 
 
 def test_graph_topologies() -> None:

@@ -250,6 +250,23 @@ def test_transient_faults_are_retried_and_nothing_is_lost(tmp_path: Path) -> Non
         server.stop()
 
 
+def test_a_call_past_its_timeout_is_retried_and_nothing_is_lost(tmp_path: Path) -> None:
+    # A fifth of the requests hang for 5 s; the client gives up on each after 1 s (--timeout) and sends it again.
+    server = StubServer(StubSettings(hang_rate=0.2, hang_s=5.0)).start_in_thread()
+    try:
+        prompts = write_prompts(tmp_path / "prompts.jsonl", 4)
+        result = runner.invoke(app, generate_args(prompts, tmp_path / "out", server.base_url, "--timeout", "1",
+                                                  "--max-retries", "6"))
+        assert result.exit_code == 0, result.output
+        hangs = server.stats.faults["hang"]
+        assert hangs > 0
+        # Every hung request was sent again, and nothing else was: 6 calls per prompt answered, plus the hangs.
+        assert server.stats.requests == 4 * 6 + hangs
+        assert len((tmp_path / "out" / "records.jsonl").read_text().splitlines()) == 4
+    finally:
+        server.stop()
+
+
 def test_failed_prompts_recorded_then_retried_with_flag(tmp_path: Path) -> None:
     failing = StubServer(StubSettings(error_rate=1.0)).start_in_thread()
     port = failing.port

@@ -65,6 +65,9 @@ class StubStats:
     in_flight: int = 0
     max_in_flight: int = 0
     faults: Counter[str] = field(default_factory=Counter)
+    # The usage it reported (a word stands for a token): a provider's bill, to check the tool's own accounting.
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The figures as JSON (`GET /stats`)."""
@@ -72,6 +75,8 @@ class StubStats:
             "requests": self.requests,
             "completions": self.completions,
             "max_in_flight": self.max_in_flight,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
             "faults": dict(self.faults),
         }
 
@@ -348,6 +353,8 @@ class StubServer(ThreadedJsonServer):
         if isinstance(limit, int) and len(text.split()) > limit:
             text, finish_reason = " ".join(text.split()[:limit]), "length"
         completion_tokens = len(text.split())
+        self.stats.prompt_tokens += prompt_tokens
+        self.stats.completion_tokens += completion_tokens
         common = {"id": f"stub-{key[:12]}-{attempt}", "created": int(time.time()),
                   "model": request.get("model", "stub")}
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
