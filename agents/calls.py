@@ -26,6 +26,7 @@ from langchain_core.runnables.config import ensure_config
 
 import prompts
 from agents.cache import CACHED_MARK
+from agents.rate_limits import CallMeter, call_meter, gave_up_waiting
 from agents.records import AnswerOrder, Exchange
 from tools.errors import EndpointError
 from tools.rules.secrets import mask_secrets
@@ -42,6 +43,13 @@ class Reply:
     output_tokens: int
     latency_s: float
     cached: bool = False
+    rate_limited: int = 0  # 429s the call met and waited out (agents/rate_limits.py)
+    rate_waited_s: float = 0.0  # seconds it waited for its endpoint's pace, holds and ceiling
+
+    def usage_fields(self) -> dict[str, Any]:
+        """What an Exchange records of this reply besides its text: tokens, latency, cache, rate limiting."""
+        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens, "latency_s": self.latency_s,
+                "cached": self.cached, "rate_limited": self.rate_limited, "rate_waited_s": self.rate_waited_s}
 
 
 class CallSlots:
@@ -162,6 +170,11 @@ def fatal_call_reason(error: BaseException) -> str | None:
     Failing for good: a bad key, no access, an unknown model, an endpoint still down after the client's own
     retries. Errors local to one prompt (a 500 that outlived its retries, a bad reply) are not.
     """
+    if isinstance(error, openai.APIStatusError) and (
+            final := gave_up_waiting(error.status_code, error.response.headers, error.body)) is not None:
+        url = error.request.url if error.request is not None else None
+        where = f" from {url.scheme}://{url.netloc.decode()}" if url is not None else ""
+        return f"HTTP 429 {final}{where}"
     if isinstance(error, openai.APIStatusError) and error.status_code in _FATAL_STATUS:
         url = error.request.url if error.request is not None else None
         where = f" from {url.scheme}://{url.netloc.decode()}" if url is not None else ""
@@ -256,6 +269,8 @@ async def complete(
         bound["extra_body"] = {}
     if max_tokens is not None:
         bound["max_tokens"] = max_tokens
+    meter = CallMeter()
+    meter_token = call_meter.set(meter)  # the HTTP layer counts this call's 429s and waits in it
     async with _call_slot():
         started = time.perf_counter()  # the call's latency, not its wait for a slot
         try:
@@ -278,6 +293,8 @@ async def complete(
             if reason is None:
                 raise
             raise EndpointError(model_spec, reason) from error
+        finally:
+            call_meter.reset(meter_token)
         latency = time.perf_counter() - started
     usage = getattr(message, "usage_metadata", None) or {}
     return Reply(
@@ -286,6 +303,8 @@ async def complete(
         output_tokens=int(usage.get("output_tokens", 0)),
         latency_s=latency,
         cached=bool((getattr(message, "response_metadata", None) or {}).get(CACHED_MARK)),
+        rate_limited=meter.rate_limited,
+        rate_waited_s=meter.waited_s,
     )
 
 
@@ -329,11 +348,8 @@ async def complete_with_followup(
         role=role,
         run=run_name,
         order=order,
-        cached=first.cached,
         text=first.text,
-        input_tokens=first.input_tokens,
-        output_tokens=first.output_tokens,
-        latency_s=first.latency_s,
+        **first.usage_fields(),
     )
     if is_complete(parsed):
         return parsed, exchange
@@ -353,4 +369,6 @@ async def complete_with_followup(
     exchange.input_tokens += second.input_tokens
     exchange.output_tokens += second.output_tokens
     exchange.latency_s += second.latency_s
+    exchange.rate_limited += second.rate_limited
+    exchange.rate_waited_s += second.rate_waited_s
     return parsed, exchange

@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 from pydantic import SecretStr
 
 from agents.embedded import EmbeddedServer, resolve_gguf
+from agents.rate_limits import EndpointControllers, paced_client_class
 from tools.errors import ConfigError
 
 if TYPE_CHECKING:  # LangChain loads with the first model, not with the command line (`fellowship --help`)
@@ -174,6 +175,11 @@ class ModelSettings:
     cache_path: Path | None = field(
         default=None, metadata={"help": "SQLite file of the cross-run call cache (agents/cache.py); None: no cache"}
     )
+    adaptive: bool = field(
+        default=True, metadata={"help": "pace and cap requests per endpoint to its rate limit (agents/rate_limits.py)"}
+    )
+    calls_cap: int = field(default=1024, metadata={"help": "this process's share of --concurrency"})
+    rate_share: float = field(default=1.0, metadata={"help": "this process's share of each provider's rate"})
 
 
 class ModelSource(Protocol):
@@ -203,6 +209,8 @@ class ModelRegistry:
         self._models: dict[str, BaseChatModel] = {}
         self._servers: dict[str, EmbeddedServer] = {}
         self._http: Any = None
+        # One rate-limit controller per endpoint for every model of this registry (their requests share a pool).
+        self.endpoint_controllers = EndpointControllers(cap=self.settings.calls_cap, share=self.settings.rate_share)
         self.cache_stats = CacheStats()
         self._cache_file: CallCacheFile | None = None
 
@@ -219,11 +227,15 @@ class ModelRegistry:
                 # aiohttp's connection pool, through the openai client's own transport (openai[aiohttp]): a
                 # quarter less CPU per call than its default httpx2 pool under many concurrent requests, whose
                 # pool probes every idle connection (two system calls each) on every request (`make bench`).
-                self._http = openai.DefaultAioHttpClient(timeout=self.settings.timeout_s)
+                client_class: type = openai.DefaultAioHttpClient
             else:
                 # An aiohttp session must be closed inside its event loop, or it logs "Unclosed client
                 # session" when collected; httpx2's pool needs no closing.
-                self._http = openai.DefaultAsyncHttpxClient(timeout=self.settings.timeout_s)
+                client_class = openai.DefaultAsyncHttpxClient
+            if self.settings.adaptive:
+                client_class = paced_client_class(client_class)
+            self._http = client_class(timeout=self.settings.timeout_s)
+            self._http.controllers = self.endpoint_controllers
         return self._http
 
     def json_mode(self, spec: str) -> bool:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 AnswerOrder = Literal["forward", "reversed"]
 
@@ -28,6 +28,18 @@ class Exchange(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     latency_s: float = 0.0
+    # Rate limiting (agents/rate_limits.py): the 429s the call met and waited out, and the seconds it waited
+    # (pacing, holds, the endpoint's ceiling). Left out of the JSON while zero: most calls meet no limit.
+    rate_limited: int = 0
+    rate_waited_s: float = 0.0
+
+    @model_serializer(mode="wrap")
+    def _without_zero_rate_fields(self, serialize: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = serialize(self)
+        for name in ("rate_limited", "rate_waited_s"):
+            if not data.get(name):
+                data.pop(name, None)
+        return data
 
 
 class Turn(BaseModel):
@@ -46,6 +58,8 @@ class Usage(BaseModel):
     output_tokens: int = 0
     calls: int = 0
     cached_calls: int = 0
+    rate_limited: int = 0
+    rate_waited_s: float = 0.0
 
     @classmethod
     def total(cls, exchanges: list[Exchange]) -> Usage:
@@ -55,6 +69,8 @@ class Usage(BaseModel):
             output_tokens=sum(exchange.output_tokens for exchange in exchanges),
             calls=sum(1 + (exchange.followup_text is not None) for exchange in exchanges),
             cached_calls=sum((1 + (exchange.followup_text is not None)) * exchange.cached for exchange in exchanges),
+            rate_limited=sum(exchange.rate_limited for exchange in exchanges),
+            rate_waited_s=sum(exchange.rate_waited_s for exchange in exchanges),
         )
 
 

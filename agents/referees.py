@@ -68,10 +68,7 @@ async def speak(
         role=role.key,
         run=run_name,
         text=reply.text,
-        input_tokens=reply.input_tokens,
-        output_tokens=reply.output_tokens,
-        latency_s=reply.latency_s,
-        cached=reply.cached,
+        **reply.usage_fields(),
     )
     return turn, exchange
 

@@ -49,10 +49,7 @@ async def write_answer(
         role="generator",
         run=run_name,
         text=reply.text.strip(),
-        input_tokens=reply.input_tokens,
-        output_tokens=reply.output_tokens,
-        latency_s=reply.latency_s,
-        cached=reply.cached,
+        **reply.usage_fields(),
     )
 
 

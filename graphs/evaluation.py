@@ -23,7 +23,7 @@ from graphs.context import EvaluationContext
 from graphs.debate import build_debate_graph
 from graphs.judge import build_judge_graph
 from graphs.jury import build_jury_graph
-from graphs.ray_pool import RayWorkerPool, RayWorkers, WorkerLost
+from graphs.ray_pool import RayWorkerPool, RayWorkers, WorkerLost, rate_share_setter
 from tools.inputs.items import EvalItem
 from tools.outputs.jsonl import JsonlAppender, read_jsonl_tolerant, write_jsonl_atomic
 from tools.outputs.tracing import RunTreeRecorder, trace_filename, write_trace
@@ -167,11 +167,12 @@ async def evaluate_items(
     if workers is not None and items:
         actor_calls = calls_per_worker(concurrency, workers.count)
         job = EvaluationJob(method=method, context=context, roles=tuple(roles),
-                            model_settings=workers.model_settings, trace=trace_dir is not None,
-                            calls_in_flight=actor_calls)
+                            model_settings=workers.settings_of_a_worker(actor_calls, concurrency),
+                            trace=trace_dir is not None, calls_in_flight=actor_calls)
         pool = RayWorkerPool(job, workers=workers.count, address=workers.address, local=evaluator,
                              actor_calls=actor_calls, jobs=len(items), start=workers.start, forgets=False,
-                             on_pool_lost=breaker.halt, stall_s=workers.stall_s, unit="items")
+                             on_pool_lost=breaker.halt, on_share=rate_share_setter(model_source),
+                             stall_s=workers.stall_s, unit="items")
         pool.start()
         items_at_once = pool.max_jobs  # the pool admits each worker's share
 

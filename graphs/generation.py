@@ -33,7 +33,7 @@ from graphs.breaker import DEFAULT_TRIP_AFTER, CircuitBreaker, endpoint_failure_
 from graphs.checkpoints import InlineSqliteSaver, worker_file, worker_files
 from graphs.context import GenerationContext
 from graphs.pipeline import CHECKPOINT_VERSION, build_pipeline_graph
-from graphs.ray_pool import RayWorkerPool, RayWorkers, WorkerLost
+from graphs.ray_pool import RayWorkerPool, RayWorkers, WorkerLost, rate_share_setter
 from tools.inputs.items import Prompt
 from tools.inputs.prompt_sets import as_messages, prompt_id_for
 from tools.outputs.run_store import PromptSourceId, RunStore
@@ -373,12 +373,13 @@ async def run_generation(
             if workers is not None and pending:
                 actor_calls = calls_per_worker(concurrency, workers.count)
                 job = PipelineJob(context=context, roles=tuple(roles), prices=prices, trace=trace_dir is not None,
-                                  model_settings=workers.model_settings, checkpoint_path=checkpoint_path.resolve(),
-                                  calls_in_flight=actor_calls)
+                                  model_settings=workers.settings_of_a_worker(actor_calls, concurrency),
+                                  checkpoint_path=checkpoint_path.resolve(), calls_in_flight=actor_calls)
                 pool = RayWorkerPool(job, workers=workers.count, address=workers.address, local=local,
                                      actor_calls=actor_calls, jobs=len(pending), start=workers.start,
                                      on_worker_lost=take_over_ended_workers, on_pool_lost=breaker.halt,
-                                     stall_s=workers.stall_s, unit="prompts")
+                                     on_share=rate_share_setter(model_source), stall_s=workers.stall_s,
+                                     unit="prompts")
                 pool.start()
                 prompts_at_once = pool.max_jobs  # the pool admits each worker's share
                 executor = RayPromptExecutor(pool)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import dataclasses
 import functools
 import ipaddress
 import logging
@@ -132,6 +133,22 @@ class RayWorkers:
     model_settings: ModelSettings
     start: RayStart = "when-busy"
     stall_s: float | None = None  # `--worker-timeout`: None derives it from the job times (`RayWorkerPool`)
+
+    def settings_of_a_worker(self, calls: int, concurrency: int) -> ModelSettings:
+        """A Ray worker's model settings: its call slots, and the same share of each provider's rate."""
+        return dataclasses.replace(self.model_settings, calls_cap=calls, rate_share=calls / max(1, concurrency))
+
+
+def rate_share_setter(model_source: Any) -> Callable[[float], None] | None:
+    """What sets the driver's share of each provider's rate as Ray workers join or are lost (None: nothing to set)."""
+    controllers = getattr(model_source, "endpoint_controllers", None)
+    if controllers is None:
+        return None
+
+    def set_share(share: float) -> None:
+        controllers.share = share
+
+    return set_share
 
 
 class LocalStartWatch:
@@ -367,7 +384,9 @@ class RayWorkerPool:
     slots (`actor_calls` each for the actors, the rest for itself). Each worker holds `jobs_in_flight` of its
     call slots in jobs; a job goes to the worker with the most room, and waits while every worker is full.
     `jobs` is how many jobs the run has, for `start="when-busy"` to judge the work left; `on_worker_lost` is
-    called when a dead worker has been replaced, before its jobs run again; `unit` names the jobs in notes.
+    called when a dead worker has been replaced, before its jobs run again; `on_share` is told the driver's share
+    of the call slots whenever actors join or are given up (it paces its calls to that share of each provider's
+    rate limit, as each actor does to its own); `unit` names the jobs in notes.
 
     A health watch runs beside the jobs (`_watch_health`): an actor counts as lost when Ray says it died, when it
     does not answer a ping within `PING_TIMEOUT_S`, or when it holds jobs and finishes none for `stall_s` (given,
@@ -381,7 +400,7 @@ class RayWorkerPool:
         self, job: Callable[[bool], Any], *, workers: int, address: str | None, local: Any, actor_calls: int,
         jobs: int, start: RayStart = "when-busy", forgets: bool = True,
         on_worker_lost: Callable[[], None] | None = None, on_pool_lost: Callable[[str], None] | None = None,
-        stall_s: float | None = None, unit: str = "jobs",
+        on_share: Callable[[float], None] | None = None, stall_s: float | None = None, unit: str = "jobs",
     ) -> None:
         self.job = job
         self.forgets = forgets  # whether the driver calls `forget` for every job (so the pool notes who ran it)
@@ -393,6 +412,7 @@ class RayWorkerPool:
         self.start_policy = start
         self.on_worker_lost = on_worker_lost  # called when a dead worker has been replaced
         self.on_pool_lost = on_pool_lost  # called once when a cluster's workers are all lost
+        self.on_share = on_share  # told the driver's share of the call slots when it changes (its rate share)
         self.stall_s = stall_s
         self.unit = unit
         self.finished = 0  # jobs that have returned a result
@@ -564,6 +584,8 @@ class RayWorkerPool:
         if slots is not None:
             self._driver_limit = slots.limit
             slots.resize(slots.limit - len(actors) * self.actor_calls)
+            if self.on_share is not None:
+                self.on_share(slots.limit / self._driver_limit)
         self._health = asyncio.get_running_loop().create_task(self._watch_health())
         self._wake_all()  # room has appeared: every job waiting for it looks again
 
@@ -727,6 +749,8 @@ class RayWorkerPool:
         slots = self.local.call_slots
         if slots is not None and self._driver_limit is not None:
             slots.resize(self._driver_limit)  # the driver takes back the call slots the actors held
+            if self.on_share is not None:
+                self.on_share(1.0)
         if self.on_worker_lost is not None:
             self.on_worker_lost()  # their checkpoint files come back to the driver's
         self._wake_all()

@@ -347,6 +347,25 @@ def test_evaluate_on_two_workers_gives_the_verdicts_of_one_process(tmp_path: Pat
     assert [verdict["id"] for verdict in pooled] == [f"q{index}" for index in range(count)]
 
 
+def test_two_workers_together_stay_under_a_providers_rate_limit(tmp_path: Path) -> None:
+    # Each process paces its calls to its share of the call slots of the limit the stub announces (100 requests a
+    # second): the driver all of it until the worker joins, then half each.
+    server = StubServer(StubSettings(requests_per_s=100)).start_in_thread()
+    try:
+        prompts = write_prompts(tmp_path / "prompts.jsonl", 300)
+        completed = subprocess.run(
+            fellowship(*generate_args(prompts, tmp_path / "out", server.base_url, "-c", "32", "--workers", "2",
+                                      *AT_ONCE)),
+            capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+        assert completed.returncode == 0, completed.stderr
+        assert "done: 300  failed: 0" in completed.stdout
+        assert prompts_per_process(completed.stderr)[0] > 0, completed.stderr  # the worker took its share
+        assert server.stats.faults["rate_limited"] < 0.05 * server.stats.requests
+        assert server.stats.completions == 300 * 6
+    finally:
+        server.stop()
+
+
 def test_an_unreachable_ray_cluster_stops_the_command_before_anything_is_written(
     tmp_path: Path, stub: StubServer
 ) -> None:

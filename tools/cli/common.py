@@ -113,6 +113,10 @@ RayAddressOption = Annotated[str | None, typer.Option(
 RayStartOption = Annotated[RayStart, typer.Option(
     "--ray-start", help="with --workers N on one machine, when the local Ray instance starts: when-busy (once this "
     "process is CPU-bound with at least ~20 s of work left: a start costs seconds and CPU) or at-once")]
+AdaptiveOption = Annotated[bool, typer.Option(
+    "--adaptive/--no-adaptive", help="pace the calls to each endpoint to the rate limit its headers announce, wait "
+    "out 429s for every call to it, and lower or raise the calls in flight under --concurrency (off: each call "
+    "retries a 429 on its own, within --max-retries)")]
 WorkerTimeoutOption = Annotated[float | None, typer.Option(
     "--worker-timeout", min=1, help="with --workers: seconds a Ray worker may hold work without finishing any "
     "before its work moves to the others (default: 10x the slowest prompt or item so far, at least 60)")]
@@ -244,7 +248,8 @@ def run_evaluation(
     from agents.models import ModelRegistry, ModelSettings
     from graphs.evaluation import evaluate_into_file, reusable_verdicts
 
-    model_settings = ModelSettings(max_tokens=options.max_tokens, output_format=options.output_format)
+    model_settings = ModelSettings(max_tokens=options.max_tokens, output_format=options.output_format,
+                                   adaptive=options.adaptive, calls_cap=options.concurrency)
     workers = options.ray_workers(model_settings)  # a cluster that cannot be reached stops the command here
     registry = ModelRegistry(model_settings)
     context, roles, method = options.context(), options.panel(), options.method
@@ -259,7 +264,8 @@ def run_evaluation(
         def on_verdict(verdict: dict[str, Any]) -> None:
             nonlocal failures
             failures += bool(verdict.get("error")) or not verdict["parse_ok"]
-            progress.update(task, advance=1, status=f"unparsed/failed: {failures}")
+            limited = "".join(f"; {line}" for line in registry.endpoint_controllers.status())
+            progress.update(task, advance=1, status=f"unparsed/failed: {failures}{limited}")
 
         return run_coroutine(run_then_close(
             evaluate_into_file(

@@ -17,6 +17,7 @@ import typer
 
 from tools.cli.common import (
     EXIT_CODES_HELP,
+    AdaptiveOption,
     ConcurrencyOption,
     ConfigOption,
     JuryRuleOption,
@@ -99,6 +100,7 @@ def evaluate(
     ray_address: RayAddressOption = None,
     ray_start: RayStartOption = EVALUATE_DEFAULTS["ray_start"],
     worker_timeout: WorkerTimeoutOption = None,
+    adaptive: AdaptiveOption = EVALUATE_DEFAULTS["adaptive"],
     max_tokens: MaxTokensOption = EVALUATE_DEFAULTS["max_tokens"],
     output_format: OutputFormatOption = EVALUATE_DEFAULTS["output_format"],
     trace: TraceOption = None,
@@ -367,7 +369,8 @@ def run_generate_with(
     cache = options.cache or (Path(os.environ["FELLOWSHIP_CACHE"]) if os.environ.get("FELLOWSHIP_CACHE") else None)
     model_settings = ModelSettings(max_tokens=options.max_tokens, output_format=options.output_format,
                                    max_retries=options.max_retries, timeout_s=options.timeout,
-                                   cache_path=cache.resolve() if cache is not None else None)
+                                   cache_path=cache.resolve() if cache is not None else None,
+                                   adaptive=options.adaptive, calls_cap=options.concurrency)
     workers = options.ray_workers(model_settings)
     # One run per directory: a second run on it stops here, before anything is written or paid for.
     with RunLock(output):
@@ -384,7 +387,9 @@ def run_generate_with(
                 else:
                     totals["cost"] += outcome.cost_usd
                 cost = f", ${totals['cost']:.4f}" if totals["priced"] else ""
-                progress.update(task, advance=1, status=f"failed {totals['failed']}, tokens {totals['tokens']}{cost}")
+                limited = "".join(f"; {line}" for line in registry.endpoint_controllers.status())
+                progress.update(task, advance=1,
+                                status=f"failed {totals['failed']}, tokens {totals['tokens']}{cost}{limited}")
 
             result = run_coroutine(
                 run_then_close(
@@ -446,6 +451,9 @@ def _print_generate_summary(output: Path, report: dict[str, Any]) -> None:
         f"calls: {report['usage']['calls']}" + (f"  cost: ${cost:.4f}" if cost is not None else "")
         + (f"  from the call cache: {report['usage']['cached_calls']}" if report["usage"]["cached_calls"] else "")
     )
+    if report["usage"].get("rate_limited") or report["usage"].get("rate_waited_s", 0) >= 0.05:
+        console.print(f"rate limits: {report['usage']['rate_limited']} answers 429 waited out; the calls waited "
+                      f"{report['usage']['rate_waited_s']:.1f} s in all for the providers' limits")
     console.print(f"DPO rows: {report['dpo_rows']} -> {output / 'dpo'} and {output / 'dpo.jsonl'}")
     console.print(f"KTO rows: {report['kto_rows']} -> {output / 'kto'} and {output / 'kto.jsonl'}")
     console.print(f"records: {output / 'records.jsonl'}  card: {output / 'README.md'}")
@@ -509,6 +517,7 @@ def generate(
     ray_address: RayAddressOption = None,
     ray_start: RayStartOption = GENERATE_DEFAULTS["ray_start"],
     worker_timeout: WorkerTimeoutOption = None,
+    adaptive: AdaptiveOption = GENERATE_DEFAULTS["adaptive"],
     limit: Annotated[int | None, typer.Option(min=1, help="only the first N prompts")] = None,
     prompt_field: Annotated[str | None, typer.Option(help="field or column holding the prompt")] = None,
     retry_failed: Annotated[bool, typer.Option(help="retry prompts that failed in an earlier run")]

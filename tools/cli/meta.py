@@ -18,6 +18,7 @@ import typer
 from rich.table import Table
 
 from tools.cli.common import (
+    AdaptiveOption,
     ConcurrencyOption,
     ConfigOption,
     JuryRuleOption,
@@ -200,6 +201,7 @@ def meta_eval(
     ray_address: RayAddressOption = None,
     ray_start: RayStartOption = META_EVAL_DEFAULTS["ray_start"],
     worker_timeout: WorkerTimeoutOption = None,
+    adaptive: AdaptiveOption = META_EVAL_DEFAULTS["adaptive"],
     max_tokens: MaxTokensOption = META_EVAL_DEFAULTS["max_tokens"],
     output_format: OutputFormatOption = META_EVAL_DEFAULTS["output_format"],
     trace: TraceOption = None,
@@ -344,6 +346,7 @@ def winrate_command(
     ray_address: RayAddressOption = None,
     ray_start: RayStartOption = META_EVAL_DEFAULTS["ray_start"],
     worker_timeout: WorkerTimeoutOption = None,
+    adaptive: AdaptiveOption = META_EVAL_DEFAULTS["adaptive"],
     max_tokens: MaxTokensOption = 512,
     output_format: OutputFormatOption = "auto",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="report folder (default "
@@ -376,7 +379,8 @@ def winrate_command(
     options = EvaluationOptions(method="judge", strategy=strategy, scale=int(scale), model=[judge],  # type: ignore[arg-type]
                                 swap=swap, concurrency=concurrency, max_tokens=max_tokens, output_format=output_format,
                                 trace=trace, workers=workers, ray_address=ray_address,
-                                ray_start=ray_start, worker_timeout=worker_timeout)
+                                ray_start=ray_start, worker_timeout=worker_timeout,
+                                adaptive=adaptive)
     records = run_evaluation(items=items, output_path=output / f"verdicts-{settings_digest(settings)}.jsonl",
                              options=options, reuse_output=True)
     winners = [record["winner"] for record in records]

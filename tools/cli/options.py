@@ -63,6 +63,7 @@ class RunOptions(CommandOptions):
     workers: int = Field(default=1, ge=1, le=1024, description="worker processes (more than 1: on Ray)")
     ray_address: str | None = Field(default=None, description="join this Ray cluster (default: $RAY_ADDRESS)")
     ray_start: RayStart = Field(default="when-busy", description="when a local Ray instance starts (one machine)")
+    adaptive: bool = Field(default=True, description="pace and cap the calls to each endpoint to its rate limit")
     worker_timeout: float | None = Field(
         default=None, gt=0, description="seconds a Ray worker may hold work without finishing any before it counts as "
         "lost (default: 10x the slowest job so far, at least 60)")

@@ -16,6 +16,11 @@ and a local Ray instance's worker, start-up and shutdown included), the instance
 to the lower bound max(critical path of one prompt, calls x latency / in-flight cap), CPU ms per call over
 every process but the stub's and the memory sampler's (Ray's own included), peak memory of the phase's
 process tree, the output directory's size per 1,000 prompts, and when a local Ray instance's worker joined.
+
+Then the rate-limited loads: `fellowship generate` against a stub with a request limit (a token bucket that
+answers 429 with OpenAI's headers), with `--no-adaptive` and with the controller (`agents/rate_limits.py`):
+wall time, the calls' span (first request to last answer) against the limit's bound, requests, 429s, prompts
+failed.
 """
 
 from __future__ import annotations
@@ -24,15 +29,17 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from graphs.ray_pool import RayStart
@@ -294,10 +301,70 @@ def run_scenario(scenario: Scenario) -> dict[str, dict[str, float]]:
     return figures
 
 
+@dataclass(frozen=True)
+class RateLimitLoad:
+    """A provider with a request limit (the stub's token bucket, with OpenAI's headers) and a run asking for more."""
+
+    requests_per_s: float
+    prompts: int
+    concurrency: int
+
+    @property
+    def bound_s(self) -> float:
+        """The limit's bound on the calls' span: every call through the limit (a full bucket at the start aside)."""
+        return self.prompts * CALLS_PER_PROMPT / self.requests_per_s
+
+
+RATE_LIMIT_LOADS = (RateLimitLoad(40, 30, 64), RateLimitLoad(100, 300, 64))
+
+
+def stub_stats(base_url: str) -> dict[str, Any]:
+    """The stub's counts (`GET /stats`)."""
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/stats", timeout=10) as response:
+        return dict(json.load(response))
+
+
+def run_rate_limited(load: RateLimitLoad) -> None:
+    """`generate` against a rate-limited stub, with `--no-adaptive` and with the controller: prints both rows."""
+    print(f"\nrate limit of {load.requests_per_s:g} requests a second, {load.prompts} prompts x {CALLS_PER_PROMPT} "
+          f"calls at --concurrency {load.concurrency}: the limit's bound {load.bound_s:.2f} s")
+    print(f"{'phase':<26}{'wall s':>8}{'calls span s':>14}{'span/bound':>12}{'requests':>10}{'429s':>7}"
+          f"{'429 share':>11}{'failed':>8}")
+    for label, flag in (("--no-adaptive", "--no-adaptive"), ("--adaptive (default)", "--adaptive")):
+        stub = subprocess.Popen(
+            [sys.executable, "-m", "tools.dev.stub_server", "--requests-per-s", str(load.requests_per_s),
+             "--lifetime", "600"], stdout=subprocess.PIPE, text=True)
+        folder = Path(tempfile.mkdtemp(prefix="fellowship-bench-"))
+        try:
+            assert stub.stdout is not None
+            base_url = stub.stdout.readline().strip()
+            prompts = folder / "prompts.jsonl"
+            prompts.write_text("".join(json.dumps({"prompt": f"Benchmark question {index}?"}) + "\n"
+                                       for index in range(load.prompts)))
+            spec = f"compat:stub@{base_url}"
+            started = time.perf_counter()
+            completed = subprocess.run(
+                [sys.executable, "-m", "tools.cli", "generate", "--prompts", str(prompts), "--output",
+                 str(folder / "out"), "--generator", spec, "--reviewer", spec, "--judge", spec, "--concurrency",
+                 str(load.concurrency), "--max-retries", "20", flag], capture_output=True, text=True, check=False)
+            wall = time.perf_counter() - started
+            stats = stub_stats(base_url)
+            failed = re.search(r"failed: (\d+)", completed.stdout)
+            refused = stats["faults"].get("rate_limited", 0)
+            print(f"{label:<26}{wall:>8.2f}{stats['span_s']:>14.2f}{stats['span_s'] / load.bound_s:>12.3f}"
+                  f"{stats['requests']:>10}{refused:>7}{refused / max(1, stats['requests']):>11.1%}"
+                  f"{failed.group(1) if failed else '?':>8}")
+        finally:
+            stub.terminate()
+            stub.wait(10)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> None:
-    """`make bench`: every scenario, every phase, printed side by side."""
+    """`make bench`: every scenario, every phase, printed side by side; then the rate-limited loads."""
     parser = argparse.ArgumentParser(description="fellowship benchmark against the stub server")
-    parser.add_argument("--only", type=int, choices=range(len(SCENARIOS)), help="run one scenario (0, 1 or 2)")
+    parser.add_argument("--only", choices=[*map(str, range(len(SCENARIOS))), "rate"],
+                        help="run one scenario (0, 1 or 2), or the rate-limited loads (rate)")
     parser.add_argument("--phase", choices=[phase for phase, _ in PHASES], help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     parser.add_argument("--prompts", type=int, help=argparse.SUPPRESS)
@@ -309,8 +376,11 @@ def main() -> None:
         return
     print(f"machine: {os.cpu_count()} cores; CPU is every process's but the stub's; peak MB is the process tree's")
     for index, scenario in enumerate(SCENARIOS):
-        if args.only is None or args.only == index:
+        if args.only is None or args.only == str(index):
             run_scenario(scenario)
+    if args.only in (None, "rate"):
+        for load in RATE_LIMIT_LOADS:
+            run_rate_limited(load)
 
 
 if __name__ == "__main__":

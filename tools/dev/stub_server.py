@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import math
 import re
 import threading
 import time
@@ -55,6 +56,11 @@ class StubSettings:
     fixed_status: int | None = None
     # A judge biased towards the answer shown first: combined scoring adds this to its score (see `reply_for`).
     first_answer_bonus: int = 0
+    # A provider's request rate limit: a bucket of this many requests that refills at this many per second.
+    # A request that finds it empty is answered 429 with retry-after-ms, retry-after and x-ratelimit-* headers;
+    # with `limit_headers`, every answer carries the x-ratelimit-* headers, as OpenAI's do.
+    requests_per_s: float | None = None
+    limit_headers: bool = True
 
 
 @dataclass
@@ -68,6 +74,16 @@ class StubStats:
     # The usage it reported (a word stands for a token): a provider's bill, to check the tool's own accounting.
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # When the first request came and the last answer went (time.monotonic): how long the calls took.
+    first_request_at: float | None = None
+    last_answer_at: float | None = None
+
+    @property
+    def span_s(self) -> float:
+        """Seconds from the first request to the last answer (0 before any)."""
+        if self.first_request_at is None or self.last_answer_at is None:
+            return 0.0
+        return self.last_answer_at - self.first_request_at
 
     def as_dict(self) -> dict[str, Any]:
         """The figures as JSON (`GET /stats`)."""
@@ -77,8 +93,41 @@ class StubStats:
             "max_in_flight": self.max_in_flight,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "span_s": self.span_s,
             "faults": dict(self.faults),
         }
+
+
+class RequestBucket:
+    """The stub's rate limit: `rate` requests a second, a burst of as many, as a provider's token bucket."""
+
+    def __init__(self, rate: float, *, headers: bool) -> None:
+        self.rate = rate
+        self.capacity = rate
+        self.level = rate
+        self.at = time.monotonic()
+        self.headers = headers
+
+    def take(self) -> tuple[bool, list[str]]:
+        """Take one request if there is one; (taken, the header lines of the answer)."""
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.at) * self.rate)
+        self.at = now
+        taken = self.level >= 1
+        if taken:
+            self.level -= 1
+        lines = []
+        if self.headers or not taken:
+            reset_s = (self.capacity - self.level) / self.rate
+            lines = [f"x-ratelimit-limit-requests: {self.capacity:g}",
+                     f"x-ratelimit-remaining-requests: {math.floor(self.level)}",
+                     f"x-ratelimit-reset-requests: {reset_s:.3f}s"]
+        if not taken:
+            wait_s = (1 - self.level) / self.rate
+            lines += [f"retry-after-ms: {math.ceil(wait_s * 1000)}", f"retry-after: {math.ceil(wait_s)}"]
+            if not self.headers:
+                lines = lines[3:]
+        return taken, lines
 
 
 def _fraction(*parts: str) -> float:
@@ -141,6 +190,9 @@ def _status_error(status: int, headers: dict[str, str]) -> dict[str, Any]:
         key = headers.get("authorization", "").removeprefix("Bearer ").strip()
         return {"error": {"message": f"Incorrect API key provided: {key}.", "type": "invalid_request_error",
                           "code": "invalid_api_key"}}
+    if status == 429:  # a 429 that no wait fixes: OpenAI's answer to a key whose quota is used up
+        return {"error": {"message": "You exceeded your current quota, please check your plan and billing details.",
+                          "type": "insufficient_quota", "code": "insufficient_quota"}}
     if status == 404:
         return {"error": {"message": "The model does not exist or you do not have access to it.",
                           "type": "invalid_request_error", "code": "model_not_found"}}
@@ -272,6 +324,8 @@ class StubServer(ThreadedJsonServer):
         self.stats = StubStats()
         self._seen: Counter[str] = Counter()
         self._gate: asyncio.Semaphore | None = None
+        rate = self.settings.requests_per_s
+        self._bucket = RequestBucket(rate, headers=self.settings.limit_headers) if rate else None
 
     @property
     def base_url(self) -> str:
@@ -300,6 +354,22 @@ class StubServer(ThreadedJsonServer):
             return self.settings.fixed_status, _status_error(self.settings.fixed_status, headers), []
         key = hashlib.sha256(json.dumps(request.get("messages", []), sort_keys=True).encode()).hexdigest()
         self.stats.requests += 1
+        if self.stats.first_request_at is None:
+            self.stats.first_request_at = time.monotonic()
+        try:
+            return await self._limited(request, key)
+        finally:
+            self.stats.last_answer_at = time.monotonic()
+
+    async def _limited(self, request: dict[str, Any], key: str) -> tuple[int, Any, list[str]]:
+        """The answer to a chat request: a 429 from the rate limit, or the completion (after the concurrency gate)."""
+        limit_lines: list[str] = []
+        if self._bucket is not None:
+            taken, limit_lines = self._bucket.take()
+            if not taken:
+                self.stats.faults["rate_limited"] += 1
+                return 429, {"error": {"message": "Rate limit reached for requests", "type": "requests",
+                                       "code": "rate_limit_exceeded"}}, limit_lines
         attempt = self._seen[key]
         self._seen[key] += 1
         assert self._gate is not None
@@ -307,7 +377,8 @@ class StubServer(ThreadedJsonServer):
             self.stats.in_flight += 1
             self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
             try:
-                return await self._complete(request, key, attempt)
+                status, payload, lines = await self._complete(request, key, attempt)
+                return status, payload, [*lines, *limit_lines]
             finally:
                 self.stats.in_flight -= 1
 
@@ -404,12 +475,13 @@ def main() -> None:
     parser.add_argument("--hang-rate", type=float, default=0.0)
     parser.add_argument("--garbage-rate", type=float, default=0.0)
     parser.add_argument("--status", type=int, default=None, help="answer every chat request with this HTTP status")
+    parser.add_argument("--requests-per-s", type=float, default=None, help="a rate limit answered with 429s")
     parser.add_argument("--lifetime", type=float, default=900.0, help="stop by itself after this many seconds")
     args = parser.parse_args()
     settings = StubSettings(
         latency_s=args.latency, max_concurrent=args.max_concurrent, error_rate=args.error_rate,
         rate_limit_rate=args.rate_limit_rate, hang_rate=args.hang_rate, garbage_rate=args.garbage_rate,
-        fixed_status=args.status,
+        fixed_status=args.status, requests_per_s=args.requests_per_s,
     )
     asyncio.run(_serve_for(StubServer(settings, port=args.port), args.lifetime))
 

@@ -38,6 +38,8 @@ class ExportSummary:
     output_tokens: int = 0
     calls: int = 0
     cached_calls: int = 0
+    rate_limited: int = 0
+    rate_waited_s: float = 0.0
     cost_usd: float | None = 0.0
 
     def add(self, record: dict[str, Any], outcome: str, dpo: list[dict[str, Any]], kto: list[dict[str, Any]]) -> None:
@@ -54,13 +56,16 @@ class ExportSummary:
         self.output_tokens += usage.get("output_tokens", 0)
         self.calls += usage.get("calls", 0)
         self.cached_calls += usage.get("cached_calls", 0)
+        self.rate_limited += usage.get("rate_limited", 0)
+        self.rate_waited_s += usage.get("rate_waited_s", 0.0)
         cost = usage.get("cost_usd", 0.0)
         self.cost_usd = None if self.cost_usd is None or cost is None else self.cost_usd + cost
 
     def usage(self) -> dict[str, Any]:
         """Tokens, calls and cost of every exported record, as the card and the summary show them."""
         return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens, "calls": self.calls,
-                "cached_calls": self.cached_calls, "cost_usd": self.cost_usd}
+                "cached_calls": self.cached_calls, "rate_limited": self.rate_limited,
+                "rate_waited_s": self.rate_waited_s, "cost_usd": self.cost_usd}
 
 
 def _assistant(text: str) -> list[dict[str, str]]:
@@ -281,6 +286,8 @@ def dataset_card(
         f"- output tokens: {usage.get('output_tokens', 0)}",
         f"- model calls: {usage.get('calls', 0)}",
         f"- calls answered from the call cache (not paid): {usage.get('cached_calls', 0)}",
+        f"- answers 429 (rate limited) waited out: {usage.get('rate_limited', 0)}; seconds the calls waited for "
+        f"the providers' rate limits, together: {usage.get('rate_waited_s', 0.0):.1f}",
     ]
     if usage.get("cost_usd") is not None:
         lines.append(f"- estimated cost: ${usage['cost_usd']:.4f}")
