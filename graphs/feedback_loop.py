@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from langchain_core.messages import AIMessage, AnyMessage
 from langgraph.graph import END, START, StateGraph
@@ -99,13 +99,17 @@ def _latest_reviews(state: LoopState) -> list[Review]:
     return [review for review in state.get("reviews", []) if review["iteration"] == iteration]
 
 
-# Where a graph goes once its feedback loop is done: END, or the next node (the pipeline's evaluator).
-LoopExit = Callable[[Any, Runtime[GenerationContext]], Awaitable[str | Send]]
+# LangGraph's END, as the type a router returns it as.
+EndOfGraph = Literal["__end__"]
+END_OF_GRAPH: EndOfGraph = "__end__"
+assert END == END_OF_GRAPH
+# Where a graph goes once its feedback loop is done: END, or the next node sent its item (the pipeline's evaluator).
+LoopExit = Callable[[Any, Runtime[GenerationContext]], Awaitable[EndOfGraph | Send]]
 
 
-async def end_loop(state: LoopState, runtime: Runtime[GenerationContext]) -> str:
+async def end_loop(state: LoopState, runtime: Runtime[GenerationContext]) -> EndOfGraph:
     """The feedback loop graph's exit: END."""
-    return END
+    return END_OF_GRAPH
 
 
 def loop_done(state: LoopState, context: GenerationContext) -> bool:
@@ -125,10 +129,12 @@ def review_branches(state: LoopState, context: GenerationContext) -> list[Send]:
     ]
 
 
-def router_after_answer(exit_loop: LoopExit) -> Callable[..., Awaitable[str | Send | list[Send]]]:
+def router_after_answer(exit_loop: LoopExit) -> Callable[..., Awaitable[EndOfGraph | Send | list[Send]]]:
     """The conditional edge after `generate`: `exit_loop` once the loop is done, else the review branches."""
 
-    async def route_after_answer(state: LoopState, runtime: Runtime[GenerationContext]) -> str | Send | list[Send]:
+    async def route_after_answer(
+        state: LoopState, runtime: Runtime[GenerationContext]
+    ) -> EndOfGraph | Send | list[Send]:
         """Stop at N answers or once the reviewers are satisfied; otherwise one review branch per reviewer seat."""
         if loop_done(state, runtime.context):
             return await exit_loop(state, runtime)

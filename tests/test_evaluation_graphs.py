@@ -57,8 +57,8 @@ async def test_judge_combined_scores_and_winner() -> None:
     assert verdict["parse_ok"] is True
     assert len(model.calls) == 1
     assert verdict["exchanges"][0]["text"].startswith("### Evaluation Evidence")
-    assert verdict["usage"] == {"input_tokens": 10, "output_tokens": 5, "calls": 1, "cached_calls": 0, "rate_limited": 0,
-                                "rate_waited_s": 0.0}
+    assert verdict["usage"] == {"input_tokens": 10, "output_tokens": 5, "calls": 1, "cached_calls": 0,
+                                "rate_limited": 0, "rate_waited_s": 0.0}
 
 
 async def test_judge_follow_up_once_in_same_conversation() -> None:

@@ -207,6 +207,8 @@ def test_generate_writes_trl_datasets_and_rerun_makes_no_calls(tmp_path: Path, s
                for record in records)
     card = (output / "README.md").read_text()
     assert "DPO rows" in card and "input tokens" in card
+    # The card is published with --push-to-hub: the prompt file is named, not the path on this machine.
+    assert "- `prompts.jsonl`, field `prompt`: 6 prompts" in card and str(tmp_path) not in card
 
     first_dpo = (output / "dpo.jsonl").read_text()
     again = runner.invoke(app, generate_args(prompts, output, stub.base_url))

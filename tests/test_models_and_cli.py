@@ -173,3 +173,21 @@ def test_help_and_dry_run_load_no_model_client_graph_or_dataset_library(tmp_path
     if "--dry-run" in args:
         assert "calls: 6" in finished.stdout
         assert not (tmp_path / "run").exists()
+
+
+def test_help_lists_the_main_job_first_in_the_order_a_user_meets_the_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    # A command's row starts with its name right after the box's edge; its help's next lines are indented.
+    listed = [line.split()[1] for line in result.output.splitlines()
+              if line.startswith("│ ") and not line.startswith("│  ") and not line.startswith("│ --")]
+    assert listed[:6] == ["generate", "demo", "evaluate", "meta-eval", "winrate", "jury-search"], listed
+
+
+@pytest.mark.parametrize(("hours", "text"), [(0.5, "30.0 min"), (1.5, "90.0 min"), (1.6, "1.6 hours"),
+                                              (48, "48.0 hours"), (625, "26.0 days")])
+def test_a_dry_runs_time_is_said_in_minutes_hours_or_days(hours: float, text: str) -> None:
+    from tools.cli.main import duration_text
+
+    assert duration_text(hours) == text
+

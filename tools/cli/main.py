@@ -60,7 +60,21 @@ from tools.errors import EXIT_BUDGET, ConfigError
 if TYPE_CHECKING:
     from agents.roles import RefereeRole
 
+# `fellowship --help` lists the commands in the order a user meets them: the main job first.
+COMMAND_ORDER = ("generate", "demo", "evaluate", "meta-eval", "winrate", "jury-search", "graph", "trace")
+
+
+class CommandsInUseOrder(typer.core.TyperGroup):
+    """The command group, listing its commands in `COMMAND_ORDER` (any other after them)."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        """The command names, main job first."""
+        names = super().list_commands(ctx)
+        return [name for name in COMMAND_ORDER if name in names] + [name for name in names if name not in COMMAND_ORDER]
+
+
 app = typer.Typer(
+    cls=CommandsInUseOrder,
     name="fellowship",
     help="Preference datasets built and judged by groups of LLMs, and how far those judges can be trusted. "
     + EXIT_CODES_HELP,
@@ -290,7 +304,7 @@ def dry_run_report(options: GenerateOptions, prompts: list[Any], context: Any, p
     console.print("cost: " + (f"${total:.4f} estimated" if total is not None else
                               "unknown (a model has no price: add --price SPEC=IN:OUT)"), markup=False)
     hours = estimate.hours(options.concurrency, options.assumed_latency)
-    console.print(f"time: about {hours * 60:.1f} min at --concurrency {options.concurrency} with "
+    console.print(f"time: about {duration_text(hours)} at --concurrency {options.concurrency} with "
                   f"{options.assumed_latency:g} s per call (--assumed-latency)", markup=False)
     return {"dry_run": True, "prompts": len(to_run), "calls_low": estimate.calls_low,
             "calls_high": estimate.calls_high, "cost_usd": total}
@@ -461,6 +475,15 @@ def _print_generate_summary(output: Path, report: dict[str, Any]) -> None:
         console.print(f"published: {report['published']}", markup=False)
     for prompt_id, reason in report["failures"][:5]:
         console.print(f"failed {prompt_id}: {reason}", markup=False)
+
+
+def duration_text(hours: float) -> str:
+    """A time estimate in the unit a person reads it in: minutes up to 90, then hours up to 48, then days."""
+    if hours * 60 <= 90:
+        return f"{hours * 60:.1f} min"
+    if hours <= 48:
+        return f"{hours:.1f} hours"
+    return f"{hours / 24:.1f} days"
 
 
 def why_no_rows(report: dict[str, Any]) -> str:

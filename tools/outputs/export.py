@@ -68,6 +68,15 @@ class ExportSummary:
                 "rate_waited_s": self.rate_waited_s, "cost_usd": self.cost_usd}
 
 
+def published_name(origin: str) -> str:
+    """How the card names a prompt source: a prompt set by its name, a file or folder by its own name.
+
+    The card is published with `--push-to-hub`: the path on the user's machine (`/home/ana/...`) is not for the
+    world to read, and the sha256 beside the name identifies the prompts.
+    """
+    return Path(origin).name if ("/" in origin or "\\" in origin) else origin
+
+
 def _assistant(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
 
@@ -258,8 +267,8 @@ def dataset_card(
         "",
         "## Prompts",
         "",
-        *[f"- `{source.origin}`, field `{source.field}`: {source.prompts} prompts, sha256 `{source.sha256}`"
-          for source in prompt_sources],
+        *[f"- `{published_name(source.origin)}`, field `{source.field}`: {source.prompts} prompts, sha256 "
+          f"`{source.sha256}`" for source in prompt_sources],
         "",
         "## Configuration",
         "",
