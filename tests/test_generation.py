@@ -209,6 +209,9 @@ def test_generate_writes_trl_datasets_and_rerun_makes_no_calls(tmp_path: Path, s
     assert "DPO rows" in card and "input tokens" in card
     # The card is published with --push-to-hub: the prompt file is named, not the path on this machine.
     assert "- `prompts.jsonl`, field `prompt`: 6 prompts" in card and str(tmp_path) not in card
+    # The report's headline, in the card: the same figures as report.json.
+    figures = json.loads((output / "report.json").read_text())
+    assert f"| the loop | {figures['headline']} |" in card
 
     first_dpo = (output / "dpo.jsonl").read_text()
     again = runner.invoke(app, generate_args(prompts, output, stub.base_url))

@@ -255,6 +255,10 @@ def test_meta_eval_score_and_jury_search_commands(tmp_path: Path, benchmarks_dir
     assert [row["name"] for row in scores["rows"]][-2:] == ["baseline: always the longer answer", "baseline: always A"]
     assert (output / "kappa.png").stat().st_size > 1000 and "| judge0 | 80 |" in (output / "report.md").read_text()
     assert "judge0" in result.output
+    # The same report as one page: its table, its chart inline, nothing fetched from anywhere.
+    page = (output / "report.html").read_text()
+    assert "<td>judge0</td><td>80</td>" in page and 'src="data:image/png;base64,' in page
+    assert "http://" not in page and "https://" not in page
 
     juries = tmp_path / "juries"
     result = runner.invoke(app, ["jury-search", "--benchmark", "faireval", "--output", str(juries),
@@ -266,6 +270,7 @@ def test_meta_eval_score_and_jury_search_commands(tmp_path: Path, benchmarks_dir
     assert ranking["juries"][0]["members"] == ["judge0", "judge1", "judge2"]
     assert ranking["juries"][0]["kappa"] == pytest.approx(1.0)
     assert (juries / "juries.png").exists() and (juries / "report.md").exists()
+    assert "<td>judge0 + judge1 + judge2</td>" in (juries / "report.html").read_text()
 
 
 def test_meta_eval_score_bad_file_is_one_line(tmp_path: Path, benchmarks_dir: Path) -> None:
@@ -336,6 +341,7 @@ def test_winrate_compares_final_answers_on_shared_prompts(tmp_path: Path, stub: 
     assert figures["win_rate"] == pytest.approx(expected.count("A") / 6)
     assert figures["win_rate_half_ties"] == pytest.approx((expected.count("A") + expected.count("tie") / 2) / 6)
     assert (output / "winrate.png").exists() and "win rate" in (output / "report.md").read_text()
+    assert "<h2>Result</h2><table>" in (output / "report.html").read_text()
     assert "only in A: 2" in result.output
 
 

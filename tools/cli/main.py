@@ -7,6 +7,7 @@ shows the traceback). One event loop per command: chat clients are bound to the 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from importlib import resources
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
     from agents.roles import RefereeRole
 
 # `fellowship --help` lists the commands in the order a user meets them: the main job first.
-COMMAND_ORDER = ("generate", "demo", "evaluate", "meta-eval", "winrate", "jury-search", "graph", "trace")
+COMMAND_ORDER = ("generate", "demo", "report", "evaluate", "meta-eval", "winrate", "jury-search", "graph", "trace")
 
 
 class CommandsInUseOrder(typer.core.TyperGroup):
@@ -201,6 +202,18 @@ def graph(
     """Draw a workflow graph offline: Mermaid text, ASCII art, or a PNG (the debate with a --config panel)."""
     options: GraphOptions = resolve_options(ctx, GraphOptions)
     typer.echo(draw_graph(name, options.output_format, options.output, roles=options.panel()))
+
+
+@app.command("report")
+@user_errors
+def report_command(
+    directory: Annotated[Path, typer.Argument(help="a generate output folder (records.jsonl, dpo.jsonl, kto.jsonl)")],
+) -> None:
+    """Write DIR/report.html: did the loop help, can the labels be trusted, and every row (no model call)."""
+    from tools.outputs.report import write_run_report
+
+    page = write_run_report(directory)
+    console.print(f"report: {page} (and its figures: {page.with_suffix('.json')})")
 
 
 @trace_app.command("show")
@@ -430,8 +443,12 @@ def run_generate_with(
         usage = summary.usage()
         export_settings = {"pairs": rules.pairs, "min_margin": rules.min_margin, "top_tie": rules.top_tie,
                            "max_repetition": rules.degenerate_share}
+        from tools.outputs.report import write_run_report
+
+        report_page = write_run_report(output)
         card = dataset_card(settings={**settings, **export_settings}, summary=summary, failures=result.failures,
-                            usage=usage, prompt_sources=result.prompt_sources, license=options.license)
+                            usage=usage, prompt_sources=result.prompt_sources, license=options.license,
+                            report=json.loads((output / "report.json").read_text()))
         (output / "README.md").write_text(card, encoding="utf-8")
         published = None
         if options.push_to_hub:
@@ -447,7 +464,7 @@ def run_generate_with(
             "dpo_rows": summary.dpo_rows, "kto_rows": summary.kto_rows, "outcomes": dict(summary.outcomes),
             "first_dpo_row": summary.first_dpo_row, "usage": usage, "failures": result.failures,
             "published": published, "budget_stopped": result.budget_stopped, "spent_usd": result.spent_usd,
-            "max_cost_usd": options.max_cost_usd,
+            "max_cost_usd": options.max_cost_usd, "report": report_page,
         }
 
 
@@ -471,6 +488,8 @@ def _print_generate_summary(output: Path, report: dict[str, Any]) -> None:
     console.print(f"DPO rows: {report['dpo_rows']} -> {output / 'dpo'} and {output / 'dpo.jsonl'}")
     console.print(f"KTO rows: {report['kto_rows']} -> {output / 'kto'} and {output / 'kto.jsonl'}")
     console.print(f"records: {output / 'records.jsonl'}  card: {output / 'README.md'}")
+    if report.get("report") is not None:
+        console.print(f"report: {report['report']} (open it in a browser)")
     if report.get("published"):
         console.print(f"published: {report['published']}", markup=False)
     for prompt_id, reason in report["failures"][:5]:
@@ -604,8 +623,6 @@ def demo(
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("runs/demo"),
 ) -> None:
     """Generate DPO and KTO datasets from a few bundled prompts with the embedded model (no API keys)."""
-    import json
-
     prompts_file = str(resources.files("tools").joinpath("data/demo_prompts.jsonl"))
     report = run_generate(
         prompts_source=prompts_file, output=output, generator="local:smollm2", reviewers=["local:smollm2"],

@@ -6,6 +6,9 @@ display. Every writer returns the paths it wrote.
 
 from __future__ import annotations
 
+import base64
+import html
+import re
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -181,7 +184,7 @@ def winrate_chart(results: Sequence[WinRate], path: Path, title: str) -> Path:
 
 
 def write_report(path: Path, title: str, sections: Sequence[tuple[str, str]]) -> Path:
-    """A Markdown file: a title, then (heading, body) sections."""
+    """A Markdown file: a title, then (heading, body) sections; and the same as a self-contained `report.html`."""
     parts = [f"# {title}", ""]
     for heading, body in sections:
         parts += [f"## {heading}", "", body.rstrip(), ""]
@@ -189,4 +192,53 @@ def write_report(path: Path, title: str, sections: Sequence[tuple[str, str]]) ->
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text("\n".join(parts), encoding="utf-8")
     temporary.replace(path)
+    page = path.with_suffix(".html")
+    temporary = page.with_name(page.name + ".tmp")
+    temporary.write_text(report_page(title, sections, path.parent), encoding="utf-8")
+    temporary.replace(page)
     return path
+
+
+_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)]+)\)")
+
+
+def _body_html(body: str, folder: Path) -> str:
+    """A section's Markdown (tables, images of the folder, paragraphs) as HTML; text escaped, images inline."""
+    blocks: list[str] = []
+    table: list[list[str]] = []
+
+    def flush() -> None:
+        if table:
+            head, rows = table[0], [row for row in table[1:] if not all(set(cell) <= {"-"} for cell in row)]
+            blocks.append("<table><thead><tr>" + "".join(f"<th>{html.escape(cell)}</th>" for cell in head)
+                          + "</tr></thead><tbody>" + "".join(
+                              "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
+                              for row in rows) + "</tbody></table>")
+            table.clear()
+
+    for line in body.splitlines():
+        if line.startswith("|"):
+            cells = re.split(r"(?<!\\)\|", line.strip().strip("|"))
+            table.append([cell.strip().replace("\\|", "|") for cell in cells])
+            continue
+        flush()
+        image = _IMAGE.fullmatch(line.strip())
+        if image and (folder / image.group(2)).is_file() and not image.group(2).startswith(("http:", "https:")):
+            data = base64.b64encode((folder / image.group(2)).read_bytes()).decode("ascii")
+            blocks.append(f'<figure><img alt="{html.escape(image.group(1), quote=True)}" '
+                          f'src="data:image/png;base64,{data}"></figure>')
+        elif line.strip():
+            blocks.append(f"<p>{html.escape(line)}</p>")
+    flush()
+    return "\n".join(blocks)
+
+
+def report_page(title: str, sections: Sequence[tuple[str, str]], folder: Path) -> str:
+    """The report as one HTML page with the run report's look (tools/outputs/report.py); nothing from the network."""
+    from tools.outputs.report import STYLE
+
+    body = "".join(f"<section><h2>{html.escape(heading)}</h2>{_body_html(text, folder)}</section>"
+                   for heading, text in sections)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{STYLE}img{{max-width:100%}}</style></head><body><h1>{html.escape(title)}</h1>{body}"
+            "</body></html>\n")

@@ -68,6 +68,28 @@ class ExportSummary:
                 "rate_waited_s": self.rate_waited_s, "cost_usd": self.cost_usd}
 
 
+def headline_table(report: dict[str, Any] | None) -> list[str]:
+    """The card's short table of the run report's headline figures (no lines without a report)."""
+    if report is None:
+        return []
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0%}"
+
+    trust, versus = report["trust"], report["final_vs_first"]
+    rows = [
+        ("the loop", report["headline"]),
+        ("final answer beats the first (evaluator's scores)", share(versus["win_rate"])),
+        ("prompts whose top answers tied", share(trust["tie_rate"])),
+        ("rows whose chosen answer is the longer one", share(trust["chosen_longer_share"])),
+        ("position consistency (with --swap)", share(trust["position_consistency"])),
+        ("degenerate answers", f"{trust['degenerate_answers']} of {trust['answers']}"),
+    ]
+    return ["## What the run made", "", "| figure | value |", "|---|---|",
+            *[f"| {name} | {value} |" for name, value in rows], "",
+            "`report.html` shows every figure, chart and row.", ""]
+
+
 def published_name(origin: str) -> str:
     """How the card names a prompt source: a prompt set by its name, a file or folder by its own name.
 
@@ -200,7 +222,8 @@ def export_records(
 
     Records stream through one at a time (from the run store, in prompt order), so memory stays flat however
     many prompts a run has. Each answer in records.jsonl carries its repetition share and whether it counts
-    as degenerate. Every file appears under its final name only when complete.
+    as degenerate, and each record its outcome and the iteration chosen (None without rows). Every file appears
+    under its final name only when complete.
     """
     rules = rules or PairingRules()
     summary = ExportSummary()
@@ -209,6 +232,9 @@ def export_records(
         for raw in records:
             record = annotate_repetition(raw, rules)
             dpo, kto, outcome = preference_rows(record, rules)
+            # What the rules made of the prompt, for readers of records.jsonl (and the run's report).
+            record["outcome"] = outcome
+            record["chosen_iteration"] = dpo[0]["chosen_iteration"] if dpo else None
             check_trl_rows(dpo, "dpo")
             check_trl_rows(kto, "kto")
             summary.add(record, outcome, dpo, kto)
@@ -239,8 +265,12 @@ def dataset_card(
     usage: dict[str, Any],
     prompt_sources: Sequence[Any] = (),
     license: str = "other",
+    report: dict[str, Any] | None = None,
 ) -> str:
     """The README.md of an output directory: a Hugging Face dataset card.
+
+    With `report` (the run report's figures, `report.json`), the card opens with their headline: did the loop
+    help, and how far the labels can be trusted; `report.html` holds the rest.
 
     Its YAML front matter names the two configs (`dpo`, `kto`, each its JSONL file as the train split), the
     tags TRL's users search for, the licence and the size; the body gives the prompt sources, configuration,
@@ -265,6 +295,7 @@ def dataset_card(
         "",
         "LLM Feedback Loop answers ranked by an LLM evaluator (Arif et al. 2024, \"The Fellowship of the LLMs\").",
         "",
+        *headline_table(report),
         "## Prompts",
         "",
         *[f"- `{published_name(source.origin)}`, field `{source.field}`: {source.prompts} prompts, sha256 "

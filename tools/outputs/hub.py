@@ -13,7 +13,7 @@ from pathlib import Path
 from tools.errors import ConfigError
 from tools.rules.secrets import mask_secrets
 
-PUBLISHED_FILES = ("README.md", "dpo.jsonl", "kto.jsonl")
+PUBLISHED_FILES = ("README.md", "dpo.jsonl", "kto.jsonl", "report.html")
 
 
 def _is_network_failure(error: BaseException) -> bool:
