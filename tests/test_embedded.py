@@ -182,8 +182,10 @@ def test_embedded_demo_twice_gives_the_same_verdicts_and_rows(tmp_path: Path) ->
         completed = subprocess.run([sys.executable, "-m", "tools.cli", *command],
                                    capture_output=True, text=True, timeout=900, check=False)
         assert completed.returncode == 0, completed.stderr
-        if name == "first":  # a row, or one line saying why there is none
+        if name == "first":  # a row, or one line saying why there is none; the report's path last
             assert "one DPO row:" in completed.stdout or "no DPO row: " in completed.stdout, completed.stdout
+            last = completed.stdout.strip().splitlines()[-1]
+            assert last == f"report: {tmp_path / 'first' / 'report.html'} (open it in a browser)", last
         runs.append(tmp_path / name)
     records = [[without_timings(json.loads(line)) for line in (run / "records.jsonl").read_text().splitlines()]
                for run in runs]

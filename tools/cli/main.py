@@ -468,7 +468,7 @@ def run_generate_with(
         }
 
 
-def _print_generate_summary(output: Path, report: dict[str, Any]) -> None:
+def _print_generate_summary(output: Path, report: dict[str, Any], *, report_line: bool = True) -> None:
     console.print(
         f"prompts: {report['prompts']}  done: {report['done']}  failed: {report['failed']}  "
         f"reused from earlier runs: {report['reused']}  outcomes: {report['outcomes']}"
@@ -488,7 +488,7 @@ def _print_generate_summary(output: Path, report: dict[str, Any]) -> None:
     console.print(f"DPO rows: {report['dpo_rows']} -> {output / 'dpo'} and {output / 'dpo.jsonl'}")
     console.print(f"KTO rows: {report['kto_rows']} -> {output / 'kto'} and {output / 'kto.jsonl'}")
     console.print(f"records: {output / 'records.jsonl'}  card: {output / 'README.md'}")
-    if report.get("report") is not None:
+    if report_line and report.get("report") is not None:
         console.print(f"report: {report['report']} (open it in a browser)")
     if report.get("published"):
         console.print(f"published: {report['published']}", markup=False)
@@ -631,12 +631,14 @@ def demo(
         stop_score=None, concurrency=3, limit=None, prompt_field=None, retry_failed=False, max_tokens=256,
         output_format="auto", chosen_by="demo",
     )
-    _print_generate_summary(output, report)
+    _print_generate_summary(output, report, report_line=False)
     if report["first_dpo_row"] is not None:
         console.print("one DPO row:")
         console.print_json(json.dumps(report["first_dpo_row"], ensure_ascii=False))
     else:
         console.print(why_no_rows(report), markup=False)
+    # Last, where the eye lands: the page that shows what the run made.
+    console.print(f"report: {report['report']} (open it in a browser)")
     _exit_for(report)
 
 
