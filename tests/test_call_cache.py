@@ -98,7 +98,7 @@ def test_push_to_hub_publishes_the_card_and_both_configs(
         assert "published: " in output
         assert hub.state.repos == {"me/prefs": True}
         files = hub.state.files["me/prefs"]
-        assert sorted(files) == ["README.md", "dpo.jsonl", "kto.jsonl"]
+        assert sorted(files) == ["README.md", "dpo.jsonl", "kto.jsonl", "report.html"]
         for name in files:
             assert files[name] == (tmp_path / "run" / name).read_bytes()
         assert all(token == "Bearer hf_realLookingToken0123456789" for token in hub.state.tokens)
