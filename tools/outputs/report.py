@@ -73,6 +73,7 @@ class RunFigures:
     cost_usd: float | None = 0.0
     cached_calls: int = 0
     rate_limited: int = 0
+    span_s: float | None = None  # from the prompts' arrival to the last one finished (the run store's times)
 
     def add(self, record: dict[str, Any]) -> None:
         """Count one exported record."""
@@ -204,6 +205,7 @@ class RunFigures:
             "dpo_rows": self.dpo_rows, "kto_rows": self.kto_rows, "models": self.models,
             "roles": [{"role": role, "model": model, **totals} for (role, model), totals in sorted(self.roles.items())],
             "cost_usd": self.cost_usd, "cached_calls": self.cached_calls, "rate_limited": self.rate_limited,
+            "span_s": self.span_s,
             "loop": self.loop(),
             "final_vs_first": {"wins": self.final_vs_first["win"], "ties": self.final_vs_first["tie"],
                                "losses": self.final_vs_first["loss"],
@@ -251,12 +253,17 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
-def failed_prompts(progress: Path) -> int:
-    """How many prompts of the run failed (0 without a run store)."""
+def run_store_figures(progress: Path) -> tuple[int, float | None]:
+    """(prompts failed, seconds from the prompts' arrival to the last one finished) from the run store.
+
+    Without a run store: (0, None). The time spans every run of the folder, pauses between them included.
+    """
     if not progress.is_file():
-        return 0
+        return 0, None
     with sqlite3.connect(f"file:{progress}?mode=ro", uri=True) as db:
-        return int(db.execute("SELECT COUNT(*) FROM prompts WHERE status = 'failed'").fetchone()[0])
+        failed = int(db.execute("SELECT COUNT(*) FROM prompts WHERE status = 'failed'").fetchone()[0])
+        first, last = db.execute("SELECT MIN(updated), MAX(updated) FROM prompts").fetchone()
+    return failed, (last - first) if first is not None and last is not None else None
 
 
 def write_run_report(output_dir: Path) -> Path:
@@ -273,7 +280,7 @@ def write_run_report(output_dir: Path) -> Path:
         figures.add(record)
         if position % step == 0:
             sample.append(record)
-    figures.failed = failed_prompts(output_dir / "progress.sqlite")
+    figures.failed, figures.span_s = run_store_figures(output_dir / "progress.sqlite")
     data = figures.as_json()
     (output_dir / "report.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     page = render_page(data, figures, sample, total, title=f"Run report: {output_dir.name}")
@@ -476,6 +483,7 @@ def render_page(data: dict[str, Any], figures: RunFigures, sample: list[dict[str
         ["DPO rows", str(data["dpo_rows"])], ["KTO rows", str(data["kto_rows"])],
         ["cost (USD, where prices are known)", _fmt(data["cost_usd"], 4)],
         ["calls from the call cache", str(data["cached_calls"])], ["answers 429 waited out", str(data["rate_limited"])],
+        ["time, from the prompts' arrival to the last one done (s; every run of this folder)", _fmt(data["span_s"], 1)],
         *[[f"model: {escape(role)}", escape(spec)] for role, spec in data["models"].items()],
     ])
     loop_rows = [[f"r{row['iteration']}", _fmt(row["reviewers_mean"]),
