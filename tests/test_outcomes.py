@@ -218,7 +218,8 @@ def test_other_prompts_are_refused_and_extend_adds_them(tmp_path: Path, stub: St
     records = [json.loads(line) for line in (output / "records.jsonl").read_text().splitlines()]
     assert [record["prompt"][0]["content"] for record in records] == ["One?", "Two?", "Three?"]
     card = (output / "README.md").read_text()
-    assert f"`{first}`, field `prompt`: 2 prompts, sha256" in card and f"`{other}`, field `prompt`: 1 prompts" in card
+    assert f"`{first.name}`, field `prompt`: 2 prompts, sha256" in card
+    assert f"`{other.name}`, field `prompt`: 1 prompts" in card
 
 
 # --- paper-compatible scoring says what it could not read ---------------------------------------------------
