@@ -443,6 +443,11 @@ class RayWorkerPool:
         self._stores_closed = threading.Event()  # the actors have closed their stores (Ray may still be stopping)
         self._driver_limit: int | None = None  # the driver's call slots before actors took their share
         self._ever_ready = False  # whether any actor has been ready (a cluster's first start may take longer)
+        self._killers: list[threading.Thread] = []  # threads asking Ray to kill lost actors (see `_stop_actor`)
+        # Lost actors' seats, kept until Ray has stopped: an actor handle freed while `ray.shutdown()` runs (the
+        # garbage collector may pick any moment) makes Ray end the process ("the core worker has already been shut
+        # down"), so the owner of the instance drops them all once Ray is down (`_leave`).
+        self._retired: list[Seat] = []
 
     @property
     def actors(self) -> list[Any]:
@@ -701,6 +706,7 @@ class RayWorkerPool:
         seat.lost.set_result(SeatLost(reason, counts=counts))
         if seat.probe is not None:
             seat.probe.cancel()
+        self._retired.append(seat)
         self._stop_actor(seat)
         slot = self.seats.index(seat)
         self.seats[slot] = self._seat(self._spawn())
@@ -714,15 +720,19 @@ class RayWorkerPool:
     def _stop_actor(self, seat: Seat) -> None:
         """Stop a lost actor for good, so that it makes no more calls for jobs that now run elsewhere."""
         if self._processes is not None and seat.pid is not None:
-            # On this machine: at once, and wait until it is gone, so that its checkpoint file can be taken over.
+            # On this machine: at once, and wait until it is gone, so that its checkpoint file can be taken over
+            # (its raylet sees it die: nothing to ask of Ray).
             with contextlib.suppress(OSError):
                 os.kill(seat.pid, signal.SIGKILL)
             deadline = time.monotonic() + 2.0
             while process_running(seat.pid) and time.monotonic() < deadline:
                 time.sleep(0.01)
-        actor = seat.actor
+            return
         # Through Ray (another machine's actor, or one never seen ready): in a thread, as a dead GCS may not answer.
-        threading.Thread(target=_kill_quietly, args=(actor,), daemon=True, name="ray-kill").start()
+        # `_leave` waits for these threads before Ray stops: Ray ends a process that calls it after `ray.shutdown()`.
+        killer = threading.Thread(target=_kill_quietly, args=(seat.actor,), daemon=True, name="ray-kill")
+        self._killers.append(killer)
+        killer.start()
 
     def _give_up_instance(self, reason: str) -> None:
         """The local instance is dead: stop what is left of it, and run everything in this process from now on."""
@@ -736,6 +746,7 @@ class RayWorkerPool:
         else:
             logger.warning("note: the local Ray instance died (%s); this process runs the rest alone", reason)
         seats, self.seats = self.seats, []
+        self._retired += seats
         if self._processes is not None:
             self._processes.kill_all()
         # The owner thread leaves Ray now: Ray's threads in this process would otherwise go on polling the dead
@@ -921,7 +932,7 @@ class RayWorkerPool:
             leaving = threading.Thread(target=self._leave, args=(_ray(),), daemon=True, name="ray-leave")
             leaving.start()
             leaving.join(CLOSE_TIMEOUT_S + LEAVE_TIMEOUT_S)
-        self.seats = []
+        # The seats (and their actor handles) are dropped by `_leave`, once Ray has stopped.
 
     def _leave(self, ray: Any) -> None:
         """Close the actors' stores, then leave Ray, then stop what is left of a local instance."""
@@ -932,8 +943,12 @@ class RayWorkerPool:
                     ray.get([actor.close.remote() for actor in actors], timeout=CLOSE_TIMEOUT_S)
         finally:
             self._stores_closed.set()
+        for killer in self._killers:
+            killer.join(LEAVE_TIMEOUT_S)
         if ray.is_initialized():
             ray.shutdown()
+        # Ray is down: its handles can go now (see `_retired`).
+        self._retired, self._placed, self.seats = [], [], []
         self.stop_leftovers()
 
     def _adopted_or_joined(self) -> bool:
