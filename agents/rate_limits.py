@@ -379,21 +379,24 @@ def gave_up_waiting(status: int, headers: Mapping[str, str], body: Any) -> str |
     """Why a 429 is final, when it is: the quota is used up, or the endpoint answered no call for `PATIENCE_S`."""
     if status != 429:
         return None
-    error = body.get("error", body) if isinstance(body, dict) else None
-    if isinstance(error, dict) and (error.get("code") in QUOTA_CODES or error.get("type") in QUOTA_CODES):
+    if _says_quota_is_used_up(body):
         return "the API key's quota is used up"
     if headers.get(GAVE_UP_HEADER):
         return f"rate limited, and no call to it was answered for {headers[GAVE_UP_HEADER]} s"
     return None
 
 
+def _says_quota_is_used_up(body: Any) -> bool:
+    """Whether an error body is OpenAI's answer to a key without quota (`insufficient_quota`)."""
+    error = body.get("error", body) if isinstance(body, dict) else None
+    return isinstance(error, dict) and (error.get("code") in QUOTA_CODES or error.get("type") in QUOTA_CODES)
+
+
 def _quota_used_up(response: Any) -> bool:
     try:
-        body = response.json()
+        return _says_quota_is_used_up(response.json())
     except ValueError:
         return False
-    error = body.get("error") if isinstance(body, dict) else None
-    return isinstance(error, dict) and (error.get("code") in QUOTA_CODES or error.get("type") in QUOTA_CODES)
 
 
 def paced_client_class(base: type) -> type:
