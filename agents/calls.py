@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextvars import ContextVar
@@ -27,11 +28,17 @@ from langchain_core.runnables.config import ensure_config
 import prompts
 from agents.cache import CACHED_MARK
 from agents.rate_limits import CallMeter, call_meter, gave_up_waiting
-from agents.records import AnswerOrder, Exchange
+from agents.records import AnswerOrder, Exchange, ScoreReading
 from tools.errors import EndpointError
+from tools.rules.expected_scores import TOP_LOGPROBS, expected_scores
 from tools.rules.secrets import mask_secrets
 
 ParsedT = TypeVar("ParsedT")
+logger = logging.getLogger(__name__)
+# Models that answered a request for probabilities without them: each is named once per process.
+_models_without_logprobs: set[str] = set()
+# Models that refused a request for probabilities (reasoning models answer HTTP 400): not asked again.
+_models_refusing_logprobs: set[str] = set()
 
 
 @dataclass
@@ -45,6 +52,7 @@ class Reply:
     cached: bool = False
     rate_limited: int = 0  # 429s the call met and waited out (agents/rate_limits.py)
     rate_waited_s: float = 0.0  # seconds it waited for its endpoint's pace, holds and ceiling
+    logprobs: Any = None  # the choice's `logprobs` in OpenAI's shape, when they were asked for and given
 
     def usage_fields(self) -> dict[str, Any]:
         """What an Exchange records of this reply besides its text: tokens, latency, cache, rate limiting."""
@@ -252,16 +260,21 @@ async def complete(
     *,
     json_schema: tuple[str, dict[str, Any]] | None = None,
     max_tokens: int | None = None,
+    top_logprobs: int | None = None,
     run_name: str,
     model_spec: str,
     metadata: dict[str, Any] | None = None,
 ) -> Reply:
     """Call the model once; the run name and metadata make the call readable in traces.
 
-    A failure no retry can fix is raised as EndpointError naming `model_spec`, so a run can stop at once
-    instead of failing every prompt the same way.
+    With `top_logprobs`, the reply's token probabilities are asked for and kept (`Reply.logprobs`). A failure no
+    retry can fix is raised as EndpointError naming `model_spec`, so a run can stop at once instead of failing
+    every prompt the same way.
     """
     bound: dict[str, Any] = {}
+    if top_logprobs is not None:
+        bound["logprobs"] = True
+        bound["top_logprobs"] = top_logprobs
     if json_schema is not None:
         bound["response_format"] = response_format(*json_schema)
         # A structured reply repeats its keys and quotes by design: repetition penalties (set for local models'
@@ -280,10 +293,13 @@ async def complete(
                     list(messages),
                     config={"run_name": run_name, "metadata": metadata or {}, "tags": stable_tags(run_name)},
                 )
+                logprobs = (getattr(message, "response_metadata", None) or {}).get("logprobs")
             else:
                 # Nobody listens (no tracer, callback handler or LangChain cache): the model's own request and
                 # reply, without LangChain's per-call run bookkeeping (a twentieth of the CPU per call).
-                message = (await model._agenerate(list(messages), **bound)).generations[0].message
+                generation = (await model._agenerate(list(messages), **bound)).generations[0]
+                message = generation.message
+                logprobs = (generation.generation_info or {}).get("logprobs")
         except openai.LengthFinishReasonError as error:
             # In JSON-schema mode the client refuses a reply cut off by max_tokens. The cut-off text is still
             # the model's answer: keep it, so the parser records it as unparsed and the follow-up can ask again.
@@ -305,7 +321,35 @@ async def complete(
         cached=bool((getattr(message, "response_metadata", None) or {}).get(CACHED_MARK)),
         rate_limited=meter.rate_limited,
         rate_waited_s=meter.waited_s,
+        logprobs=logprobs if top_logprobs is not None else None,
     )
+
+
+@dataclass(frozen=True)
+class ExpectedScoring:
+    """Which scores of a call to read as probability-weighted means (`--scoring expected`), and on what scale.
+
+    `keys` are the answer labels a reply scores, or `overall` (tools/rules/expected_scores.py); `parse` reads the
+    written scores back by key, so each reading keeps the number written beside its expected value.
+    """
+
+    keys: tuple[str, ...]
+    scale: int
+    parse: Callable[[str], dict[str, float | None]]
+
+    def readings(self, reply: Reply, model_spec: str) -> list[ScoreReading]:
+        """Each key's score as written and as weighted; a model that gave no probabilities is named once."""
+        written = self.parse(reply.text)
+        if reply.logprobs is None and not reply.cached and model_spec not in _models_without_logprobs:
+            _models_without_logprobs.add(model_spec)
+            logger.warning("note: %s returned no token probabilities; its scores are the numbers it wrote "
+                           "(as with --scoring parsed)", model_spec)
+        weighted = expected_scores(reply.text, reply.logprobs, self.keys, self.scale) if reply.logprobs else {}
+        return [
+            ScoreReading(key=key, parsed=written.get(key), expected=weighted[key].expected if key in weighted else None,
+                         valid_mass=weighted[key].valid_mass if key in weighted else None)
+            for key in self.keys
+        ]
 
 
 def truncated_reply(error: openai.LengthFinishReasonError, latency_s: float) -> Reply:
@@ -321,6 +365,37 @@ def truncated_reply(error: openai.LengthFinishReasonError, latency_s: float) -> 
     )
 
 
+async def _complete_scored(
+    model: BaseChatModel,
+    messages: Sequence[BaseMessage],
+    *,
+    expected: ExpectedScoring | None,
+    json_schema: tuple[str, dict[str, Any]] | None,
+    run_name: str,
+    model_spec: str,
+    metadata: dict[str, Any] | None,
+) -> Reply:
+    """One call of a scoring role: with probabilities when `expected` asks for them and the model takes the request.
+
+    A model that refuses them (HTTP 400 naming logprobs, as reasoning models answer) is named once and asked
+    again without: its scores are the numbers it writes.
+    """
+    wants = expected is not None and model_spec not in _models_refusing_logprobs
+    try:
+        return await complete(model, messages, json_schema=json_schema, top_logprobs=TOP_LOGPROBS if wants else None,
+                              run_name=run_name, model_spec=model_spec, metadata=metadata)
+    except openai.BadRequestError as error:
+        if not wants or "logprob" not in str(error).lower():
+            raise
+    if model_spec not in _models_refusing_logprobs:
+        _models_refusing_logprobs.add(model_spec)
+        _models_without_logprobs.add(model_spec)
+        logger.warning("note: %s refused a request for token probabilities; its scores are the numbers it writes "
+                       "(as with --scoring parsed)", model_spec)
+    return await complete(model, messages, json_schema=json_schema, run_name=run_name, model_spec=model_spec,
+                          metadata=metadata)
+
+
 async def complete_with_followup(
     model: BaseChatModel,
     messages: Sequence[BaseMessage],
@@ -334,13 +409,17 @@ async def complete_with_followup(
     order: AnswerOrder | None = None,
     json_schema: tuple[str, dict[str, Any]] | None = None,
     metadata: dict[str, Any] | None = None,
+    expected: ExpectedScoring | None = None,
 ) -> tuple[ParsedT, Exchange]:
     """Ask; if the reply lacks the answer, ask once more in the same conversation for just the answer.
 
-    The exchange keeps both raw texts, so a failure stays visible and can be re-parsed later.
+    The exchange keeps both raw texts, so a failure stays visible and can be re-parsed later. With `expected`,
+    the calls ask for token probabilities and the exchange records each score's expected value
+    (`Exchange.score_readings`; `Exchange.score` gives the value to use), read from the reply that gave the answer.
     """
-    first = await complete(
-        model, messages, json_schema=json_schema, run_name=run_name, model_spec=model_spec, metadata=metadata
+    first = await _complete_scored(
+        model, messages, expected=expected, json_schema=json_schema, run_name=run_name, model_spec=model_spec,
+        metadata=metadata,
     )
     parsed = parse(first.text)
     exchange = Exchange(
@@ -352,17 +431,21 @@ async def complete_with_followup(
         **first.usage_fields(),
     )
     if is_complete(parsed):
+        if expected is not None:
+            exchange.score_readings = expected.readings(first, model_spec)
         return parsed, exchange
     followup_messages = [
         *messages,
         AIMessage(content=first.text),
         HumanMessage(content=prompts.render("followup", required_format=required_format)),
     ]
-    second = await complete(
-        model, followup_messages, json_schema=json_schema, run_name=f"{run_name}/followup", model_spec=model_spec,
-        metadata=metadata,
+    second = await _complete_scored(
+        model, followup_messages, expected=expected, json_schema=json_schema, run_name=f"{run_name}/followup",
+        model_spec=model_spec, metadata=metadata,
     )
     parsed = parse(second.text)
+    if expected is not None:
+        exchange.score_readings = expected.readings(second, model_spec)
     exchange.followup_text = second.text
     exchange.cached = exchange.cached and second.cached
     exchange.parse_ok = is_complete(parsed)

@@ -14,7 +14,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
 
 import prompts
-from agents.calls import complete_with_followup
+from agents.calls import ExpectedScoring, complete_with_followup
 from agents.records import AnswerOrder, Exchange
 from tools.rules.contracts import (
     DirectComparison,
@@ -24,6 +24,7 @@ from tools.rules.contracts import (
     independent_score,
     json_schema,
 )
+from tools.rules.expected_scores import OVERALL
 from tools.rules.parsing import parse_assistant_scores, parse_direct_answer, parse_overall_score
 from tools.rules.verdicts import candidate_labels, winner_from_scores
 
@@ -45,6 +46,17 @@ class Judgement:
 
 def _messages(user_text: str) -> list[Any]:
     return [SystemMessage(content=prompts.render("judge_system")), HumanMessage(content=user_text)]
+
+
+def overall_scoring(scale: int) -> ExpectedScoring:
+    """Expected-value reading of a reply's one overall score (independent scoring, reviews)."""
+    return ExpectedScoring(keys=(OVERALL,), scale=scale, parse=lambda text: {OVERALL: parse_overall_score(text, scale)})
+
+
+def labelled_scoring(labels: Sequence[str], scale: int) -> ExpectedScoring:
+    """Expected-value reading of one score per answer label (combined scoring, jurors, referees)."""
+    return ExpectedScoring(keys=tuple(labels), scale=scale,
+                           parse=lambda text: parse_assistant_scores(text, labels, scale))
 
 
 def combined_format_lines(labels: Sequence[str], scale: int) -> str:
@@ -100,12 +112,16 @@ async def score_alone(
     run_name: str = "judge/independent",
     order: AnswerOrder | None = None,
     metadata: dict[str, Any] | None = None,
+    expected: bool = False,
 ) -> tuple[float | None, Exchange]:
-    """Independent scoring: one answer, in its own conversation, scored out of `scale`."""
+    """Independent scoring: one answer, in its own conversation, scored out of `scale`.
+
+    With `expected`, the score is the probability-weighted mean of the judge's score distribution.
+    """
     contract = independent_score(scale)
     user_text = prompts.render("judge_independent", question=question, answer=answer, scale=scale,
                                json_format=format_hint(contract) if json_mode else None)
-    return await complete_with_followup(
+    score, exchange = await complete_with_followup(
         model,
         _messages(user_text),
         parse=lambda text: parse_overall_score(text, scale),
@@ -117,7 +133,9 @@ async def score_alone(
         order=order,
         json_schema=("independent_score", json_schema(contract)) if json_mode else None,
         metadata=metadata,
+        expected=overall_scoring(scale) if expected else None,
     )
+    return exchange.score(OVERALL, score), exchange
 
 
 async def judge_combined(
@@ -132,8 +150,12 @@ async def judge_combined(
     run_name: str = "judge/combined",
     order: AnswerOrder | None = None,
     metadata: dict[str, Any] | None = None,
+    expected: bool = False,
 ) -> Judgement:
-    """Combined scoring: every answer in one call, each scored out of `scale`; the higher wins."""
+    """Combined scoring: every answer in one call, each scored out of `scale`; the higher wins.
+
+    With `expected`, each score is the probability-weighted mean of the judge's score distribution.
+    """
     labels = candidate_labels(len(answers))
     contract = combined_scores(tuple(labels), scale)
     user_text = prompts.render(
@@ -155,6 +177,7 @@ async def judge_combined(
         order=order,
         json_schema=("combined_scores", json_schema(contract)) if json_mode else None,
         metadata=metadata,
+        expected=labelled_scoring(labels, scale) if expected else None,
     )
-    scores = [score_map[label] for label in labels]
+    scores = [exchange.score(label, score_map[label]) for label in labels]
     return Judgement(scores=scores, winner=winner_from_scores(scores), exchanges=[exchange])

@@ -47,6 +47,11 @@ PREFLIGHT_TIMEOUT_S = 3.0
 LOCAL_SAMPLING = {"repeat_penalty": 1.15, "repeat_last_n": 256, "dry_multiplier": 0.8}
 
 OutputFormat = Literal["auto", "text", "json"]
+Scoring = Literal["auto", "expected", "parsed"]
+# `--scoring auto`: the providers whose chat completions return `top_logprobs` get probability-weighted scores
+# (README "Probability-weighted scores" has the measurement behind it). Together's API returns only the chosen
+# tokens' probabilities, no alternatives, so its scores stay the numbers written.
+EXPECTED_SCORING_PROVIDERS = frozenset({"openai", "compat", "local"})
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,13 @@ def check_model_roles(roles: Sequence[tuple[str, str]]) -> None:
     preflight_endpoints(roles)
 
 
+def scoring_is_expected(scoring: Scoring, spec: str) -> bool:
+    """Whether `--scoring` gives `spec` probability-weighted scores: as set, or under `auto` by its provider."""
+    if scoring != "auto":
+        return scoring == "expected"
+    return parse_model_spec(spec).provider in EXPECTED_SCORING_PROVIDERS
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelSettings:
     """How every chat model of a run is configured."""
@@ -175,6 +187,11 @@ class ModelSettings:
     cache_path: Path | None = field(
         default=None, metadata={"help": "SQLite file of the cross-run call cache (agents/cache.py); None: no cache"}
     )
+    scoring: Scoring = field(
+        default="auto",
+        metadata={"help": "scores as the probability-weighted mean of the score tokens (expected) or as written "
+                          "(parsed); auto: expected where the provider returns top_logprobs"},
+    )
     adaptive: bool = field(
         default=True, metadata={"help": "pace and cap requests per endpoint to its rate limit (agents/rate_limits.py)"}
     )
@@ -191,6 +208,10 @@ class ModelSource(Protocol):
 
     def json_mode(self, spec: str) -> bool:
         """Whether evaluators ask this spec for JSON (structured output) rather than text lines."""
+        ...
+
+    def expected_scores(self, spec: str) -> bool:
+        """Whether scores from this spec are probability-weighted means (`--scoring`) rather than as written."""
         ...
 
 
@@ -244,6 +265,10 @@ class ModelRegistry:
             return self.settings.output_format == "json"
         # The embedded model is too small to keep a text answer format reliably; a grammar keeps it.
         return parse_model_spec(spec).provider == "local"
+
+    def expected_scores(self, spec: str) -> bool:
+        """`--scoring`: as set, or under `auto` expected for providers that return top_logprobs."""
+        return scoring_is_expected(self.settings.scoring, spec)
 
     def chat_model(self, spec: str) -> BaseChatModel:
         """The chat model for a spec, loaded once per registry."""
@@ -340,6 +365,10 @@ class PerLoopModelSource:
     def json_mode(self, spec: str) -> bool:
         """Whether evaluators ask this spec for JSON (the settings decide; no loop needed)."""
         return ModelRegistry(self.settings).json_mode(spec)
+
+    def expected_scores(self, spec: str) -> bool:
+        """Whether this spec's scores are probability-weighted (the settings decide; no loop needed)."""
+        return scoring_is_expected(self.settings.scoring, spec)
 
 
 _shared_source = PerLoopModelSource()

@@ -9,6 +9,20 @@ from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_seri
 AnswerOrder = Literal["forward", "reversed"]
 
 
+class ScoreReading(BaseModel):
+    """How one score of a call was read with `--scoring expected` (tools/rules/expected_scores.py).
+
+    `key` is the answer label (`A`, `B`...) or `overall`; `parsed` the number the reply wrote; `expected` the
+    probability-weighted mean that replaced it, None when the reply had no probabilities at its place (the parsed
+    score stands); `valid_mass` the probability that fell on valid scores there.
+    """
+
+    key: str
+    parsed: float | None
+    expected: float | None = None
+    valid_mass: float | None = None
+
+
 class Exchange(BaseModel):
     """One model call as recorded: who, what it said, and the follow-up if its first reply had no answer.
 
@@ -32,14 +46,23 @@ class Exchange(BaseModel):
     # (pacing, holds, the endpoint's ceiling). Left out of the JSON while zero: most calls meet no limit.
     rate_limited: int = 0
     rate_waited_s: float = 0.0
+    # With `--scoring expected`: each score as written and as weighted by its probabilities. Left out while empty.
+    score_readings: list[ScoreReading] = Field(default_factory=list)
 
     @model_serializer(mode="wrap")
-    def _without_zero_rate_fields(self, serialize: SerializerFunctionWrapHandler) -> dict[str, Any]:
+    def _without_empty_optional_fields(self, serialize: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = serialize(self)
-        for name in ("rate_limited", "rate_waited_s"):
+        for name in ("rate_limited", "rate_waited_s", "score_readings"):
             if not data.get(name):
                 data.pop(name, None)
         return data
+
+    def score(self, key: str, parsed: float | None) -> float | None:
+        """The score to use for `key`: its expected value when one was read, else the parsed one."""
+        for reading in self.score_readings:
+            if reading.key == key and reading.expected is not None and parsed is not None:
+                return reading.expected
+        return parsed
 
 
 class Turn(BaseModel):

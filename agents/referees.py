@@ -10,7 +10,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 
 import prompts
 from agents.calls import complete, complete_with_followup
-from agents.judge import combined_format_lines
+from agents.judge import combined_format_lines, labelled_scoring
 from agents.records import Exchange, Turn
 from agents.roles import RefereeRole
 from tools.rules.contracts import REASONING, combined_scores, followup_example, format_hint, json_schema
@@ -83,8 +83,9 @@ async def final_scores(
     discussion: Sequence[Turn],
     json_mode: bool,
     metadata: dict[str, Any] | None = None,
+    expected: bool = False,
 ) -> tuple[list[float | None], Exchange]:
-    """The referee's closing scores out of 10 for every answer."""
+    """The referee's closing scores out of 10 for every answer (probability-weighted with `expected`)."""
     labels = debate_labels(len(answers))
     contract = combined_scores(tuple(labels), 10, REASONING)
     user_text = prompts.render(
@@ -107,5 +108,6 @@ async def final_scores(
         run_name=f"debate/{role.key}/final",
         json_schema=("referee_scores", json_schema(contract)) if json_mode else None,
         metadata=metadata,
+        expected=labelled_scoring(labels, 10) if expected else None,
     )
-    return [score_map[label] for label in labels], exchange
+    return [exchange.score(label, score_map[label]) for label in labels], exchange

@@ -14,8 +14,10 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage, co
 
 import prompts
 from agents.calls import complete, complete_with_followup
+from agents.judge import overall_scoring
 from agents.records import Exchange
 from tools.rules.contracts import Review, followup_example, format_hint, json_schema
+from tools.rules.expected_scores import OVERALL
 from tools.rules.parsing import parse_feedback, parse_overall_score
 
 
@@ -62,8 +64,12 @@ async def review_answer(
     json_mode: bool,
     run_name: str,
     metadata: dict[str, Any] | None = None,
+    expected: bool = False,
 ) -> tuple[float | None, str, Exchange]:
-    """The reviewer's score out of 10 (None if unparsable after one follow-up) and its feedback text."""
+    """The reviewer's score out of 10 (None if unparsable after one follow-up) and its feedback text.
+
+    With `expected`, the score is the probability-weighted mean of the reviewer's score distribution.
+    """
     messages = [
         SystemMessage(content=prompts.render("reviewer_system")),
         HumanMessage(content=prompts.render("reviewer", question=question, answer=answer,
@@ -80,6 +86,7 @@ async def review_answer(
         run_name=run_name,
         json_schema=("review", json_schema(Review)) if json_mode else None,
         metadata=metadata,
+        expected=overall_scoring(10) if expected else None,
     )
     # The follow-up only asks for the score line, so the feedback comes from the first reply.
-    return score, parse_feedback(exchange.text), exchange
+    return exchange.score(OVERALL, score), parse_feedback(exchange.text), exchange

@@ -161,6 +161,7 @@ def make_final_score_node(
             answers=item["responses"],
             discussion=[Turn(**raw) for raw in task["transcript"]],
             json_mode=models.json_mode(spec),
+            expected=models.expected_scores(spec),
             metadata={"item_id": item["id"], "role": role.name, "round": "final"},
         )
         entry: RefereeScore = {"seat": task["seat"], "role": role.key, "model": spec, "scores": scores}

@@ -153,6 +153,7 @@ async def review(task: ReviewTask, runtime: Runtime[GenerationContext], models: 
         question=prompt_text(task["prompt"]),
         answer=task["answer"],
         json_mode=models.json_mode(spec),
+        expected=models.expected_scores(spec),
         run_name=f"reviewer-{task['seat'] + 1}/iteration-{task['iteration']}",
         metadata={"item_id": task["prompt_id"], "role": f"Reviewer {task['seat'] + 1}", "round": task["iteration"]},
     )

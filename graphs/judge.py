@@ -97,7 +97,8 @@ async def compare(task: CompareTask, runtime: Runtime[EvaluationContext], models
         judgement = await judge_direct(model, run_name=f"judge/direct/{order}", order=order, **common)
     else:
         judgement = await judge_combined(
-            model, scale=context.scale, run_name=f"judge/combined/{order}", order=order, **common
+            model, scale=context.scale, run_name=f"judge/combined/{order}", order=order,
+            expected=models.expected_scores(spec), **common
         )
     entry: JudgementEntry = {
         "reversed": task["reversed"],
@@ -122,6 +123,7 @@ async def score_alone_node(
         answer=item["responses"][task["index"]],
         scale=context.scale,
         json_mode=models.json_mode(spec),
+        expected=models.expected_scores(spec),
         run_name=f"judge/independent/candidate-{task['index'] + 1}",
         metadata=_trace_metadata(item, candidate=task["index"]),
     )

@@ -70,6 +70,7 @@ async def juror(task: JurorTask, runtime: Runtime[EvaluationContext], models: Mo
         answers=answers,
         scale=context.scale,
         json_mode=models.json_mode(task["model"]),
+        expected=models.expected_scores(task["model"]),
         role="juror",
         run_name=f"jury/seat-{task['seat'] + 1}/{order}",
         order=order,

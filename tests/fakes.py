@@ -79,6 +79,9 @@ class FakeModelSource:
     def json_mode(self, spec: str) -> bool:
         return self._json_mode
 
+    def expected_scores(self, spec: str) -> bool:
+        return False  # scripted replies carry no token probabilities
+
 
 def last_user_text(messages: list[BaseMessage]) -> str:
     return str(messages[-1].content)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 from typer.testing import CliRunner
@@ -14,7 +15,14 @@ from tools.dev.stub_server import StubServer, _score
 from tools.errors import ConfigError, InputError
 from tools.inputs.benchmarks import LabelledItem, load_benchmark
 from tools.inputs.verdict_files import ItemVerdict, VerdictFile, read_verdict_file
-from tools.meta_eval.scores import align, baseline_scores, bias_figures, jury_search, score_evaluator
+from tools.meta_eval.scores import (
+    align,
+    baseline_scores,
+    bias_figures,
+    differences_from_best,
+    jury_search,
+    score_evaluator,
+)
 
 runner = CliRunner()
 
@@ -225,6 +233,52 @@ def test_jury_search_finds_known_best_jury() -> None:
     assert pair.kappa == pytest.approx(cohen_kappa_score(labels, predicted, labels=["A", "B", "tie"]))
 
 
+def hand_paired_interval(predicted: list[str], other: list[str], labels: list[str], seed: int = 0) -> list[float]:
+    """The paired bootstrap of kappa(predicted) - kappa(other), one resample at a time with scikit-learn."""
+    picks = np.random.default_rng(seed).integers(0, len(labels), size=(1000, len(labels)))
+    differences = []
+    for pick in picks:
+        human = [labels[index] for index in pick]
+        scores = [cohen_kappa_score(human, [answers[index] for index in pick], labels=["A", "B", "tie"])
+                  for answers in (predicted, other)]
+        differences.append(np.nan_to_num(scores[0]) - np.nan_to_num(scores[1]))
+    return list(np.percentile(differences, [2.5, 97.5]))
+
+
+def test_each_jury_is_compared_with_its_best_member_by_a_paired_bootstrap() -> None:
+    labels = (["A", "B", "tie"] * 10)[:30]
+    items = [item(str(position), label) for position, label in enumerate(labels)]
+    files = synthetic_files(labels)
+    ranking, _ = jury_search(items, files, min_size=2)
+    best = ranking[0]
+    assert best.members == ("good0", "good1", "good2") and best.best_member == "good0"
+    member = [files[0].by_id[str(position)].winner or "tie" for position in range(30)]
+    low, high = hand_paired_interval(labels, member, labels)
+    assert best.vs_best_member == pytest.approx(1.0 - cohen_kappa_score(labels, member, labels=["A", "B", "tie"]))
+    assert (best.vs_best_member_low, best.vs_best_member_high) == (pytest.approx(low), pytest.approx(high))
+    assert best.beats_best_member is True and best.tied_with_first is True
+    # A jury of one good evaluator and two constant ones is its good member, outvoted: no better than it.
+    weak = next(jury for jury in ranking if jury.members == ("good0", "always-A", "always-B"))
+    assert weak.beats_best_member is False and weak.tied_with_first is False
+    assert sum(bool(jury.tied_with_first) for jury in ranking) >= 1
+
+
+def test_meta_eval_score_gives_each_evaluator_its_paired_difference_from_the_best() -> None:
+    labels = (["A", "B", "tie"] * 10)[:30]
+    items = [item(str(position), label) for position, label in enumerate(labels)]
+    files = synthetic_files(labels)
+    scored = [(score_evaluator(file.name, align(file, items)), align(file, items)) for file in files[:2] + files[3:4]]
+    rows = differences_from_best(scored)
+    assert rows[0].vs_best is None  # good0 is first among equals: the best
+    assert rows[1].vs_best == pytest.approx(0.0)
+    always_a = ["A"] * 30
+    good0 = [files[0].by_id[str(position)].winner or "tie" for position in range(30)]
+    low, high = hand_paired_interval(always_a, good0, labels)
+    assert rows[2].vs_best == pytest.approx(0.0 - rows[0].kappa)
+    assert (rows[2].vs_best_low, rows[2].vs_best_high) == (pytest.approx(low), pytest.approx(high))
+    assert rows[2].vs_best_high is not None and rows[2].vs_best_high < 0
+
+
 def test_jury_mean_rule_needs_scores() -> None:
     labels = ["A", "B", "A"]
     items = [item(str(position), label) for position, label in enumerate(labels)]
@@ -330,8 +384,9 @@ def test_winrate_compares_final_answers_on_shared_prompts(tmp_path: Path, stub: 
     baseline = write_lines(tmp_path / "single.jsonl", [{"instruction": p, "output": f"single answer to {p}"}
                                                        for p in prompts[:6]])
     output = tmp_path / "winrate"
+    # The scores as written, which `stub_winner` computes (with expected scores, no two answers tie).
     result = runner.invoke(app, ["winrate", "--a", str(a), "--b", str(baseline), "--judge",
-                                 f"compat:stub@{stub.base_url}", "--output", str(output)])
+                                 f"compat:stub@{stub.base_url}", "--output", str(output), "--scoring", "parsed"])
     assert result.exit_code == 0, result.output
     figures = json.loads((output / "winrate.json").read_text())
     expected = [stub_winner(f"final loop answer to {p}", f"single answer to {p}") for p in prompts[:6]]

@@ -181,7 +181,8 @@ def test_help_lists_the_main_job_first_in_the_order_a_user_meets_the_commands() 
     # A command's row starts with its name right after the box's edge; its help's next lines are indented.
     listed = [line.split()[1] for line in result.output.splitlines()
               if line.startswith("│ ") and not line.startswith("│  ") and not line.startswith("│ --")]
-    assert listed[:7] == ["generate", "demo", "report", "evaluate", "meta-eval", "winrate", "jury-search"], listed
+    assert listed[:8] == ["generate", "demo", "report", "evaluate", "meta-eval", "winrate", "rank", "jury-search"], \
+        listed
 
 
 @pytest.mark.parametrize(("hours", "text"), [(0.5, "30.0 min"), (1.5, "90.0 min"), (1.6, "1.6 hours"),

@@ -137,6 +137,14 @@ OutputFormatOption = Annotated[
         help="evaluator answer format: text lines, JSON schema, or auto (JSON for local models)",
     ),
 ]
+ScoringOption = Annotated[
+    Literal["auto", "expected", "parsed"],
+    typer.Option(
+        "--scoring",
+        help="scores as the probability-weighted mean over the score tokens' top_logprobs (expected) or as written "
+        "(parsed); auto: expected for openai, compat and local models, parsed for together",
+    ),
+]
 
 
 TraceOption = Annotated[
@@ -249,7 +257,7 @@ def run_evaluation(
     from graphs.evaluation import evaluate_into_file, reusable_verdicts
 
     model_settings = ModelSettings(max_tokens=options.max_tokens, output_format=options.output_format,
-                                   adaptive=options.adaptive, calls_cap=options.concurrency)
+                                   scoring=options.scoring, adaptive=options.adaptive, calls_cap=options.concurrency)
     workers = options.ray_workers(model_settings)  # a cluster that cannot be reached stops the command here
     registry = ModelRegistry(model_settings)
     context, roles, method = options.context(), options.panel(), options.method

@@ -30,6 +30,7 @@ from tools.cli.common import (
     RayAddressOption,
     RayStartOption,
     RoundsOption,
+    ScoringOption,
     SwapOption,
     TimeoutOption,
     TraceOption,
@@ -55,14 +56,17 @@ from tools.cli.options import (
     GenerateOptions,
     GraphOptions,
     resolve_options,
+    scoring_setting,
 )
+from tools.cli.rank import rank_command
 from tools.errors import EXIT_BUDGET, ConfigError
 
 if TYPE_CHECKING:
     from agents.roles import RefereeRole
 
 # `fellowship --help` lists the commands in the order a user meets them: the main job first.
-COMMAND_ORDER = ("generate", "demo", "report", "evaluate", "meta-eval", "winrate", "jury-search", "graph", "trace")
+COMMAND_ORDER = ("generate", "demo", "report", "evaluate", "meta-eval", "winrate", "rank", "jury-search", "graph",
+                 "trace")
 
 
 class CommandsInUseOrder(typer.core.TyperGroup):
@@ -88,6 +92,7 @@ app.add_typer(trace_app, name="trace")
 app.add_typer(meta_app, name="meta-eval")
 app.command("jury-search")(user_errors(jury_search_command))
 app.command("winrate")(user_errors(winrate_command))
+app.command("rank")(user_errors(rank_command))
 
 GraphName = Literal["judge", "jury", "debate", "feedback_loop", "pipeline"]
 
@@ -118,6 +123,7 @@ def evaluate(
     adaptive: AdaptiveOption = EVALUATE_DEFAULTS["adaptive"],
     max_tokens: MaxTokensOption = EVALUATE_DEFAULTS["max_tokens"],
     output_format: OutputFormatOption = EVALUATE_DEFAULTS["output_format"],
+    scoring: ScoringOption = EVALUATE_DEFAULTS["scoring"],
     trace: TraceOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -265,6 +271,7 @@ def run_generate(
     retry_failed: bool,
     max_tokens: int,
     output_format: str,
+    scoring: str = "auto",
     max_retries: int = 6,
     timeout_s: float = 120.0,
     extend: bool = False,
@@ -282,7 +289,7 @@ def run_generate(
         evaluator=evaluator, strategy=strategy, scale=scale, swap=swap, iterations=iterations,  # type: ignore[arg-type]
         stop_score=stop_score, rounds=rounds, concurrency=concurrency, limit=limit, prompt_field=prompt_field,
         retry_failed=retry_failed, extend=extend, max_tokens=max_tokens, output_format=output_format,  # type: ignore[arg-type]
-        max_retries=max_retries, timeout=timeout_s, trace=trace_dir,
+        scoring=scoring, max_retries=max_retries, timeout=timeout_s, trace=trace_dir,  # type: ignore[arg-type]
     )
     return run_generate_with(options, given_flags=given_flags, chosen_by=chosen_by)
 
@@ -364,6 +371,7 @@ def run_generate_with(
         "generator": generator, "reviewers": reviewers, "evaluator": evaluator, "judges": judges,
         "strategy": strategy, "scale": options.scale, "swap": swap, "iterations": iterations,
         "stop_score": options.stop_score, "max_tokens": options.max_tokens, "output_format": options.output_format,
+        **scoring_setting(options.scoring),
     }
     if evaluator == "debate":
         settings |= {"rounds": options.rounds,
@@ -395,7 +403,7 @@ def run_generate_with(
                      for flag, spec in roles])
     cache = options.cache or (Path(os.environ["FELLOWSHIP_CACHE"]) if os.environ.get("FELLOWSHIP_CACHE") else None)
     model_settings = ModelSettings(max_tokens=options.max_tokens, output_format=options.output_format,
-                                   max_retries=options.max_retries, timeout_s=options.timeout,
+                                   scoring=options.scoring, max_retries=options.max_retries, timeout_s=options.timeout,
                                    cache_path=cache.resolve() if cache is not None else None,
                                    adaptive=options.adaptive, calls_cap=options.concurrency)
     workers = options.ray_workers(model_settings)
@@ -569,6 +577,7 @@ def generate(
     ] = GENERATE_DEFAULTS["extend"],
     max_tokens: MaxTokensOption = GENERATE_DEFAULTS["max_tokens"],
     output_format: OutputFormatOption = GENERATE_DEFAULTS["output_format"],
+    scoring: ScoringOption = GENERATE_DEFAULTS["scoring"],
     max_retries: MaxRetriesOption = GENERATE_DEFAULTS["max_retries"],
     timeout: TimeoutOption = GENERATE_DEFAULTS["timeout"],
     trace: TraceOption = None,

@@ -29,6 +29,7 @@ from tools.cli.common import (
     RayAddressOption,
     RayStartOption,
     RoundsOption,
+    ScoringOption,
     SwapOption,
     TraceOption,
     WorkersOption,
@@ -40,7 +41,13 @@ from tools.cli.common import (
     run_evaluation,
     user_errors,
 )
-from tools.cli.options import META_EVAL_DEFAULTS, EvaluationOptions, MetaEvalOptions, resolve_options
+from tools.cli.options import (
+    META_EVAL_DEFAULTS,
+    EvaluationOptions,
+    MetaEvalOptions,
+    resolve_options,
+    scoring_setting,
+)
 from tools.errors import ConfigError
 from tools.inputs.answer_sets import load_side, side_coverage
 from tools.outputs.jsonl import write_jsonl_atomic
@@ -152,8 +159,10 @@ READING_NOTES = (
     "could not be parsed counts as a tie. The interval is a percentile bootstrap (1000 resamples of items). "
     "Position consistency: share of items judged in both orders whose two verdicts agree. P(first): share of "
     "decisive verdicts that picked the answer shown first. P(longer): share of decisive verdicts, on items "
-    "whose answers differ in length, that picked the longer one. An evaluator is worth using only where it "
-    "beats the baselines."
+    "whose answers differ in length, that picked the longer one. With several evaluators, 'vs best' is each one's "
+    "kappa minus the best one's on the items both have, with a paired bootstrap interval (the same resamples for "
+    "both): an interval that includes 0 means the data cannot tell the two apart. An evaluator is worth using only "
+    "where it beats the baselines."
 )
 
 
@@ -204,6 +213,7 @@ def meta_eval(
     adaptive: AdaptiveOption = META_EVAL_DEFAULTS["adaptive"],
     max_tokens: MaxTokensOption = META_EVAL_DEFAULTS["max_tokens"],
     output_format: OutputFormatOption = META_EVAL_DEFAULTS["output_format"],
+    scoring: ScoringOption = META_EVAL_DEFAULTS["scoring"],
     trace: TraceOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -212,7 +222,7 @@ def meta_eval(
         return
     from tools.inputs.benchmarks import load_benchmark
     from tools.inputs.verdict_files import ItemVerdict, verdict_from_record
-    from tools.meta_eval.scores import baseline_scores, score_evaluator
+    from tools.meta_eval.scores import baseline_scores, differences_from_best, score_evaluator
 
     options: MetaEvalOptions = resolve_options(context, MetaEvalOptions)
     models, method = options.models(), options.method
@@ -227,6 +237,7 @@ def meta_eval(
         "method": method, "strategy": options.strategy, "scale": options.scale, "models": models,
         "swap": options.swap, "rounds": options.rounds, "jury_rule": options.jury_rule,
         "max_tokens": options.max_tokens, "output_format": options.output_format,
+        **scoring_setting(options.scoring),
     }
     if options.debate_roles is not None:
         settings["debate_roles"] = [[role.key, role.name, role.description, role.model] for role in roles]
@@ -234,12 +245,15 @@ def meta_eval(
     records = run_evaluation(items=items, output_path=cache, options=options, reuse_output=True)
     name = evaluator_name(options, roles)
     verdicts = [verdict_from_record(record, paper_compat=False, path=cache, line=None) for record in records]
-    rows = [score_evaluator(name, list(zip(labelled, verdicts, strict=True)))]
+    evaluated = [list(zip(labelled, verdicts, strict=True))]
+    names = [name]
     if method == "jury":
         for seat, spec in enumerate(models):
             votes = [(record.get("juror_votes") or [None] * len(models))[seat] for record in records]
-            juror = [ItemVerdict(winner=vote) for vote in votes]
-            rows.append(score_evaluator(f"juror {seat + 1}: {spec}", list(zip(labelled, juror, strict=True))))
+            evaluated.append(list(zip(labelled, [ItemVerdict(winner=vote) for vote in votes], strict=True)))
+            names.append(f"juror {seat + 1}: {spec}")
+    rows = differences_from_best([(score_evaluator(one, pairs), pairs) for one, pairs in zip(names, evaluated,
+                                                                                             strict=True)])
     rows += baseline_scores(labelled)
     title = f"{name} on {benchmark_label(options.benchmark)} ({len(labelled)} items)"
     write_kappa_outputs(output, rows, title=title, notes=READING_NOTES + f"\n\nVerdicts (reused by reruns): `{cache}`.",
@@ -260,17 +274,18 @@ def meta_eval_score(
                                                 "runs/meta-eval-score/BENCHMARK)")] = None,
 ) -> None:
     """Score recorded verdicts against the human labels, without any model call."""
-    from tools.meta_eval.scores import align, baseline_scores, score_evaluator
+    from tools.meta_eval.scores import align, baseline_scores, differences_from_best, score_evaluator
 
     benchmark = _require(benchmark, "--benchmark")
     paths = _require(verdicts, "--verdicts")
     items, files = read_benchmark_and_verdicts(benchmark, paths, paper_compat, strategy, scale)
-    rows = []
+    scored = []
     covered: set[str] = set()
     for verdict_file in files:
         pairs = align(verdict_file, items)
         covered |= {item.id for item, _ in pairs}
-        rows.append(score_evaluator(verdict_file.name, pairs))
+        scored.append((score_evaluator(verdict_file.name, pairs), pairs))
+    rows = differences_from_best(scored)
     rows += baseline_scores([item for item in items if item.id in covered])
     output = output or Path("runs/meta-eval-score") / benchmark_label(benchmark)
     rules = "paper-compatible rules" if paper_compat else "default rules"
@@ -293,7 +308,14 @@ def jury_search_command(
                                                 "runs/jury-search/BENCHMARK)")] = None,
 ) -> None:
     """Rank every subset of single-model verdict files as a jury, without any model call."""
-    from tools.meta_eval.reports import JURY_COLUMNS, jury_chart, jury_table_rows, markdown_table, write_report
+    from tools.meta_eval.reports import (
+        JURY_COLUMNS,
+        indistinguishable_line,
+        jury_chart,
+        jury_table_rows,
+        markdown_table,
+        write_report,
+    )
     from tools.meta_eval.scores import jury_search
 
     benchmark = _require(benchmark, "--benchmark")
@@ -301,29 +323,34 @@ def jury_search_command(
     items, files = read_benchmark_and_verdicts(benchmark, paths, paper_compat, strategy, scale)
     if len(files) < min_size:
         raise ConfigError(f"--verdicts: {len(files)} files cannot form a jury of --min-size {min_size}")
-    # One pass over every subset, singles included: each evaluator alone is the yardstick for its juries.
-    everything, n = jury_search(items, files, min_size=1, rule=rule)
-    ranking = [jury for jury in everything if len(jury.members) >= min_size]
-    singles = [jury for jury in everything if len(jury.members) == 1]
+    ranking, n = jury_search(items, files, min_size=min_size, rule=rule)
+    # Each evaluator alone: the yardstick for its juries (the same resamples: the same seed, the same items).
+    singles = [jury for jury in jury_search(items, files, min_size=1, rule=rule)[0] if len(jury.members) == 1]
     output = output or Path("runs/jury-search") / benchmark_label(benchmark)
     output.mkdir(parents=True, exist_ok=True)
     title = f"{len(ranking)} juries on {benchmark_label(benchmark)} ({n} items, {rule} rule)"
+    tied = indistinguishable_line(ranking)
+    console.print(tied, markup=False, highlight=False)
     console.print(_table(title, JURY_COLUMNS, jury_table_rows(ranking[:top])))
     console.print(_table("each evaluator alone", JURY_COLUMNS, jury_table_rows(singles)))
     chart = jury_chart(ranking, output / "juries.png", title)
     rules = "paper-compatible rules" if paper_compat else "default rules"
     report = write_report(output / "report.md", title, [
         ("Every jury, best first",
-         markdown_table(JURY_COLUMNS, jury_table_rows(ranking)) + "\n\n![juries](juries.png)"),
+         tied + ".\n\n" + markdown_table(JURY_COLUMNS, jury_table_rows(ranking)) + "\n\n![juries](juries.png)"),
         ("Each evaluator alone", markdown_table(JURY_COLUMNS, jury_table_rows(singles))),
         ("How to read this", f"Verdicts read with the {rules}. Plurality: each juror votes A, B or tie from its "
          "own verdict; the unique most frequent vote wins, a shared top count is a tie; unparsed jurors abstain. "
          "Mean: the winner of the jurors' mean scores. Juries are compared on the items every file covers. "
+         "'vs best member' is the jury's kappa minus that of its member with the highest kappa alone, with a paired "
+         "bootstrap interval (the same 1000 resamples of items for both); the jury beats its best member when the "
+         "interval lies above 0. "
          + READING_NOTES.split(". ", 2)[0] + "."),
     ])
     (output / "juries.json").write_text(json.dumps(
         {"benchmark": benchmark, "rule": rule, "paper_compat": paper_compat, "n": n,
-         "juries": [asdict(jury) for jury in ranking], "singles": [asdict(jury) for jury in singles]}, indent=2,
+         "juries": [{**asdict(jury), "beats_best_member": jury.beats_best_member} for jury in ranking],
+         "singles": [asdict(jury) for jury in singles]}, indent=2,
     ), encoding="utf-8")
     console.print(f"wrote {report}, {chart} and {output / 'juries.json'}")
 
@@ -349,6 +376,7 @@ def winrate_command(
     adaptive: AdaptiveOption = META_EVAL_DEFAULTS["adaptive"],
     max_tokens: MaxTokensOption = 512,
     output_format: OutputFormatOption = "auto",
+    scoring: ScoringOption = "auto",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="report folder (default "
                                                 "runs/winrate/A-vs-B)")] = None,
     trace: TraceOption = None,
@@ -375,10 +403,10 @@ def winrate_command(
     name_a, name_b = _slug(a.name) or "a", _slug(b.name) or "b"
     output = output or Path("runs/winrate") / f"{name_a}-vs-{name_b}"
     settings = {"judge": judge, "strategy": strategy, "scale": int(scale), "swap": swap, "max_tokens": max_tokens,
-                "output_format": output_format, "answer": answer}
+                "output_format": output_format, "answer": answer, **scoring_setting(scoring)}
     options = EvaluationOptions(method="judge", strategy=strategy, scale=int(scale), model=[judge],  # type: ignore[arg-type]
                                 swap=swap, concurrency=concurrency, max_tokens=max_tokens, output_format=output_format,
-                                trace=trace, workers=workers, ray_address=ray_address,
+                                scoring=scoring, trace=trace, workers=workers, ray_address=ray_address,
                                 ray_start=ray_start, worker_timeout=worker_timeout,
                                 adaptive=adaptive)
     records = run_evaluation(items=items, output_path=output / f"verdicts-{settings_digest(settings)}.jsonl",

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agents.models import DEFAULT_MODEL, ModelSettings
+from agents.models import DEFAULT_MODEL, ModelSettings, Scoring
 from agents.roles import DEFAULT_ROLES, RefereeRole
 from graphs.context import EvaluationContext, GenerationContext
 from graphs.ray_pool import RayStart, RayWorkers, preflight_ray_address
@@ -97,6 +97,7 @@ class EvaluationOptions(RunOptions):
     concurrency: int = Field(default=4, ge=1, description="model calls in flight at once")
     max_tokens: int = Field(default=512, ge=16, description="cap on tokens generated per call")
     output_format: OutputFormat = Field(default="auto", description="evaluator answer format")
+    scoring: Scoring = Field(default="auto", description="scores as probability-weighted means or as written")
     trace: Path | None = Field(default=None, description="folder for each item's run tree as JSON")
 
     def models(self) -> list[str]:
@@ -146,6 +147,7 @@ class GenerateOptions(RunOptions):
     extend: bool = Field(default=False, description="add prompts from another source to the run in --output")
     max_tokens: int = Field(default=512, ge=16, description="cap on tokens generated per call")
     output_format: OutputFormat = Field(default="auto", description="evaluator answer format")
+    scoring: Scoring = Field(default="auto", description="scores as probability-weighted means or as written")
     max_retries: int = Field(default=6, ge=0, le=20, description="retries of timeouts, 5xx and 429 per call")
     timeout: float = Field(default=120.0, ge=1, description="seconds before a call times out")
     trace: Path | None = Field(default=None, description="folder for each prompt's run tree as JSON")
@@ -202,6 +204,15 @@ class GraphOptions(CommandOptions):
         for key in (self.model_extra or {}):
             if key not in known:
                 raise ConfigError(f"{self.config}: unknown key '{key}'")
+
+
+def scoring_setting(scoring: Scoring) -> dict[str, Scoring]:
+    """The `scoring` entry of the settings a run directory or verdict cache is bound to.
+
+    Left out for `parsed`, the scores of every run made before `--scoring` existed, so those runs resume with
+    `--scoring parsed`, and refuse the new default rather than mix two kinds of score.
+    """
+    return {} if scoring == "parsed" else {"scoring": scoring}
 
 
 def option_defaults(options: type[BaseModel]) -> dict[str, Any]:

@@ -61,6 +61,11 @@ class StubSettings:
     # with `limit_headers`, every answer carries the x-ratelimit-* headers, as OpenAI's do.
     requests_per_s: float | None = None
     limit_headers: bool = True
+    # Whether a request with `"logprobs": true` gets token probabilities back (OpenAI's shape; see
+    # `token_logprobs`). False: it is answered without them, as by a provider that does not return them.
+    logprobs: bool = True
+    # Answer a request for logprobs with HTTP 400, as OpenAI's reasoning models do.
+    refuse_logprobs: bool = False
 
 
 @dataclass
@@ -182,6 +187,47 @@ def reply_for(messages: list[dict[str, Any]], response_format: dict[str, Any] | 
         return "I find the first answer more helpful."
     iteration = sum(1 for m in messages if m.get("role") == "assistant") + 1
     return f"Answer draft {iteration} to: {first_user[:60]}"
+
+
+_STUB_TOKENS = re.compile(r"\d|[A-Za-z]+|\s+|.", re.S)
+
+
+def token_logprobs(text: str, top_logprobs: int) -> dict[str, Any]:
+    """The `logprobs` of a reply in OpenAI's shape, with one token per digit as Llama-family tokenizers write.
+
+    A number's first digit is written with probability 0.55 to 0.85 (from a hash of the text and its place); the
+    rest goes to the digits one below and one above (9 alone for a 10) and a little to a space, so a score's
+    expected value is near the number written but not on it. Every other token is certain.
+    """
+    content = []
+    offset = 0
+    tokens = _STUB_TOKENS.findall(text)
+    for index, token in enumerate(tokens):
+        choices: list[tuple[str, float]] = [(token, 1.0)]
+        starts_number = token.isdigit() and (index == 0 or not tokens[index - 1].isdigit())
+        if starts_number:
+            written = 0.55 + 0.3 * _fraction("written", text, str(offset))
+            up_share = _fraction("up", text, str(offset))
+            spread = 1.0 - written - 0.02
+            digit = int(token)
+            is_ten = token == "1" and tokens[index + 1:index + 3] in (["0"], ["0", "/"], ["0", ","], ["0", "}"])
+            if is_ten:
+                nearby = [("9", spread)]
+            elif digit == 0:
+                nearby = [("1", spread)]
+            elif digit == 9:
+                nearby = [("8", spread)]
+            else:
+                nearby = [(str(digit - 1), spread * (1 - up_share)), (str(digit + 1), spread * up_share)]
+            choices = sorted([(token, written), (" ", 0.02), *nearby], key=lambda choice: -choice[1])
+        content.append({
+            "token": token, "logprob": math.log(dict(choices)[token]), "bytes": list(token.encode("utf-8")),
+            "top_logprobs": [{"token": alternative, "logprob": math.log(probability),
+                              "bytes": list(alternative.encode("utf-8"))}
+                             for alternative, probability in choices[:top_logprobs]],
+        })
+        offset += len(token)
+    return {"content": content, "refusal": None}
 
 
 def _status_error(status: int, headers: dict[str, str]) -> dict[str, Any]:
@@ -411,6 +457,9 @@ class StubServer(ThreadedJsonServer):
         if fault == "error":
             self.stats.faults[fault] += 1
             return 500, {"error": {"message": "injected server error", "type": "server_error"}}, []
+        if request.get("logprobs") and settings.refuse_logprobs:
+            return 400, {"error": {"message": "logprobs is not supported with this model.", "param": "logprobs",
+                                   "type": "invalid_request_error", "code": "unsupported_parameter"}}, []
         messages = request.get("messages", [])
         text = reply_for(messages, request.get("response_format"), first_answer_bonus=settings.first_answer_bonus)
         if fault == "garbage":
@@ -432,14 +481,11 @@ class StubServer(ThreadedJsonServer):
                  "total_tokens": prompt_tokens + completion_tokens}
         if request.get("stream"):
             return 200, EventStream(_stream_events(text, finish_reason, common, usage, request)), []
-        return 200, {
-            **common,
-            "object": "chat.completion",
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
-            ],
-            "usage": usage,
-        }, []
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
+                                  "finish_reason": finish_reason}
+        if request.get("logprobs") and settings.logprobs:
+            choice["logprobs"] = token_logprobs(text, int(request.get("top_logprobs") or 0))
+        return 200, {**common, "object": "chat.completion", "choices": [choice], "usage": usage}, []
 
 
 def _stream_events(
@@ -476,12 +522,13 @@ def main() -> None:
     parser.add_argument("--garbage-rate", type=float, default=0.0)
     parser.add_argument("--status", type=int, default=None, help="answer every chat request with this HTTP status")
     parser.add_argument("--requests-per-s", type=float, default=None, help="a rate limit answered with 429s")
+    parser.add_argument("--no-logprobs", action="store_true", help="never return token probabilities")
     parser.add_argument("--lifetime", type=float, default=900.0, help="stop by itself after this many seconds")
     args = parser.parse_args()
     settings = StubSettings(
         latency_s=args.latency, max_concurrent=args.max_concurrent, error_rate=args.error_rate,
         rate_limit_rate=args.rate_limit_rate, hang_rate=args.hang_rate, garbage_rate=args.garbage_rate,
-        fixed_status=args.status, requests_per_s=args.requests_per_s,
+        fixed_status=args.status, requests_per_s=args.requests_per_s, logprobs=not args.no_logprobs,
     )
     asyncio.run(_serve_for(StubServer(settings, port=args.port), args.lifetime))
 

@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from tools.meta_eval.ratings import Ratings
 from tools.meta_eval.scores import EvaluatorScore, JuryScore
 
 JURY_CHART_LIMIT = 20
@@ -73,24 +74,39 @@ def kappa_table_rows(rows: Sequence[EvaluatorScore]) -> list[list[str]]:
             row.name, str(row.n), fixed(row.kappa), f"[{fixed(row.kappa_low)}, {fixed(row.kappa_high)}]",
             fixed(row.agreement), fixed(row.unparsed_rate), _figure_or_blank(row.position_consistency),
             _figure_or_blank(row.p_longer), _figure_or_blank(row.p_first),
+            "-" if row.vs_best is None else f"{row.vs_best:+.3f}",
+            "-" if row.vs_best_low is None else f"[{row.vs_best_low:+.3f}, {row.vs_best_high:+.3f}]",
         ]
         for row in rows
     ]
 
 
 KAPPA_COLUMNS = ["evaluator", "n", "kappa", "95% CI", "agreement", "unparsed", "position consistency",
-                 "P(longer)", "P(first)"]
-JURY_COLUMNS = ["rank", "jury", "size", "n", "kappa", "95% CI", "agreement"]
+                 "P(longer)", "P(first)", "vs best", "paired 95% CI"]
+JURY_COLUMNS = ["rank", "jury", "size", "n", "kappa", "95% CI", "agreement", "vs best member", "paired 95% CI",
+                "beats best member"]
 WINRATE_COLUMNS = ["A", "B", "n", "wins", "ties", "losses", "unparsed", "win rate", "(wins + ties/2) / n"]
 
 
 def jury_table_rows(juries: Sequence[JuryScore]) -> list[list[str]]:
-    """The jury table's rows as text."""
-    return [
-        [str(rank), " + ".join(jury.members), str(len(jury.members)), str(jury.n), fixed(jury.kappa),
-         f"[{fixed(jury.kappa_low)}, {fixed(jury.kappa_high)}]", fixed(jury.agreement)]
-        for rank, jury in enumerate(juries, start=1)
-    ]
+    """The jury table's rows as text; an evaluator alone has no member to be compared with ("-")."""
+    rows = []
+    for rank, jury in enumerate(juries, start=1):
+        versus = ["-", "-", "-"]
+        if jury.vs_best_member is not None and jury.vs_best_member_low is not None:
+            versus = [f"{jury.vs_best_member:+.3f} ({jury.best_member})",
+                      f"[{jury.vs_best_member_low:+.3f}, {jury.vs_best_member_high:+.3f}]",
+                      "yes" if jury.beats_best_member else "no"]
+        rows.append([str(rank), " + ".join(jury.members), str(len(jury.members)), str(jury.n), fixed(jury.kappa),
+                     f"[{fixed(jury.kappa_low)}, {fixed(jury.kappa_high)}]", fixed(jury.agreement), *versus])
+    return rows
+
+
+def indistinguishable_line(juries: Sequence[JuryScore]) -> str:
+    """How many juries the data cannot tell from the first (the paired interval of the difference includes 0)."""
+    tied = sum(bool(jury.tied_with_first) for jury in juries)
+    return (f"{tied} of {len(juries)} juries are indistinguishable from the first (the paired bootstrap 95% interval "
+            "of the difference in kappa includes 0)")
 
 
 def winrate_table_rows(results: Sequence[WinRate]) -> list[list[str]]:
@@ -100,6 +116,36 @@ def winrate_table_rows(results: Sequence[WinRate]) -> list[list[str]]:
          str(result.unparsed), fixed(result.win_rate), fixed(result.win_rate_half_ties)]
         for result in results
     ]
+
+
+RANK_COLUMNS = ["rank", "side", "rating", "95% CI", "wins", "ties", "losses", "battles"]
+
+
+def rank_table_rows(ratings: Ratings) -> list[list[str]]:
+    """The `rank` table's rows as text: Elo-scale ratings, best first."""
+    return [
+        [str(place), row.side, f"{row.rating:.0f}", f"[{row.low:.0f}, {row.high:.0f}]", str(row.wins), str(row.ties),
+         str(row.losses), str(row.battles)]
+        for place, row in enumerate(ratings.sides, start=1)
+    ]
+
+
+def rating_chart(ratings: Ratings, path: Path, title: str) -> Path:
+    """Each side's rating as a point with its bootstrap interval, best on top."""
+    rows = ratings.sides
+    figure, axes = plt.subplots(figsize=(8, 1.4 + 0.5 * len(rows)))
+    positions = list(range(len(rows)))[::-1]
+    axes.errorbar([row.rating for row in rows], positions,
+                  xerr=interval_bars([(row.rating, row.low, row.high) for row in rows]), fmt="o", color="#3f6fb5",
+                  capsize=4)
+    axes.set_yticks(positions, [_wrapped(row.side) for row in rows], fontsize=8)
+    axes.set_xlabel(f"Bradley-Terry rating, Elo scale (95% bootstrap interval, {ratings.rounds} rounds)")
+    axes.set_title(textwrap.fill(title, 80), fontsize=10)
+    axes.margins(y=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

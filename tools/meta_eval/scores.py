@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -46,17 +47,43 @@ class EvaluatorScore:
     p_first: float | None
     p_longer: float | None
     baseline: bool = False
+    # With several evaluators on one benchmark: this one's kappa minus the best evaluator's, on the items both
+    # have, with a paired bootstrap interval (`differences_from_best`); None for the best itself.
+    vs_best: float | None = None
+    vs_best_low: float | None = None
+    vs_best_high: float | None = None
 
 
 @dataclass(frozen=True)
 class JuryScore:
-    """One row of the jury ranking."""
+    """One row of the jury ranking.
+
+    For a jury of two or more: its kappa minus its best member's (the member with the highest kappa alone), with a
+    paired bootstrap interval, and whether that interval lies above 0. `tied_with_first`: whether the paired
+    interval of the first jury's kappa minus this one's includes 0 (the first itself included).
+    """
     members: tuple[str, ...]
     n: int
     kappa: float
     kappa_low: float
     kappa_high: float
     agreement: float
+    best_member: str | None = None
+    vs_best_member: float | None = None
+    vs_best_member_low: float | None = None
+    vs_best_member_high: float | None = None
+    tied_with_first: bool | None = None
+
+    @property
+    def beats_best_member(self) -> bool | None:
+        """Whether the jury agrees with people better than its best member: the paired interval is above 0."""
+        return None if self.vs_best_member_low is None else self.vs_best_member_low > 0
+
+
+def paired_interval(first: np.ndarray, second: np.ndarray) -> tuple[float, float]:
+    """The 95% percentile interval of `first - second`, two sets of kappas over the same bootstrap resamples."""
+    low, high = np.percentile(first - second, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def align(verdicts: VerdictFile, items: Sequence[LabelledItem]) -> list[tuple[LabelledItem, ItemVerdict]]:
@@ -119,6 +146,43 @@ def score_evaluator(name: str, pairs: Sequence[tuple[LabelledItem, ItemVerdict]]
     )
 
 
+def differences_from_best(
+    scored: Sequence[tuple[EvaluatorScore, Sequence[tuple[LabelledItem, ItemVerdict]]]], *, seed: int = 0,
+) -> list[EvaluatorScore]:
+    """Each row with its kappa difference from the best evaluator's (baselines are never the best).
+
+    The difference is taken on the items both evaluators have, and its 95% interval is a paired bootstrap: the
+    same resamples of those items for both, so what the two share (the items' difficulty) cancels out.
+    """
+    candidates = [row for row, _ in scored if not row.baseline]
+    if len(scored) < 2 or not candidates:
+        return [row for row, _ in scored]
+    best = max(candidates, key=lambda row: row.kappa)
+    best_pairs = next(pairs for row, pairs in scored if row is best)
+    best_by_id = {item.id: verdict for item, verdict in best_pairs}
+    index = {label: position for position, label in enumerate(CLASSES)}
+    rows = []
+    for row, pairs in scored:
+        if row is best:
+            rows.append(row)
+            continue
+        common = [(item, verdict) for item, verdict in pairs if item.id in best_by_id]
+        if not common:
+            rows.append(row)
+            continue
+        human = [item.label for item, _ in common]
+        mine = filled_predictions([verdict.winner for _, verdict in common])
+        theirs = filled_predictions([best_by_id[item.id].winner for item, _ in common])
+        picks = np.random.default_rng(seed).integers(0, len(common), size=(BOOTSTRAP_RESAMPLES, len(common)))
+        human_codes = np.array([index[label] for label in human])
+        difference = (kappas_of_resamples(np.array([index[label] for label in mine]), human_codes, picks)
+                      - kappas_of_resamples(np.array([index[label] for label in theirs]), human_codes, picks))
+        low, high = np.percentile(difference, [2.5, 97.5])
+        rows.append(EvaluatorScore(**{**row.__dict__, "vs_best": kappa(mine, human) - kappa(theirs, human),
+                                      "vs_best_low": float(low), "vs_best_high": float(high)}))
+    return rows
+
+
 def longer_answer_label(item: LabelledItem) -> str:
     """The label of the longer answer (tie when both are as long)."""
     lengths = [len(response) for response in item.responses[:2]]
@@ -173,19 +237,36 @@ def jury_search(
     index = {label: position for position, label in enumerate(CLASSES)}
     human = [item.label for item in common]
     human_codes = np.array([index[label] for label in human])
+    # One set of resamples for every jury: differences between two juries are then paired (the same items).
     picks = np.random.default_rng(seed).integers(0, len(common), size=(BOOTSTRAP_RESAMPLES, len(common)))
-    ranking = []
-    for size in range(min_size, len(files) + 1):
+    point: dict[tuple[int, ...], float] = {}
+    samples: dict[tuple[int, ...], np.ndarray] = {}
+    agreement: dict[tuple[int, ...], float] = {}
+    # Every evaluator alone is scored too: each jury is compared with its best member.
+    for size in sorted({1, *range(min_size, len(files) + 1)}):
         for members in itertools.combinations(range(len(files)), size):
             predicted = filled_predictions(
                 [jury_verdict([aligned[member][item.id] for member in members], rule) for item in common]
             )
-            samples = kappas_of_resamples(np.array([index[label] for label in predicted]), human_codes, picks)
-            low, high = np.percentile(samples, [2.5, 97.5])
-            ranking.append(JuryScore(
-                members=tuple(names[member] for member in members), n=len(common), kappa=kappa(predicted, human),
-                kappa_low=float(low), kappa_high=float(high),
-                agreement=sum(p == h for p, h in zip(predicted, human, strict=True)) / len(common),
-            ))
-    ranking.sort(key=lambda jury: (-jury.kappa, len(jury.members), jury.members))
+            point[members] = kappa(predicted, human)
+            samples[members] = kappas_of_resamples(np.array([index[label] for label in predicted]), human_codes, picks)
+            agreement[members] = sum(p == h for p, h in zip(predicted, human, strict=True)) / len(common)
+    ranked = sorted((members for members in point if len(members) >= min_size),
+                    key=lambda members: (-point[members], len(members), tuple(names[m] for m in members)))
+    first = ranked[0]
+    ranking = []
+    for members in ranked:
+        low, high = np.percentile(samples[members], [2.5, 97.5])
+        versus: dict[str, Any] = {}
+        if len(members) > 1:
+            best = max(members, key=lambda member: (point[(member,)], -member))
+            versus_low, versus_high = paired_interval(samples[members], samples[(best,)])
+            versus = {"best_member": names[best], "vs_best_member": point[members] - point[(best,)],
+                      "vs_best_member_low": versus_low, "vs_best_member_high": versus_high}
+        behind_low, _ = paired_interval(samples[first], samples[members])
+        ranking.append(JuryScore(
+            members=tuple(names[member] for member in members), n=len(common), kappa=point[members],
+            kappa_low=float(low), kappa_high=float(high), agreement=agreement[members],
+            tied_with_first=members == first or behind_low <= 0, **versus,
+        ))
     return ranking, len(common)
