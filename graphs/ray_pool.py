@@ -81,6 +81,10 @@ CLUSTER_LOST_S = 30.0
 # left of a local instance itself (a half-dead instance can hold `ray.shutdown()` for many seconds).
 CLOSE_TIMEOUT_S = 10.0
 LEAVE_TIMEOUT_S = 5.0
+# Ray's core worker ends its process with status 1 ("Failed to connect to GCS within 60 seconds") when the GCS
+# stays out of reach that long: a driver that lost its cluster would die before its own watch (CLUSTER_LOST_S,
+# then leaving, then the export) stopped the run with its one line. The driver gives Ray longer than all of that.
+GCS_RECONNECT_TIMEOUT_S = 600
 RayStart = Literal["when-busy", "at-once"]
 _INIT_OPTIONS: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR,
                                  "ignore_reinit_error": True}
@@ -220,7 +224,11 @@ class PoolLost(RunStopped):
 
 
 def _ray() -> Any:
-    """The ray module, imported on first use: a local instance must set its loopback variable before the import."""
+    """The ray module, imported on first use: a local instance must set its loopback variable before the import.
+
+    The driver's own Ray settings go into its environment first (Ray reads `RAY_*` variables when it starts).
+    """
+    os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(GCS_RECONNECT_TIMEOUT_S))
     try:
         import ray
     except ImportError as missing:  # the extra is not installed

@@ -55,6 +55,20 @@ async def test_embedded_judge() -> None:
     assert verdict["winner"] == winner_from_scores(verdict["scores"])
 
 
+async def test_embedded_judge_scores_are_probability_weighted_by_default() -> None:
+    # `--scoring auto` is `expected` for local models: the server's top_logprobs turn a written integer into the
+    # mean of the judge's distribution, which a 135M model is never sure enough to leave whole.
+    verdict = await evaluate_once("judge", ["local:smollm2"])
+    readings = [reading for exchange in verdict["exchanges"] for reading in exchange.get("score_readings", [])]
+    assert [reading["key"] for reading in readings] == ["A", "B"]
+    weighted = [reading for reading in readings if reading["expected"] is not None]
+    assert weighted, readings
+    assert any(reading["expected"] != int(reading["expected"]) for reading in weighted)
+    assert all(reading["parsed"] == int(reading["parsed"]) and 0 < reading["valid_mass"] <= 1 for reading in weighted)
+    assert verdict["scores"] == [reading["expected"] if reading["expected"] is not None else reading["parsed"]
+                                 for reading in readings]
+
+
 async def test_embedded_jury_same_spec_twice() -> None:
     verdict = await evaluate_once("jury", ["local:smollm2", "local:smollm2"])
     assert_complete(verdict)

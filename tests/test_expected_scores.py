@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from agents import calls
 from agents.judge import judge_combined, score_alone
 from agents.models import ModelRegistry, ModelSettings, scoring_is_expected
+from tools.cli import app
 from tools.dev.stub_server import StubServer, StubSettings
+from tools.inputs.verdict_files import verdict_from_record
 from tools.rules.expected_scores import OVERALL, expected_scores
 
 
@@ -154,3 +157,20 @@ async def test_independent_scoring_reads_its_one_score(stub: StubServer) -> None
     [reading] = exchange.score_readings
     assert reading.key == OVERALL and reading.parsed == int(reading.parsed or 0)
     assert score == reading.expected and score != reading.parsed
+
+
+@pytest.mark.parametrize("strategy", ["combined", "independent"])
+def test_a_recorded_verdict_read_again_keeps_its_expected_scores(tmp_path: Path, stub: StubServer,
+                                                                 strategy: str) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"id": 1, "prompt": "Q?", "responses": ["first answer", "second answer"]}) + "\n")
+    output = tmp_path / "verdicts.jsonl"
+    result = CliRunner().invoke(app, ["evaluate", "--input", str(pairs), "--output", str(output), "--strategy",
+                                      strategy, "--model", f"compat:stub@{stub.base_url}"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(output.read_text())
+    assert all(score != int(score) for score in record["scores"])
+    again = verdict_from_record(record, paper_compat=False, path=output, line=1)
+    assert again.scores == record["scores"] and again.winner == record["winner"]
+    published = verdict_from_record(record, paper_compat=True, path=output, line=1)
+    assert all(score == int(score) for score in published.scores)

@@ -430,7 +430,9 @@ def test_joining_a_ray_start_cluster_gives_what_a_local_instance_gives_and_losin
         ray_stop()
         _, stderr = driver.communicate(timeout=RUN_TIMEOUT_S)
         assert driver.returncode == 1, stderr
-        [line] = [line for line in stderr.splitlines() if line.startswith("error: ")]
+        lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+        assert len(lines) == 1, stderr
+        line = lines[0]
         assert line.startswith(f"error: stopped: lost the Ray cluster at {address}: "), stderr
         assert "finished prompts are kept: run the same command to resume" in line
         assert not wait_until_no_ray_process(), "Ray processes left behind"

@@ -7,7 +7,8 @@ One JSON object per line. Accepted forms, tried in this order:
   "followup_texts"?}`; the text is parsed with the project's parsers (the follow-up reply when the first
   has no answer);
 - a record written by `fellowship evaluate` / `meta-eval` (it has `method` and `exchanges`): a judge's
-  recorded exchanges are parsed again, other methods keep their recorded winner;
+  recorded exchanges are parsed again (a score recorded with its probability-weighted value, `--scoring
+  expected`, takes that value, except under the paper's rules), other methods keep their recorded winner;
 - parsed scores: `{"id", "scores": [a, b]}`;
 - a parsed winner: `{"id", "winner": "A"|"B"|"C"|"tie"|null}` (C is a tie, null is unparsed).
 
@@ -310,16 +311,26 @@ def verdict_from_record(row: dict[str, Any], *, paper_compat: bool, path: Path, 
                          "score it without --paper-compat")
     scale = int(row.get("scale") or 10)
     if strategy == "independent":
-        return verdict_from_text(
+        independent = verdict_from_text(
             strategy=strategy, scale=scale, texts=[exchange["text"] for exchange in exchanges],
             followups=[exchange.get("followup_text") for exchange in exchanges], count=count,
             paper_compat=paper_compat,
         )
+        if paper_compat:
+            return independent
+        weighted = [_expected_or(exchange, "overall", score) for exchange, score in zip(
+            exchanges, independent.scores or [None] * len(exchanges), strict=False)]
+        return _from_scores(weighted, paper_compat=False) if weighted != independent.scores else independent
     judged: list[tuple[bool, Sequence[float | None], str | None]] = []
     unread: dict[bool, bool] = {}
     for exchange in exchanges:
         one = verdict_from_text(strategy=strategy, scale=scale, texts=[exchange["text"]],
                                 followups=[exchange.get("followup_text")], count=count, paper_compat=paper_compat)
+        if not paper_compat and strategy == "combined" and one.scores:
+            weighted = [_expected_or(exchange, label, score)
+                        for label, score in zip(candidate_labels(count), one.scores, strict=True)]
+            if weighted != one.scores:
+                one = _from_scores(weighted, paper_compat=False)
         is_reversed = exchange_order(exchange) == "reversed"
         judged.append((is_reversed, one.scores or [None] * count, one.winner))
         unread[is_reversed] = one.unparsed
@@ -331,6 +342,18 @@ def verdict_from_record(row: dict[str, Any], *, paper_compat: bool, path: Path, 
                 for is_reversed, order_winner in zip(sorted(unread), order_winners, strict=True)]
     return ItemVerdict(winner=winner, scores=scores if strategy == "combined" else [], order_winners=readable,
                        unparsed=all(unread.values()))
+
+
+def _expected_or(exchange: dict[str, Any], key: str, parsed: float | None) -> float | None:
+    """The probability-weighted score a call recorded for `key` (`--scoring expected`), else the parsed one.
+
+    The raw text gives the number written; the expected value came from the reply's token probabilities, which
+    only the record keeps. The paper's rules never use it.
+    """
+    for reading in exchange.get("score_readings") or []:
+        if reading.get("key") == key and reading.get("expected") is not None and parsed is not None:
+            return float(reading["expected"])
+    return parsed
 
 
 def exchange_order(exchange: dict[str, Any]) -> str | None:
