@@ -340,7 +340,8 @@ class ExpectedScoring:
     def readings(self, reply: Reply, model_spec: str) -> list[ScoreReading]:
         """Each key's score as written and as weighted; a model that gave no probabilities is named once."""
         written = self.parse(reply.text)
-        if reply.logprobs is None and not reply.cached and model_spec not in _models_without_logprobs:
+        has_scores = any(score is not None for score in written.values())
+        if reply.logprobs is None and has_scores and not reply.cached and model_spec not in _models_without_logprobs:
             _models_without_logprobs.add(model_spec)
             logger.warning("note: %s returned no token probabilities; its scores are the numbers it wrote "
                            "(as with --scoring parsed)", model_spec)
@@ -357,11 +358,13 @@ def truncated_reply(error: openai.LengthFinishReasonError, latency_s: float) -> 
     completion = error.completion
     text = completion.choices[0].message.content or "" if completion.choices else ""
     usage = completion.usage
+    logprobs = completion.choices[0].logprobs if completion.choices else None
     return Reply(
         text=text,
         input_tokens=usage.prompt_tokens if usage else 0,
         output_tokens=usage.completion_tokens if usage else 0,
         latency_s=latency_s,
+        logprobs=logprobs.model_dump() if logprobs is not None else None,
     )
 
 

@@ -376,7 +376,6 @@ class Seat:
     ready: bool = False
     busy: int = 0
     pid: int | None = None
-    since: float = 0.0  # when it was placed
     progress_at: float = 0.0  # when it last finished a job, or last began holding jobs
     probe: asyncio.Future[Any] | None = None  # the `ready` or `ping` call in flight
     probe_sent_at: float = 0.0
@@ -626,8 +625,8 @@ class RayWorkerPool:
     def _seat(self, actor: Any, *, ready: bool = False, pid: int | None = None) -> Seat:
         """A seat for an actor; one not known to be ready is asked at once to load its runner."""
         now = time.monotonic()
-        seat = Seat(actor, asyncio.get_running_loop().create_future(), ready=ready, pid=pid, since=now,
-                    progress_at=now, answered_at=now)
+        seat = Seat(actor, asyncio.get_running_loop().create_future(), ready=ready, pid=pid, progress_at=now,
+                    answered_at=now)
         if not ready:
             self._probe(seat, "ready")
         return seat
@@ -945,7 +944,8 @@ class RayWorkerPool:
     def _leave(self, ray: Any) -> None:
         """Close the actors' stores, then leave Ray, then stop what is left of a local instance."""
         try:
-            actors = [seat.actor for seat in self.seats if seat.ready] if self._adopted_or_joined() else self._placed
+            # Seats exist once actors were adopted (a local instance) or placed (a cluster); before that, only placed.
+            actors = [seat.actor for seat in self.seats if seat.ready] if self.seats else self._placed
             if ray.is_initialized() and actors and self.instance_lost is None and self.pool_lost is None:
                 with contextlib.suppress(Exception):
                     ray.get([actor.close.remote() for actor in actors], timeout=CLOSE_TIMEOUT_S)
@@ -958,9 +958,6 @@ class RayWorkerPool:
         # Ray is down: its handles can go now (see `_retired`).
         self._retired, self._placed, self.seats = [], [], []
         self.stop_leftovers()
-
-    def _adopted_or_joined(self) -> bool:
-        return bool(self.seats)
 
     def stop_leftovers(self) -> int:
         """SIGKILL whatever of the local instance still runs (Ray leaves some processes of a half-dead one)."""

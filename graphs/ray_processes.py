@@ -137,6 +137,3 @@ class LocalInstanceProcesses:
             time.sleep(0.02)
         return len(alive)
 
-    def alive(self) -> list[ProcessId]:
-        """The instance's processes that still run."""
-        return [process for process in self.known.values() if _is_alive(process)]

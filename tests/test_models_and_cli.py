@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from agents.models import ModelRegistry, ModelSettings, check_model_spec, parse_model_spec, preflight_endpoints
 from tools.cli import app
+from tools.dev.stub_server import StubServer
 from tools.errors import ConfigError
 
 runner = CliRunner()
@@ -173,6 +174,48 @@ def test_help_and_dry_run_load_no_model_client_graph_or_dataset_library(tmp_path
     if "--dry-run" in args:
         assert "calls: 6" in finished.stdout
         assert not (tmp_path / "run").exists()
+
+
+# Libraries only the export, the report or Ray need: a run's first model call must not wait for them to load.
+EXPORT_ONLY_LIBRARIES = ("datasets", "pyarrow", "pandas", "numpy", "sklearn", "scipy", "matplotlib", "ray",
+                         "huggingface_hub")
+# The modules loaded when the command makes its first call to the endpoint at PORT (sys.argv[1]). The endpoint
+# check before the run connects to it once; the first model call is the second connection.
+LOADED_AT_FIRST_CALL = """
+import runpy, sys
+port = sys.argv.pop(1)
+seen = {"connects": 0, "modules": None}
+def at_connect(event, args):
+    if event == "socket.connect" and seen["modules"] is None:
+        address = args[1]
+        if isinstance(address, tuple) and len(address) >= 2 and str(address[1]) == port:
+            seen["connects"] += 1
+            if seen["connects"] == 2:
+                seen["modules"] = sorted({name.split(".")[0] for name in sys.modules})
+sys.addaudithook(at_connect)
+sys.argv = ["fellowship", *sys.argv[1:]]
+try:
+    runpy.run_module("tools.cli", run_name="__main__")
+except SystemExit as end:
+    code = end.code
+print("exit", code, "loaded at the first call", *(seen["modules"] or ["(no call)"]), file=sys.stderr)
+"""
+
+
+def test_a_run_makes_its_first_call_before_loading_what_only_the_export_needs(tmp_path: Path, stub: StubServer) -> None:
+    prompts = write(tmp_path / "prompts.jsonl", ['{"prompt": "Why is the sky blue?"}'])
+    spec = f"compat:stub@{stub.base_url}"
+    port = stub.base_url.split(":")[-1].split("/")[0]
+    finished = subprocess.run(
+        [sys.executable, "-c", LOADED_AT_FIRST_CALL, port, "generate", "--prompts", str(prompts), "--output",
+         str(tmp_path / "run"), "--generator", spec, "--reviewer", spec, "--judge", spec],
+        capture_output=True, text=True, timeout=120, check=False)
+    *_, last = finished.stderr.splitlines()
+    assert last.startswith("exit 0 loaded at the first call "), finished.stderr
+    loaded = set(last.split()[7:])
+    assert {"openai", "langgraph", "tools"} <= loaded  # the listing is of the modules at the call
+    assert loaded & set(EXPORT_ONLY_LIBRARIES) == set()
+    assert (tmp_path / "run" / "dpo.jsonl").exists()  # and the export still ran, after the calls
 
 
 def test_help_lists_the_main_job_first_in_the_order_a_user_meets_the_commands() -> None:

@@ -17,6 +17,11 @@ to the lower bound max(critical path of one prompt, calls x latency / in-flight 
 every process but the stub's and the memory sampler's (Ray's own included), peak memory of the phase's
 process tree, the output directory's size per 1,000 prompts, and when a local Ray instance's worker joined.
 
+Then the fixed cost of a run and the marginal CPU per call, each as a whole command from its process's start (imports,
+the first calls, the export and the exit included), `fellowship generate` beside the bare loop: a run of 8 prompts
+gives the fixed cost (its wall time minus one prompt's critical path, and its CPU), and the difference between a
+larger run and that one, per call, the marginal CPU (at 500 ms and at 20 ms per call, 32 calls in flight).
+
 Then the rate-limited loads: `fellowship generate` against a stub with a request limit (a token bucket that
 answers 429 with OpenAI's headers), with `--no-adaptive` and with the controller (`agents/rate_limits.py`):
 wall time, the calls' span (first request to last answer) against the limit's bound, requests, 429s, prompts
@@ -30,6 +35,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -302,6 +308,75 @@ def run_scenario(scenario: Scenario) -> dict[str, dict[str, float]]:
 
 
 @dataclass(frozen=True)
+class FixedCostLoad:
+    """A small and a large run at one latency, to split a whole command's cost into fixed and per call."""
+
+    latency_s: float
+    large: int
+    small: int = 8
+    cap: int = 32
+
+
+FIXED_COST_LOADS = (FixedCostLoad(0.5, 200), FixedCostLoad(0.02, 1000))
+
+
+def whole_command(argv: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of a command run to its end, from its process's start (its children's too)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    completed = subprocess.run(argv, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if completed.returncode != 0:
+        raise SystemExit(f"{argv[2:4]} failed: {completed.stderr.strip().splitlines()[-1:]}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def run_fixed_cost(load: FixedCostLoad) -> None:
+    """Fixed cost and marginal CPU per call of `generate` and of the bare loop, as whole commands."""
+    critical_path_s = CALLS_PER_PROMPT * load.latency_s
+    print(f"\nfixed cost and marginal CPU, whole commands: {load.latency_s * 1000:.0f} ms per call, {load.small} and "
+          f"{load.large} prompts x {CALLS_PER_PROMPT} calls, at most {load.cap} in flight")
+    print(f"{'command':<26}{'fixed wall s':>14}{'fixed CPU s':>13}{'CPU ms/call':>13}{'wall/bound':>12}")
+    stub = subprocess.Popen(
+        [sys.executable, "-m", "tools.dev.stub_server", "--latency", str(load.latency_s), "--max-concurrent",
+         str(load.cap), "--lifetime", "900"], stdout=subprocess.PIPE, text=True)
+    folder = Path(tempfile.mkdtemp(prefix="fellowship-bench-"))
+    marginal: dict[str, float] = {}
+    try:
+        assert stub.stdout is not None
+        base_url = stub.stdout.readline().strip()
+        spec = f"compat:stub@{base_url}"
+        for label in ("bare asyncio + openai", "fellowship generate"):
+            runs = {}
+            for prompts in (load.small, load.large):
+                if label.startswith("bare"):
+                    argv = [sys.executable, "-m", "tools.dev.bench", "--bare-command", "--base-url", base_url,
+                            "--prompts", str(prompts), "--cap", str(load.cap)]
+                else:
+                    prompt_file = folder / f"prompts-{prompts}.jsonl"
+                    prompt_file.write_text("".join(json.dumps({"prompt": f"Benchmark question {index}?"}) + "\n"
+                                                   for index in range(prompts)))
+                    argv = [sys.executable, "-m", "tools.cli", "generate", "--prompts", str(prompt_file), "--output",
+                            str(folder / f"out-{prompts}"), "--generator", spec, "--reviewer", spec, "--judge", spec,
+                            "--concurrency", str(load.cap)]
+                runs[prompts] = whole_command(argv)
+            (small_wall, small_cpu), (large_wall, large_cpu) = runs[load.small], runs[load.large]
+            fixed_wall = small_wall - critical_path_s
+            per_call = (large_cpu - small_cpu) / ((load.large - load.small) * CALLS_PER_PROMPT)
+            marginal[label] = per_call
+            bound = max(critical_path_s, load.large * CALLS_PER_PROMPT * load.latency_s / load.cap)
+            print(f"{label:<26}{fixed_wall:>14.2f}{small_cpu:>13.2f}{1000 * per_call:>13.2f}"
+                  f"{(large_wall - fixed_wall) / bound:>12.3f}")
+    finally:
+        stub.terminate()
+        stub.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
+    print(f"marginal CPU per call / the bare loop's: "
+          f"{marginal['fellowship generate'] / marginal['bare asyncio + openai']:.2f}")
+
+
+@dataclass(frozen=True)
 class RateLimitLoad:
     """A provider with a request limit (the stub's token bucket, with OpenAI's headers) and a run asking for more."""
 
@@ -363,8 +438,10 @@ def run_rate_limited(load: RateLimitLoad) -> None:
 def main() -> None:
     """`make bench`: every scenario, every phase, printed side by side; then the rate-limited loads."""
     parser = argparse.ArgumentParser(description="fellowship benchmark against the stub server")
-    parser.add_argument("--only", choices=[*map(str, range(len(SCENARIOS))), "rate"],
-                        help="run one scenario (0, 1 or 2), or the rate-limited loads (rate)")
+    parser.add_argument("--only", choices=[*map(str, range(len(SCENARIOS))), "fixed", "rate"],
+                        help="run one scenario (0, 1 or 2), the fixed cost and marginal CPU of whole commands "
+                        "(fixed), or the rate-limited loads (rate)")
+    parser.add_argument("--bare-command", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--phase", choices=[phase for phase, _ in PHASES], help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     parser.add_argument("--prompts", type=int, help=argparse.SUPPRESS)
@@ -374,10 +451,16 @@ def main() -> None:
     if args.phase:
         print(json.dumps(run_phase(args.phase, args.base_url, args.prompts, args.cap, args.stub_pid)))
         return
+    if args.bare_command:  # the bare loop as a whole command: its imports and start-up are part of its cost
+        asyncio.run(_bare_loop(args.base_url, args.prompts, args.cap, aiohttp_pool=False))
+        return
     print(f"machine: {os.cpu_count()} cores; CPU is every process's but the stub's; peak MB is the process tree's")
     for index, scenario in enumerate(SCENARIOS):
         if args.only is None or args.only == str(index):
             run_scenario(scenario)
+    if args.only in (None, "fixed"):
+        for fixed_load in FIXED_COST_LOADS:
+            run_fixed_cost(fixed_load)
     if args.only in (None, "rate"):
         for load in RATE_LIMIT_LOADS:
             run_rate_limited(load)
