@@ -188,7 +188,7 @@ def test_embedded_demo_twice_gives_the_same_verdicts_and_rows(tmp_path: Path) ->
     commands = {
         "first": ["demo", "--output", str(tmp_path / "first")],
         "second": ["generate", "--prompts", str(demo_prompts), "--output", str(tmp_path / "second"),
-                   "--generator", local, "--reviewer", local, "--judge", local, "--strategy", "independent",
+                   "--generator", local, "--reviewer", local, "--judge", local, "--strategy", "combined",
                    "--max-tokens", "256", "--concurrency", "8"],
     }
     runs = []

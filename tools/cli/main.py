@@ -635,8 +635,9 @@ def demo(
     prompts_file = str(resources.files("tools").joinpath("data/demo_prompts.jsonl"))
     report = run_generate(
         prompts_source=prompts_file, output=output, generator="local:smollm2", reviewers=["local:smollm2"],
-        # Independent scoring: the 135M judge gives every answer the same combined score, which ranks nothing.
-        judges=["local:smollm2"], evaluator="judge", strategy="independent", scale=10, swap=False, iterations=3,
+        # The default judge: combined scoring, read as probability-weighted scores (`--scoring auto`), which
+        # separate answers the 135M judge writes the same integer for.
+        judges=["local:smollm2"], evaluator="judge", strategy="combined", scale=10, swap=False, iterations=3,
         stop_score=None, concurrency=3, limit=None, prompt_field=None, retry_failed=False, max_tokens=256,
         output_format="auto", chosen_by="demo",
     )
