@@ -364,7 +364,7 @@ def truncated_reply(error: openai.LengthFinishReasonError, latency_s: float) -> 
         input_tokens=usage.prompt_tokens if usage else 0,
         output_tokens=usage.completion_tokens if usage else 0,
         latency_s=latency_s,
-        logprobs=logprobs.model_dump() if logprobs is not None else None,
+        logprobs=logprobs if logprobs is None or isinstance(logprobs, dict) else logprobs.model_dump(),
     )
 
 

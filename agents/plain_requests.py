@@ -26,7 +26,7 @@ from openai._base_client import make_request_options
 from openai._utils import is_given
 from openai._utils._transform import PropertyInfo, get_type_hints
 from openai.resources.chat.completions import AsyncCompletions
-from openai.types.chat import ChatCompletion, ChatCompletionChunk, completion_create_params
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, chat_completion, completion_create_params
 from typing_extensions import is_typeddict
 
 # `create`'s keyword arguments that shape the request rather than its body.
@@ -72,6 +72,23 @@ def is_plain_json(value: Any) -> bool:
     return False
 
 
+class RawLogprobsChoice(chat_completion.Choice):
+    """A chat completion's choice whose `logprobs` stay the JSON they came as.
+
+    The stock model builds an object for every token and every alternative (twenty per token with
+    `top_logprobs=20`): for `--scoring expected` that was most of a scored call's CPU (`make bench`), to read a
+    few digits' probabilities that the caller reads from the JSON anyway (tools/rules/expected_scores.py).
+    """
+
+    logprobs: dict[str, Any] | None = None  # type: ignore[assignment]
+
+
+class RawLogprobsCompletion(ChatCompletion):
+    """A chat completion whose choices keep their `logprobs` as JSON (see `RawLogprobsChoice`)."""
+
+    choices: list[RawLogprobsChoice]  # type: ignore[assignment]
+
+
 class PlainBodyCompletions(AsyncCompletions):
     """The openai client's chat completions, sending a plain-JSON body without the type-driven rewrite."""
 
@@ -86,7 +103,7 @@ class PlainBodyCompletions(AsyncCompletions):
             "/chat/completions",
             body=body,
             options=make_request_options(**options, security={"bearer_auth": True}),
-            cast_to=ChatCompletion,
+            cast_to=RawLogprobsCompletion if body.get("logprobs") else ChatCompletion,
             stream=stream,
             stream_cls=AsyncStream[ChatCompletionChunk],
         )

@@ -134,7 +134,9 @@ def rank_command(
         raise ConfigError(f"--baseline {baseline!r}: not one of the sides ({', '.join(names)})")
     check_evaluation_flags([], method="judge", strategy=strategy, models=[judge], swap=swap, source="", flag="--judge")
     loaded: dict[str, Side] = {name: load_side(path, answer) for name, path in named}
-    shared = sorted(set.intersection(*(set(one.answers) for one in loaded.values())))[:limit]
+    # In the first side's order, so that --limit takes the first prompts of its file.
+    shared = [key for key in loaded[names[0]].answers if all(key in loaded[name].answers for name in names[1:])]
+    shared = shared[:limit]
     if not shared:
         raise ConfigError("--side: no prompt has an answer from every side")
     announce_models([("judge", judge, "--judge")])

@@ -18,7 +18,8 @@ every process but the stub's and the memory sampler's (Ray's own included), peak
 process tree, the output directory's size per 1,000 prompts, and when a local Ray instance's worker joined.
 
 Then the fixed cost of a run and the marginal CPU per call, each as a whole command from its process's start (imports,
-the first calls, the export and the exit included), `fellowship generate` beside the bare loop: a run of 8 prompts
+the first calls, the export and the exit included), `fellowship generate` beside the bare loop (scores as written,
+as the bare loop reads them; then with `--scoring expected`, the default for this endpoint): a run of 8 prompts
 gives the fixed cost (its wall time minus one prompt's critical path, and its CPU), and the difference between a
 larger run and that one, per call, the marginal CPU (at 500 ms and at 20 ms per call, 32 calls in flight).
 
@@ -205,7 +206,8 @@ async def _pipeline(
     from tools.rules.pairing import PairingRules
 
     spec = f"compat:stub@{base_url}"
-    settings = ModelSettings(max_retries=0)
+    # Scores as written: the bare loop reads no token probabilities either (`--scoring expected` is measured apart).
+    settings = ModelSettings(max_retries=0, scoring="parsed")
     registry = ModelRegistry(settings)
     context = GenerationContext(models=[spec], generator=spec, reviewers=[spec], iterations=3)
     result = await run_generation(
@@ -347,7 +349,8 @@ def run_fixed_cost(load: FixedCostLoad) -> None:
         assert stub.stdout is not None
         base_url = stub.stdout.readline().strip()
         spec = f"compat:stub@{base_url}"
-        for label in ("bare asyncio + openai", "fellowship generate"):
+        commands = ("bare asyncio + openai", "fellowship generate", "  --scoring expected")
+        for label in commands:
             runs = {}
             for prompts in (load.small, load.large):
                 if label.startswith("bare"):
@@ -357,9 +360,11 @@ def run_fixed_cost(load: FixedCostLoad) -> None:
                     prompt_file = folder / f"prompts-{prompts}.jsonl"
                     prompt_file.write_text("".join(json.dumps({"prompt": f"Benchmark question {index}?"}) + "\n"
                                                    for index in range(prompts)))
+                    # Scores as written, as the bare loop reads them; then with token probabilities (the default).
+                    scoring = "expected" if "expected" in label else "parsed"
                     argv = [sys.executable, "-m", "tools.cli", "generate", "--prompts", str(prompt_file), "--output",
-                            str(folder / f"out-{prompts}"), "--generator", spec, "--reviewer", spec, "--judge", spec,
-                            "--concurrency", str(load.cap)]
+                            str(folder / f"out-{prompts}-{scoring}"), "--generator", spec, "--reviewer", spec,
+                            "--judge", spec, "--concurrency", str(load.cap), "--scoring", scoring]
                 runs[prompts] = whole_command(argv)
             (small_wall, small_cpu), (large_wall, large_cpu) = runs[load.small], runs[load.large]
             fixed_wall = small_wall - critical_path_s

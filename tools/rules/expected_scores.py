@@ -40,7 +40,10 @@ from typing import Any
 from tools.rules.contracts import OVERALL_SCORE, score_field
 from tools.rules.parsing import _NUMBER, _OVERALL_SCORE, _assistant_score_pattern, load_json_object
 
-TOP_LOGPROBS = 20  # the most OpenAI's chat completions return (llama.cpp and vLLM accept as many)
+# Alternatives asked for at each token. OpenAI returns at most 20, and every one of them comes back for every token
+# of the reply (a 300-token review: 6,000 entries, a few hundred KB to read); a score's distribution sits on a few
+# digits, so 10 hold all but a sliver of it (`valid_mass` records what they held) at half the reading.
+TOP_LOGPROBS = 10
 OVERALL = "overall"  # the key of the one score of an independent judge call or a review
 
 
