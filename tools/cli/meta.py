@@ -355,6 +355,26 @@ def jury_search_command(
     console.print(f"wrote {report}, {chart} and {output / 'juries.json'}")
 
 
+def pairwise_judging(
+    *, judge: str, strategy: str, scale: str, swap: bool, concurrency: int, workers: int, ray_address: str | None,
+    ray_start: str, worker_timeout: float | None, adaptive: bool, max_tokens: int, output_format: str, scoring: str,
+    trace: Path | None,
+) -> tuple[dict[str, Any], EvaluationOptions]:
+    """The verdict-cache settings and the judge's run options of a command that judges pairs of answers.
+
+    Used by winrate and rank: the settings are what shapes a verdict (they name the cache file).
+    """
+    settings = {"judge": judge, "strategy": strategy, "scale": int(scale), "swap": swap, "max_tokens": max_tokens,
+                "output_format": output_format, **scoring_setting(scoring)}  # type: ignore[arg-type]
+    options = EvaluationOptions.model_validate({
+        "method": "judge", "strategy": strategy, "scale": int(scale), "model": [judge], "swap": swap,
+        "concurrency": concurrency, "max_tokens": max_tokens, "output_format": output_format, "scoring": scoring,
+        "trace": trace, "workers": workers, "ray_address": ray_address, "ray_start": ray_start,
+        "worker_timeout": worker_timeout, "adaptive": adaptive,
+    })
+    return settings, options
+
+
 def winrate_command(
     a: Annotated[Path, typer.Option("--a", help="generate output folder, or a prompt/answer JSON(L) file")],
     b: Annotated[Path, typer.Option("--b", help="the baseline, in the same forms as --a")],
@@ -402,13 +422,11 @@ def winrate_command(
              for key in shared]
     name_a, name_b = _slug(a.name) or "a", _slug(b.name) or "b"
     output = output or Path("runs/winrate") / f"{name_a}-vs-{name_b}"
-    settings = {"judge": judge, "strategy": strategy, "scale": int(scale), "swap": swap, "max_tokens": max_tokens,
-                "output_format": output_format, "answer": answer, **scoring_setting(scoring)}
-    options = EvaluationOptions(method="judge", strategy=strategy, scale=int(scale), model=[judge],  # type: ignore[arg-type]
-                                swap=swap, concurrency=concurrency, max_tokens=max_tokens, output_format=output_format,
-                                scoring=scoring, trace=trace, workers=workers, ray_address=ray_address,
-                                ray_start=ray_start, worker_timeout=worker_timeout,
-                                adaptive=adaptive)
+    settings, options = pairwise_judging(
+        judge=judge, strategy=strategy, scale=scale, swap=swap, concurrency=concurrency, workers=workers,
+        ray_address=ray_address, ray_start=ray_start, worker_timeout=worker_timeout, adaptive=adaptive,
+        max_tokens=max_tokens, output_format=output_format, scoring=scoring, trace=trace)
+    settings["answer"] = answer
     records = run_evaluation(items=items, output_path=output / f"verdicts-{settings_digest(settings)}.jsonl",
                              options=options, reuse_output=True)
     winners = [record["winner"] for record in records]

@@ -36,8 +36,8 @@ from tools.cli.common import (
     exit_if_failed,
     run_evaluation,
 )
-from tools.cli.meta import ScaleOption, StrategyOption, _table, settings_digest
-from tools.cli.options import META_EVAL_DEFAULTS, EvaluationOptions, scoring_setting
+from tools.cli.meta import ScaleOption, StrategyOption, _table, pairwise_judging, settings_digest
+from tools.cli.options import META_EVAL_DEFAULTS
 from tools.errors import ConfigError
 from tools.inputs.answer_sets import Side, load_side
 
@@ -151,12 +151,10 @@ def rank_command(
             planned.append((first, second, key, EvalItem(id=battle_id(key, *answers), prompt=prompt,
                                                           responses=answers)))
     unique = list({item.id: item for _, _, _, item in planned}.values())
-    settings = {"judge": judge, "strategy": strategy, "scale": int(scale), "swap": swap, "max_tokens": max_tokens,
-                "output_format": output_format, **scoring_setting(scoring)}
-    options = EvaluationOptions(method="judge", strategy=strategy, scale=int(scale), model=[judge],  # type: ignore[arg-type]
-                                swap=swap, concurrency=concurrency, max_tokens=max_tokens, output_format=output_format,
-                                scoring=scoring, trace=trace, workers=workers, ray_address=ray_address,
-                                ray_start=ray_start, worker_timeout=worker_timeout, adaptive=adaptive)
+    settings, options = pairwise_judging(
+        judge=judge, strategy=strategy, scale=scale, swap=swap, concurrency=concurrency, workers=workers,
+        ray_address=ray_address, ray_start=ray_start, worker_timeout=worker_timeout, adaptive=adaptive,
+        max_tokens=max_tokens, output_format=output_format, scoring=scoring, trace=trace)
     console.print(f"{len(names)} sides, {len(shared)} prompts every side answered, {len(pairs)} pairings: "
                   f"{len(unique)} battles", markup=False, highlight=False)
     records = run_evaluation(items=unique, output_path=output / f"battles-{settings_digest(settings)}.jsonl",
