@@ -76,15 +76,16 @@ PING_TIMEOUT_S = 15.0
 ACTOR_START_TIMEOUT_S = 120.0
 STALL_FLOOR_S = 60.0
 STALL_JOB_FACTOR = 10.0
-CLUSTER_LOST_S = 30.0
+CLUSTER_LOST_S = 20.0
 # Leaving Ray: how long the actors may take to close their stores, and Ray to stop, before the pool stops what is
 # left of a local instance itself (a half-dead instance can hold `ray.shutdown()` for many seconds).
 CLOSE_TIMEOUT_S = 10.0
 LEAVE_TIMEOUT_S = 5.0
-# Ray's core worker ends its process with status 1 ("Failed to connect to GCS within 60 seconds") when the GCS
-# stays out of reach that long: a driver that lost its cluster would die before its own watch (CLUSTER_LOST_S,
-# then leaving, then the export) stopped the run with its one line. The driver gives Ray longer than all of that.
-GCS_RECONNECT_TIMEOUT_S = 600
+# Ray's core worker ends its process with status 1 ("Failed to connect to GCS within 60 seconds",
+# `gcs_rpc_server_reconnect_timeout_s`) when the GCS stays out of reach that long, and a driver whose cluster is
+# gone cannot leave Ray cleanly before then (`ray.shutdown()` waits on the GCS). So the run must say it lost its
+# cluster, and keep its work, well within those 60 s: the watch gives up after CLUSTER_LOST_S, and leaving a lost
+# cluster waits LEAVE_TIMEOUT_S at most (giving Ray more time instead only turned that exit into a hang).
 RayStart = Literal["when-busy", "at-once"]
 _INIT_OPTIONS: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR,
                                  "ignore_reinit_error": True}
@@ -224,11 +225,7 @@ class PoolLost(RunStopped):
 
 
 def _ray() -> Any:
-    """The ray module, imported on first use: a local instance must set its loopback variable before the import.
-
-    The driver's own Ray settings go into its environment first (Ray reads `RAY_*` variables when it starts).
-    """
-    os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(GCS_RECONNECT_TIMEOUT_S))
+    """The ray module, imported on first use: a local instance must set its loopback variable before the import."""
     try:
         import ray
     except ImportError as missing:  # the extra is not installed
@@ -938,7 +935,8 @@ class RayWorkerPool:
         else:
             leaving = threading.Thread(target=self._leave, args=(_ray(),), daemon=True, name="ray-leave")
             leaving.start()
-            leaving.join(CLOSE_TIMEOUT_S + LEAVE_TIMEOUT_S)
+            # A lost cluster has no store to close and its GCS will not answer: the run's line comes first.
+            leaving.join(LEAVE_TIMEOUT_S if self.pool_lost is not None else CLOSE_TIMEOUT_S + LEAVE_TIMEOUT_S)
         # The seats (and their actor handles) are dropped by `_leave`, once Ray has stopped.
 
     def _leave(self, ray: Any) -> None:
