@@ -33,6 +33,7 @@ import ipaddress
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -45,7 +46,7 @@ from agents.call_budget import jobs_in_flight
 from agents.loop_executor import use_steps_on_loop
 from agents.models import PREFLIGHT_TIMEOUT_S, ModelSettings, connect_problem
 from graphs.ray_processes import LocalInstanceProcesses, process_running
-from tools.errors import ConfigError, FellowshipError, RunStopped
+from tools.errors import EXIT_CONFIG, ConfigError, FellowshipError, RunStopped
 
 MAX_DEATHS_PER_JOB = 3
 # How far below the driver's the CPU priority of a local instance's processes is (see `_own_local_instance`).
@@ -85,7 +86,9 @@ LEAVE_TIMEOUT_S = 5.0
 # `gcs_rpc_server_reconnect_timeout_s`) when the GCS stays out of reach that long, and a driver whose cluster is
 # gone cannot leave Ray cleanly before then (`ray.shutdown()` waits on the GCS). So the run must say it lost its
 # cluster, and keep its work, well within those 60 s: the watch gives up after CLUSTER_LOST_S, and leaving a lost
-# cluster waits LEAVE_TIMEOUT_S at most (giving Ray more time instead only turned that exit into a hang).
+# cluster waits LEAVE_TIMEOUT_S at most (giving Ray more time instead only turned that exit into a hang). Should the
+# driver's event loop itself be held up by Ray meanwhile, a thread ends the run after CLUSTER_HARD_STOP_S.
+CLUSTER_HARD_STOP_S = 45.0
 RayStart = Literal["when-busy", "at-once"]
 _INIT_OPTIONS: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR,
                                  "ignore_reinit_error": True}
@@ -485,6 +488,8 @@ class RayWorkerPool:
             self._join(ray, joining)
             self.seats = [self._seat(self._spawn()) for _ in range(self.workers)]
             self._health = asyncio.get_running_loop().create_task(self._watch_health())
+            threading.Thread(target=self._stop_if_the_cluster_stays_silent, args=(joining,), daemon=True,
+                             name="ray-cluster-deadline").start()
             return
         if find_spec("ray") is None:  # the same one-line error as on a cluster, before any work rather than later
             _ray()
@@ -673,6 +678,28 @@ class RayWorkerPool:
             silent = now - max(seat.answered_at for seat in self.seats)
             if not any(seat.ready for seat in self.seats) and silent > bound:
                 self._give_up_pool(f"no worker has answered for {silent:.0f} s")
+
+    def _stop_if_the_cluster_stays_silent(self, where: str) -> None:
+        """(A thread, on a cluster.) The last resort when the loop's watch cannot give a lost cluster up in time.
+
+        Ray ends a driver that cannot reach its cluster's head for 60 s, with status 1 and its own message; the
+        event loop that should have stopped the run first can be held up by Ray's calls against the dead head. So,
+        once no worker has answered for CLUSTER_HARD_STOP_S and the pool is still working, this thread says what the
+        run's own stop would have said and ends the process with the same status. Nothing is lost: every finished
+        prompt is committed to the run store as it finishes, and the same command exports and resumes.
+        """
+        while not self._closed:
+            time.sleep(HEALTH_EVERY_S)
+            seats = list(self.seats)
+            if self._closed or not self._ever_ready or not seats:
+                continue
+            silent = time.monotonic() - max(seat.answered_at for seat in seats)
+            if silent > CLUSTER_HARD_STOP_S:
+                sys.stdout.flush()
+                sys.stderr.write(f"error: stopped: lost the Ray cluster at {where}: no worker has answered for "
+                                 f"{silent:.0f} s; finished prompts are kept: run the same command to resume\n")
+                sys.stderr.flush()
+                os._exit(EXIT_CONFIG)  # the status of every stopped run (`user_errors`)
 
     def _probe(self, seat: Seat, method: str) -> None:
         """Call the actor's `ready` (a new actor: it loads its runner) or `ping` (a cheap sign of life)."""
