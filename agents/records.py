@@ -59,10 +59,18 @@ class Exchange(BaseModel):
 
     def score(self, key: str, parsed: float | None) -> float | None:
         """The score to use for `key`: its expected value when one was read, else the parsed one."""
-        for reading in self.score_readings:
-            if reading.key == key and reading.expected is not None and parsed is not None:
-                return reading.expected
-        return parsed
+        return score_to_use(self.score_readings, key, parsed)
+
+
+def score_to_use(readings: list[ScoreReading], key: str, parsed: float | None) -> float | None:
+    """The one rule for a scored call's score: the expected value read for `key`, else the parsed number.
+
+    A score the reply did not give (parsed None) stays missing whatever was read.
+    """
+    for reading in readings:
+        if reading.key == key and reading.expected is not None and parsed is not None:
+            return reading.expected
+    return parsed
 
 
 class Turn(BaseModel):

@@ -197,6 +197,5 @@ def rank_command(
                                          "sides": {name: str(path) for name, path in named}}},
         indent=2), encoding="utf-8")
     console.print(f"wrote {report}, {chart} and {output / 'ratings.json'}")
-    failed: Any = sum(bool(record.get("error")) for record in records)
-    exit_if_failed(failed, len(records), "battles",
+    exit_if_failed(sum(bool(record.get("error")) for record in records), len(records), "battles",
                    "their calls failed (left out above); run the same command again to retry them")

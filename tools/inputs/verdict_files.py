@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents.records import ScoreReading, score_to_use
 from tools.errors import InputError
 from tools.inputs.items import read_jsonl
 from tools.rules.parsing import (
@@ -350,10 +351,8 @@ def _expected_or(exchange: dict[str, Any], key: str, parsed: float | None) -> fl
     The raw text gives the number written; the expected value came from the reply's token probabilities, which
     only the record keeps. The paper's rules never use it.
     """
-    for reading in exchange.get("score_readings") or []:
-        if reading.get("key") == key and reading.get("expected") is not None and parsed is not None:
-            return float(reading["expected"])
-    return parsed
+    readings = [ScoreReading.model_validate(reading) for reading in exchange.get("score_readings") or []]
+    return score_to_use(readings, key, parsed)
 
 
 def exchange_order(exchange: dict[str, Any]) -> str | None:
