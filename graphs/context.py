@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.models import DEFAULT_MODEL
+from tools.rules.disputes import DEFAULT_DISPUTE_MARGIN, ReviewMode
 
 Strategy = Literal["direct", "independent", "combined"]
 JuryRule = Literal["plurality", "mean"]
@@ -58,3 +59,16 @@ class GenerationContext(EvaluationContext):
         description="stop early once every reviewer scores the latest answer at least this",
     )
     evaluator: EvaluatorName = Field(default="judge", description="which evaluation workflow picks the best answer")
+    review: ReviewMode = Field(
+        default="none",
+        description="which prompts pause for a person after the evaluator: none, the disputed ones, or all",
+    )
+    audit_share: float | None = Field(
+        default=None, ge=0, le=1,
+        description="share of prompts drawn by id to pause for a person, shown blind (default 0 with review none, "
+        "0.05 otherwise)",
+    )
+    dispute_margin: float = Field(
+        default=DEFAULT_DISPUTE_MARGIN, ge=0, le=10,
+        description="top two scores this close (on a 10-point scale) make a verdict disputed",
+    )

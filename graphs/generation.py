@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from langgraph.types import Command
+
 from agents.call_budget import calls_per_worker, jobs_in_flight
 from agents.calls import CallSlots, call_scope
 from agents.models import ModelRegistry, ModelSettings, ModelSource
@@ -36,6 +38,7 @@ from graphs.pipeline import CHECKPOINT_VERSION, build_pipeline_graph
 from graphs.ray_pool import RayWorkerPool, RayWorkers, WorkerLost, rate_share_setter
 from tools.inputs.items import Prompt
 from tools.inputs.prompt_sets import as_messages, prompt_id_for
+from tools.outputs.review_store import REVIEW_FILE, ReviewStore
 from tools.outputs.run_store import PromptSourceId, RunStore
 from tools.outputs.tracing import RunTreeRecorder, trace_filename, write_trace
 from tools.rules.secrets import failure_reason
@@ -51,6 +54,7 @@ class PromptOutcome:
     output_tokens: int = 0
     cost_usd: float | None = 0.0
     error: str | None = None
+    waiting: bool = False  # paused for a person (`--review`): no record yet
 
 
 @dataclass
@@ -72,6 +76,9 @@ class GenerationResult:
     ray_joined_after_s: float | None = None
     # With Ray: a line saying how many prompts the Ray workers and this process each finished.
     where_prompts_ran: str | None = None
+    # Review (`--review`): prompts of the directory that wait for a person's decision, and decisions applied now.
+    waiting_for_review: int = 0
+    decisions_applied: int = 0
 
 
 @dataclass
@@ -124,6 +131,7 @@ def make_record(
         "prompt": as_messages(prompt),
         "answers": answers,
         "verdict": values.get("verdict"),
+        **({"human": values["human"]} if values.get("human") is not None else {}),
         "models": {
             "generator": context.generator,
             "reviewers": list(context.reviewers),
@@ -148,6 +156,9 @@ class PromptResult:
     error: str | None = None
     endpoint_failure: tuple[str, str] | None = None  # (model spec, reason) of an EndpointError, for the breaker
     trace: dict[str, Any] | None = None
+    # A prompt paused for a person (`human_review`): what it asks (a ReviewRequest as JSON); `record` is then the
+    # record so far (answers, verdict), for the review page, not a finished one.
+    waiting: dict[str, Any] | None = None
 
 
 class PromptRunner:
@@ -181,8 +192,15 @@ class PromptRunner:
                                                                                      name="pipeline")
         return cls(graph, saver, context, prices, trace=trace, calls_in_flight=calls_in_flight)
 
-    async def run(self, prompt_id: str, prompt: Prompt) -> PromptResult:
-        """Run one prompt to its record (resuming its checkpoint thread); a failure is returned, not raised."""
+    async def run(self, prompt_id: str, prompt: Prompt, *, decision: dict[str, Any] | None = None,
+                  paused: dict[str, Any] | None = None) -> PromptResult:
+        """Run one prompt to its record (resuming its checkpoint thread); a failure is returned, not raised.
+
+        A prompt that pauses for a person comes back `waiting`. With `decision` (a HumanDecision as JSON), a paused
+        prompt resumes with it (`Command(resume=...)`) and finishes without a model call; if its checkpoint
+        thread is gone (a worker on another machine held it), the record it paused with (`paused`: `record` and
+        `request`, as the review store keeps them) gets the decision instead.
+        """
         config: dict[str, Any] = {
             "configurable": {"thread_id": prompt_id},
             "run_name": f"pipeline:{prompt_id}",
@@ -193,10 +211,16 @@ class PromptRunner:
         if recorder is not None:
             config["callbacks"] = [recorder]
         try:
-            with call_scope(self.call_slots):
-                values, calls_made = await self._invoke(prompt_id, prompt, config)
-            record = make_record(prompt_id, prompt, values, self.context, self.prices)
-            result = PromptResult(prompt_id, record, calls_made)
+            if decision is not None:
+                record = await self._decided_record(prompt_id, prompt, config, decision, paused)
+                result = PromptResult(prompt_id, record, calls_made=False)
+            else:
+                with call_scope(self.call_slots):
+                    values, calls_made = await self._invoke(prompt_id, prompt, config)
+                interrupts = values.get("__interrupt__") or []
+                record = make_record(prompt_id, prompt, values, self.context, self.prices)
+                result = PromptResult(prompt_id, record, calls_made,
+                                      waiting=interrupts[0].value if interrupts else None)
         except Exception as error:  # the prompt fails with its reason; the run goes on
             result = PromptResult(prompt_id, None, calls_made=True, error=failure_reason(error),
                                   endpoint_failure=endpoint_failure_key(error))
@@ -215,6 +239,21 @@ class PromptRunner:
         values = await self.graph.ainvoke({"prompt_id": prompt_id, "prompt": prompt}, config=config,
                                           context=self.context, durability="sync")
         return values, True
+
+    async def _decided_record(self, prompt_id: str, prompt: Prompt, config: dict[str, Any],
+                              decision: dict[str, Any], paused: dict[str, Any] | None) -> dict[str, Any]:
+        """A paused prompt's finished record with a person's decision; no model call either way."""
+        snapshot = await self.graph.aget_state(config)
+        if "human_review" in snapshot.next:
+            values = await self.graph.ainvoke(Command(resume=decision), config=config, context=self.context,
+                                              durability="sync")
+            return make_record(prompt_id, prompt, values, self.context, self.prices)
+        if snapshot.values.get("human") is not None:  # resumed before a kill, not committed yet
+            return make_record(prompt_id, prompt, snapshot.values, self.context, self.prices)
+        if paused is None:
+            raise RuntimeError("its paused state is gone and no record of it was kept")
+        request = paused["request"]
+        return {**paused["record"], "human": {**decision, "sample": request["sample"], "reasons": request["reasons"]}}
 
     async def forget(self, prompt_id: str) -> None:
         """Delete a committed prompt's checkpoints: they are never needed again, and they are most of the disk.
@@ -336,11 +375,21 @@ async def run_generation(
         status = store.status_of(prompt_ids)
         wanted = {"pending", "failed"} if retry_failed else {"pending"}
         pending = [(pid, prompt) for pid, prompt in zip(prompt_ids, prompts, strict=True) if status[pid] in wanted]
+        review = open_review_store(output_dir, context)
+        paused = {entry.prompt_id: entry for entry in review.prompts()} if review is not None else {}
+        if review is not None:
+            # Killed between committing a decided prompt and marking its decision applied.
+            review.mark_applied([pid for pid in paused if store.status_of([pid]).get(pid) == "done"])
+            paused = {entry.prompt_id: entry for entry in review.prompts()}
+        # A paused prompt runs again only with a decision, and then in this process, without a model call.
+        decided = [(pid, prompt) for pid, prompt in pending if pid in paused and paused[pid].decision is not None]
+        pending = [(pid, prompt) for pid, prompt in pending if pid not in paused]
         skipped_done = sum(1 for pid in prompt_ids if status[pid] == "done")
         skipped_failed = sum(1 for pid in prompt_ids if status[pid] == "failed") if not retry_failed else 0
         # run_pooled's tasks each take one prompt at a time: their number is how many prompts are under way.
         prompts_at_once = jobs_in_flight(concurrency)
         outcomes: list[PromptOutcome] = []
+        applied: list[str] = []
         breaker = CircuitBreaker(min(DEFAULT_TRIP_AFTER, len(pending)))
         if budget is not None:
             budget.spent = store.spent_usd()
@@ -392,13 +441,22 @@ async def run_generation(
                 finally:
                     if budget is not None:
                         budget.release()
-                outcome = await _commit(result, store, executor, breaker, trace_dir)
+                outcome = await _commit(result, store, executor, breaker, trace_dir, review)
                 if budget is not None:
                     budget.spent += outcome.cost_usd or 0.0
                 outcomes.append(outcome)
                 if on_outcome is not None:
                     on_outcome(outcome)
 
+            for prompt_id, prompt in decided:
+                entry = paused[prompt_id]
+                result = await local.run(prompt_id, prompt, decision=entry.decision,
+                                         paused={"request": entry.request, "record": entry.record})
+                outcome = await _commit(result, store, local, breaker, trace_dir, review)
+                applied += [prompt_id] if outcome.ok else []
+                outcomes.append(outcome)
+                if on_outcome is not None:
+                    on_outcome(outcome)
             await run_pooled(pending, lambda job: run_one(*job), workers=prompts_at_once, breaker=breaker)
             finished_run = True
         finally:
@@ -433,22 +491,48 @@ async def run_generation(
             ray_joined_after_s=ray_joined_after_s,
             where_prompts_ran=where_prompts_ran,
             threads_dropped=threads_dropped,
+            waiting_for_review=review.counts()["undecided"] if review is not None else 0,
+            decisions_applied=len(applied),
         )
     finally:
         store.close()
+        if review is not None:
+            review.close()
+
+
+def open_review_store(output_dir: Path, context: GenerationContext) -> ReviewStore | None:
+    """The run directory's review store, when prompts may pause (`review`, `audit_share`) or once paused."""
+    if context.review == "none" and not context.audit_share and not (output_dir / REVIEW_FILE).is_file():
+        return None
+    return ReviewStore.of(output_dir)
 
 
 async def _commit(
     result: PromptResult, store: RunStore, executor: PromptExecutor, breaker: CircuitBreaker, trace_dir: Path | None,
+    review: ReviewStore | None = None,
 ) -> PromptOutcome:
-    """Record a prompt's result in the run store (and its trace), then drop its checkpoints; tell the breaker."""
+    """Record a prompt's result in the run store (and its trace), then drop its checkpoints; tell the breaker.
+
+    A prompt paused for a person goes to the review store instead and keeps its checkpoints (its resume point).
+    """
     if trace_dir is not None and result.trace is not None:
         write_trace(trace_dir / trace_filename(result.prompt_id), result.trace)
+    if result.waiting is not None and result.record is not None:
+        if review is None:  # only a context with review on pauses, and then the store is open
+            raise RuntimeError("a prompt paused for review without a review store")
+        review.add_waiting(result.prompt_id, result.waiting, result.record)
+        breaker.record(None)
+        usage = result.record["usage"]
+        return PromptOutcome(result.prompt_id, ok=True, calls_made=result.calls_made, waiting=True,
+                             input_tokens=usage["input_tokens"], output_tokens=usage["output_tokens"],
+                             cost_usd=usage["cost_usd"])
     if result.record is None:
         store.mark_failed(result.prompt_id, result.error or "failed")
         breaker.record(result.endpoint_failure)
         return PromptOutcome(result.prompt_id, ok=False, calls_made=True, error=result.error)
     store.mark_done(result.prompt_id, result.record)
+    if review is not None and "human" in result.record:
+        review.mark_applied([result.prompt_id])
     await executor.forget(result.prompt_id)
     breaker.record(None)
     usage = result.record["usage"]

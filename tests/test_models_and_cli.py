@@ -224,7 +224,8 @@ def test_help_lists_the_main_job_first_in_the_order_a_user_meets_the_commands() 
     # A command's row starts with its name right after the box's edge; its help's next lines are indented.
     listed = [line.split()[1] for line in result.output.splitlines()
               if line.startswith("│ ") and not line.startswith("│  ") and not line.startswith("│ --")]
-    assert listed[:8] == ["generate", "demo", "report", "evaluate", "meta-eval", "winrate", "rank", "jury-search"], \
+    assert listed[:9] == ["generate", "demo", "report", "review", "evaluate", "meta-eval", "winrate", "rank",
+                          "jury-search"], \
         listed
 
 

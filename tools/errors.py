@@ -7,6 +7,8 @@ traceback (set FELLOWSHIP_DEBUG=1 to see one). Exit statuses, documented in READ
     1    bad input or configuration: nothing was done (or, for a circuit-breaker stop, nothing more)
     2    the run finished, but some prompts or items failed: run again with --retry-failed
     3    stopped at the budget (--max-cost-usd): finished work kept; a higher cap continues
+    4    the run finished, but some prompts wait for a person's decision (--review): `fellowship review DIR`,
+         then the same command applies the decisions
     130  interrupted (Ctrl-C): run the same command again to resume
 """
 
@@ -16,6 +18,7 @@ EXIT_OK = 0
 EXIT_CONFIG = 1
 EXIT_FAILURES = 2
 EXIT_BUDGET = 3
+EXIT_WAITING = 4
 EXIT_INTERRUPTED = 130
 
 

@@ -154,7 +154,8 @@ TraceOption = Annotated[
 ]
 EXIT_CODES_HELP = (
     "Exit status: 0 all done; 1 bad input or configuration (nothing done); 2 finished with failures "
-    "(retry them); 3 stopped at the budget (--max-cost-usd); 130 interrupted (run the same command to resume)."
+    "(retry them); 3 stopped at the budget (--max-cost-usd); 4 prompts wait for a person (fellowship review); "
+    "130 interrupted (run the same command to resume)."
 )
 
 

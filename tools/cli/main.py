@@ -59,14 +59,15 @@ from tools.cli.options import (
     scoring_setting,
 )
 from tools.cli.rank import rank_command
-from tools.errors import EXIT_BUDGET, ConfigError
+from tools.cli.review import review_command
+from tools.errors import EXIT_BUDGET, EXIT_WAITING, ConfigError
 
 if TYPE_CHECKING:
     from agents.roles import RefereeRole
 
 # `fellowship --help` lists the commands in the order a user meets them: the main job first.
-COMMAND_ORDER = ("generate", "demo", "report", "evaluate", "meta-eval", "winrate", "rank", "jury-search", "graph",
-                 "trace")
+COMMAND_ORDER = ("generate", "demo", "report", "review", "evaluate", "meta-eval", "winrate", "rank", "jury-search",
+                 "graph", "trace")
 
 
 class CommandsInUseOrder(typer.core.TyperGroup):
@@ -93,6 +94,7 @@ app.add_typer(meta_app, name="meta-eval")
 app.command("jury-search")(user_errors(jury_search_command))
 app.command("winrate")(user_errors(winrate_command))
 app.command("rank")(user_errors(rank_command))
+app.command("review")(user_errors(review_command))
 
 GraphName = Literal["judge", "jury", "debate", "feedback_loop", "pipeline"]
 
@@ -371,7 +373,7 @@ def run_generate_with(
         "generator": generator, "reviewers": reviewers, "evaluator": evaluator, "judges": judges,
         "strategy": strategy, "scale": options.scale, "swap": swap, "iterations": iterations,
         "stop_score": options.stop_score, "max_tokens": options.max_tokens, "output_format": options.output_format,
-        **scoring_setting(options.scoring),
+        **scoring_setting(options.scoring), **options.review_settings(),
     }
     if evaluator == "debate":
         settings |= {"rounds": options.rounds,
@@ -412,10 +414,11 @@ def run_generate_with(
         registry = ModelRegistry(model_settings)
         with progress_bar() as progress:
             task = progress.add_task("prompts", total=len(prompts), status="")
-            totals = {"failed": 0, "tokens": 0, "cost": 0.0, "priced": True}
+            totals = {"failed": 0, "waiting": 0, "tokens": 0, "cost": 0.0, "priced": True}
 
             def on_outcome(outcome: PromptOutcome) -> None:
                 totals["failed"] += not outcome.ok
+                totals["waiting"] += outcome.waiting
                 totals["tokens"] += outcome.input_tokens + outcome.output_tokens
                 if outcome.cost_usd is None:
                     totals["priced"] = False
@@ -423,8 +426,9 @@ def run_generate_with(
                     totals["cost"] += outcome.cost_usd
                 cost = f", ${totals['cost']:.4f}" if totals["priced"] else ""
                 limited = "".join(f"; {line}" for line in registry.endpoint_controllers.status())
-                progress.update(task, advance=1,
-                                status=f"failed {totals['failed']}, tokens {totals['tokens']}{cost}{limited}")
+                waiting = f", waiting for review {totals['waiting']}" if totals["waiting"] else ""
+                progress.update(task, advance=1, status=f"failed {totals['failed']}{waiting}, tokens "
+                                f"{totals['tokens']}{cost}{limited}")
 
             result = run_coroutine(
                 run_then_close(
@@ -456,7 +460,8 @@ def run_generate_with(
         report_page = write_run_report(output)
         card = dataset_card(settings={**settings, **export_settings}, summary=summary, failures=result.failures,
                             usage=usage, prompt_sources=result.prompt_sources, license=options.license,
-                            report=json.loads((output / "report.json").read_text()))
+                            report=json.loads((output / "report.json").read_text()),
+                            waiting=result.waiting_for_review)
         (output / "README.md").write_text(card, encoding="utf-8")
         published = None
         if options.push_to_hub:
@@ -473,6 +478,8 @@ def run_generate_with(
             "first_dpo_row": summary.first_dpo_row, "usage": usage, "failures": result.failures,
             "published": published, "budget_stopped": result.budget_stopped, "spent_usd": result.spent_usd,
             "max_cost_usd": options.max_cost_usd, "report": report_page,
+            "waiting_for_review": result.waiting_for_review, "decisions_applied": result.decisions_applied,
+            "decided_by_people": summary.decided_by_people, "human_labels": summary.human_labels,
         }
 
 
@@ -496,6 +503,13 @@ def _print_generate_summary(output: Path, report: dict[str, Any], *, report_line
     console.print(f"DPO rows: {report['dpo_rows']} -> {output / 'dpo'} and {output / 'dpo.jsonl'}")
     console.print(f"KTO rows: {report['kto_rows']} -> {output / 'kto'} and {output / 'kto.jsonl'}")
     console.print(f"records: {output / 'records.jsonl'}  card: {output / 'README.md'}")
+    if report.get("decisions_applied"):
+        console.print(f"applied {report['decisions_applied']} people's decisions without a model call; "
+                      f"{report['decided_by_people']} prompts in all were decided by people; their labels: "
+                      f"{output / 'human.jsonl'}", markup=False)
+    if report.get("waiting_for_review"):
+        console.print(f"{report['waiting_for_review']} prompts wait for review: fellowship review {output}",
+                      markup=False)
     if report_line and report.get("report") is not None:
         console.print(f"report: {report['report']} (open it in a browser)")
     if report.get("published"):
@@ -608,6 +622,15 @@ def generate(
     max_repetition: Annotated[float, typer.Option(
         min=0.01, max=1, help="share of repeated word 3-grams from which an answer is degenerate and never chosen")]
     = GENERATE_DEFAULTS["max_repetition"],
+    review: Annotated[Literal["none", "disputed", "all"], typer.Option(
+        help="pause prompts for a person after the evaluator: none, the disputed ones (README), or all")]
+    = GENERATE_DEFAULTS["review"],
+    audit_share: Annotated[float | None, typer.Option(
+        min=0, max=1, help="share of prompts drawn by id for a blind review [default: 0 with --review none, else "
+        "0.05]")] = None,
+    dispute_margin: Annotated[float, typer.Option(
+        min=0, max=10, help="top two scores this close make a verdict disputed (10-point scale; scaled for 5, 100)")]
+    = GENERATE_DEFAULTS["dispute_margin"],
     config: ConfigOption = None,
 ) -> None:
     """Write N answers per prompt with a feedback loop, rank them, and export DPO and KTO datasets."""
@@ -624,6 +647,8 @@ def generate(
                      "to continue", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BUDGET)
     _exit_for(report)
+    if report["waiting_for_review"]:
+        raise typer.Exit(EXIT_WAITING)
 
 
 @app.command()

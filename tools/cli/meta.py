@@ -162,7 +162,10 @@ READING_NOTES = (
     "whose answers differ in length, that picked the longer one. With several evaluators, 'vs best' is each one's "
     "kappa minus the best one's on the items both have, with a paired bootstrap interval (the same resamples for "
     "both): an interval that includes 0 means the data cannot tell the two apart. An evaluator is worth using only "
-    "where it beats the baselines."
+    "where it beats the baselines. On a run's own `human.jsonl`, rows marked [audit sample] cover the prompts "
+    "drawn at random for a blind review (the unbiased estimate of agreement on the run's prompts), and [disputed "
+    "sample] the prompts the evaluators could not agree on (hard by construction: agreement there is lower); "
+    "labels are the best of all N answers, so kappa runs over the answer letters."
 )
 
 
@@ -222,7 +225,7 @@ def meta_eval(
         return
     from tools.inputs.benchmarks import load_benchmark
     from tools.inputs.verdict_files import ItemVerdict, verdict_from_record
-    from tools.meta_eval.scores import baseline_scores, differences_from_best, score_evaluator
+    from tools.meta_eval.scores import baseline_scores, differences_from_best, rows_by_sample, score_evaluator
 
     options: MetaEvalOptions = resolve_options(context, MetaEvalOptions)
     models, method = options.models(), options.method
@@ -252,8 +255,8 @@ def meta_eval(
             votes = [(record.get("juror_votes") or [None] * len(models))[seat] for record in records]
             evaluated.append(list(zip(labelled, [ItemVerdict(winner=vote) for vote in votes], strict=True)))
             names.append(f"juror {seat + 1}: {spec}")
-    rows = differences_from_best([(score_evaluator(one, pairs), pairs) for one, pairs in zip(names, evaluated,
-                                                                                             strict=True)])
+    scored = [(score_evaluator(one, pairs), pairs) for one, pairs in zip(names, evaluated, strict=True)]
+    rows = differences_from_best(scored) + rows_by_sample(scored[:1])
     rows += baseline_scores(labelled)
     title = f"{name} on {benchmark_label(options.benchmark)} ({len(labelled)} items)"
     write_kappa_outputs(output, rows, title=title, notes=READING_NOTES + f"\n\nVerdicts (reused by reruns): `{cache}`.",
@@ -274,7 +277,7 @@ def meta_eval_score(
                                                 "runs/meta-eval-score/BENCHMARK)")] = None,
 ) -> None:
     """Score recorded verdicts against the human labels, without any model call."""
-    from tools.meta_eval.scores import align, baseline_scores, differences_from_best, score_evaluator
+    from tools.meta_eval.scores import align, baseline_scores, differences_from_best, rows_by_sample, score_evaluator
 
     benchmark = _require(benchmark, "--benchmark")
     paths = _require(verdicts, "--verdicts")
@@ -285,7 +288,7 @@ def meta_eval_score(
         pairs = align(verdict_file, items)
         covered |= {item.id for item, _ in pairs}
         scored.append((score_evaluator(verdict_file.name, pairs), pairs))
-    rows = differences_from_best(scored)
+    rows = differences_from_best(scored) + rows_by_sample(scored)
     rows += baseline_scores([item for item in items if item.id in covered])
     output = output or Path("runs/meta-eval-score") / benchmark_label(benchmark)
     rules = "paper-compatible rules" if paper_compat else "default rules"

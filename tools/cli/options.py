@@ -23,6 +23,7 @@ from graphs.ray_pool import RayStart, RayWorkers, preflight_ray_address
 from tools.errors import ConfigError
 from tools.inputs.config_files import read_config_file, validation_problem
 from tools.inputs.panels import panel_from_entries
+from tools.rules.disputes import DEFAULT_DISPUTE_MARGIN, ReviewMode, audit_share_for
 from tools.rules.pairing import DEFAULT_DEGENERATE_SHARE, Pairing, PairingRules, TopTie
 
 Method = Literal["judge", "jury", "debate"]
@@ -166,6 +167,24 @@ class GenerateOptions(RunOptions):
         default=DEFAULT_DEGENERATE_SHARE, gt=0, le=1,
         description="share of repeated word 3-grams from which an answer is degenerate (never chosen)",
     )
+    review: ReviewMode = Field(default="none", description="prompts that pause for a person: none, disputed, all")
+    audit_share: float | None = Field(
+        default=None, ge=0, le=1,
+        description="share of prompts drawn by id for a blind review (default 0 with --review none, else 0.05)")
+    dispute_margin: float = Field(
+        default=DEFAULT_DISPUTE_MARGIN, ge=0, le=10,
+        description="top two scores this close (10-point scale; scaled for 5 and 100) make a verdict disputed")
+
+    def review_settings(self) -> dict[str, Any]:
+        """The review entries of the settings a run directory is bound to (none without review: older runs resume).
+
+        Which prompts pause depends on all three, so a directory keeps them, as it keeps its models.
+        """
+        context = self.context()
+        if context.review == "none" and not context.audit_share:
+            return {}
+        return {"review": context.review, "audit_share": audit_share_for(context.review, context.audit_share),
+                "dispute_margin": context.dispute_margin}
 
     def pairing_rules(self) -> PairingRules:
         """How the export turns ranked answers into rows (export options: not bound to the run directory)."""
@@ -178,7 +197,8 @@ class GenerateOptions(RunOptions):
             models=list(self.judge or [DEFAULT_MODEL]), strategy=self.strategy, scale=self.scale, swap=self.swap,
             rounds=self.rounds, generator=self.generator or DEFAULT_MODEL,
             reviewers=list(self.reviewer or [DEFAULT_MODEL]), iterations=self.iterations, stop_score=self.stop_score,
-            evaluator=self.evaluator,
+            evaluator=self.evaluator, review=self.review, audit_share=self.audit_share,
+            dispute_margin=self.dispute_margin,
         )
 
 

@@ -18,8 +18,7 @@ from pydantic import BaseModel
 from tools.errors import ConfigError, InputError
 from tools.inputs.items import EvalItem, read_jsonl
 from tools.inputs.prompt_sets import benchmarks_root
-
-LABELS = ("A", "B", "tie")
+from tools.rules.verdicts import candidate_labels
 
 
 class LabelledItem(BaseModel):
@@ -29,6 +28,8 @@ class LabelledItem(BaseModel):
     responses: list[str]
     votes: list[str]
     label: str
+    sample: str | None = None
+    """How a run's own prompt came to a person (`human.jsonl`: audit, disputed, all); None for public benchmarks."""
 
     def as_eval_item(self) -> EvalItem:
         """The item as an evaluator sees it (without the labels)."""
@@ -100,17 +101,27 @@ def load_llmbar(path: Path) -> list[LabelledItem]:
 
 
 def load_plain(path: Path) -> list[LabelledItem]:
-    """Plain JSONL `{prompt, responses, label}` (label A/B/tie, or a list of votes); id defaults to the line."""
+    """Plain JSONL `{prompt, responses, label}`; id defaults to the line.
+
+    The label is an answer's letter (A, B, and C... for items with more answers) or tie, or a list of such votes;
+    `sample` (optional) says how the item was chosen for labelling (a run's `human.jsonl`).
+    """
+    from tools.rules.metrics import CLASSES  # scikit-learn loads only when a benchmark is read
+
     items = []
     for number, row in read_jsonl(path):
         for field in ("prompt", "responses", "label"):
             if field not in row:
                 raise InputError(path, number, f"missing field '{field}'")
+        responses = row["responses"]
+        if not isinstance(responses, list) or not 2 <= len(responses) <= len(CLASSES) - 1:
+            raise InputError(path, number, f"'responses' must be a list of 2 to {len(CLASSES) - 1} answers")
+        allowed = [*candidate_labels(len(responses)), "tie"]
         votes = row["label"] if isinstance(row["label"], list) else [row["label"]]
-        if any(vote not in LABELS for vote in votes):
-            raise InputError(path, number, f"label must be one of {', '.join(LABELS)}")
-        items.append(LabelledItem(id=str(row.get("id", number)), prompt=row["prompt"], responses=row["responses"],
-                                  votes=votes, label=majority_label(votes)))
+        if any(vote not in allowed for vote in votes):
+            raise InputError(path, number, f"label must be one of {', '.join(allowed)}")
+        items.append(LabelledItem(id=str(row.get("id", number)), prompt=row["prompt"], responses=responses,
+                                  votes=votes, label=majority_label(votes), sample=row.get("sample")))
     return items
 
 

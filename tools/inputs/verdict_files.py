@@ -6,6 +6,8 @@ One JSON object per line. Accepted forms, tried in this order:
   independent scoring `{"id", "strategy": "independent", "scale", "texts": [one per answer],
   "followup_texts"?}`; the text is parsed with the project's parsers (the follow-up reply when the first
   has no answer);
+- a record of `fellowship generate` (`records.jsonl`: `prompt_id`, `answers`, `verdict`): read as its verdict,
+  with the prompt id as its id (so a run's `human.jsonl` scores the run's own evaluator);
 - a record written by `fellowship evaluate` / `meta-eval` (it has `method` and `exchanges`): a judge's
   recorded exchanges are parsed again (a score recorded with its probability-weighted value, `--scoring
   expected`, takes that value, except under the paper's rules), other methods keep their recorded winner;
@@ -82,10 +84,14 @@ class VerdictFile:
     lines: dict[str, int] = field(default_factory=dict)
 
 
-def _winner_value(value: Any, path: Path, line: int | None) -> str | None:
+def _winner_value(value: Any, path: Path, line: int | None, answers: int = 2) -> str | None:
+    """A recorded winner: with two answers C is the paper's tie; with more answers, C, D... are answers."""
     if value is None:
         return None
-    name = _WINNER_NAMES.get(str(value).strip().lower())
+    text = str(value).strip()
+    if answers > 2 and text in candidate_labels(answers):
+        return text
+    name = _WINNER_NAMES.get(text.lower())
     if name is None:
         raise InputError(path, line, f"winner {value!r} is not A, B, C, tie or null")
     return name
@@ -302,7 +308,7 @@ def verdict_from_record(row: dict[str, Any], *, paper_compat: bool, path: Path, 
     exchanges = row.get("exchanges") or []
     strategy = row.get("strategy")
     if row.get("method") != "judge" or strategy not in STRATEGIES or not exchanges or row.get("error"):
-        winner = _winner_value(row.get("winner"), path, line)
+        winner = _winner_value(row.get("winner"), path, line, count)
         return ItemVerdict(winner=TIE if winner is None and paper_compat else winner,
                            scores=list(row.get("scores") or []), order_winners=list(row.get("order_winners") or []),
                            unparsed=winner is None)
@@ -410,6 +416,9 @@ def read_verdict_file(
         raise InputError(path, None, "verdict file not found")
     result = VerdictFile(name=path.stem, path=path)
     for position, (line, raw_row) in enumerate(read_jsonl(path)):
+        if isinstance(raw_row.get("verdict"), dict) and "prompt_id" in raw_row and "answers" in raw_row:
+            # A `generate` record (records.jsonl): its evaluator's verdict, under the prompt's id.
+            raw_row = {"exchanges": [], **raw_row["verdict"], "id": raw_row["prompt_id"]}
         row = _published_fields(raw_row, default_strategy)
         recorded = _recorded_by_published_code(row, paper_compat, path, line)
         if paper_compat and recorded is not None:

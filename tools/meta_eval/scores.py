@@ -27,7 +27,7 @@ from tools.errors import ConfigError, InputError
 from tools.inputs.benchmarks import LabelledItem
 from tools.inputs.verdict_files import ItemVerdict, VerdictFile
 from tools.rules.metrics import CLASSES, agreement_with_humans, filled_predictions, kappa, kappas_of_resamples
-from tools.rules.verdicts import TIE, mean_scores, plurality_verdict, winner_from_scores
+from tools.rules.verdicts import TIE, candidate_label, mean_scores, plurality_verdict, winner_from_scores
 
 BOOTSTRAP_RESAMPLES = 1000
 
@@ -146,6 +146,28 @@ def score_evaluator(name: str, pairs: Sequence[tuple[LabelledItem, ItemVerdict]]
     )
 
 
+SAMPLE_ORDER = ("audit", "disputed", "all")
+
+
+def rows_by_sample(
+    scored: Sequence[tuple[EvaluatorScore, Sequence[tuple[LabelledItem, ItemVerdict]]]], *, seed: int = 0,
+) -> list[EvaluatorScore]:
+    """Each evaluator's figures on each sample of a run's `human.jsonl` apart (`audit`, `disputed`, `all`).
+
+    The audit sample is drawn at random: its kappa is the unbiased estimate for the run's prompts. The disputed
+    sample holds the prompts the evaluators could not agree on, hard by construction, so it understates agreement.
+    No rows for benchmarks without samples (the public ones).
+    """
+    rows = []
+    for score, pairs in scored:
+        present = {item.sample for item, _ in pairs if item.sample}
+        for sample in [*SAMPLE_ORDER, *sorted(present - set(SAMPLE_ORDER))]:
+            mine = [(item, verdict) for item, verdict in pairs if item.sample == sample]
+            if mine:
+                rows.append(score_evaluator(f"{score.name} [{sample} sample]", mine, seed=seed))
+    return rows
+
+
 def differences_from_best(
     scored: Sequence[tuple[EvaluatorScore, Sequence[tuple[LabelledItem, ItemVerdict]]]], *, seed: int = 0,
 ) -> list[EvaluatorScore]:
@@ -184,11 +206,10 @@ def differences_from_best(
 
 
 def longer_answer_label(item: LabelledItem) -> str:
-    """The label of the longer answer (tie when both are as long)."""
-    lengths = [len(response) for response in item.responses[:2]]
-    if lengths[0] == lengths[1]:
-        return TIE
-    return "A" if lengths[0] > lengths[1] else "B"
+    """The label of the longest answer (tie when the longest length is shared)."""
+    lengths = [len(response) for response in item.responses]
+    longest = [index for index, length in enumerate(lengths) if length == max(lengths)]
+    return candidate_label(longest[0]) if len(longest) == 1 else TIE
 
 
 def baseline_scores(items: Sequence[LabelledItem], *, seed: int = 0) -> list[EvaluatorScore]:

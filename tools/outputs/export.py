@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from tools.outputs.jsonl import JsonlWriter
-from tools.rules.pairing import PairingRules, rank_answers, repetition_share
+from tools.rules.pairing import PairingRules, rank_answers, rank_by_person, repetition_share
 
 # Rows per Arrow batch when the datasets are built from the JSONL files.
 EXPORT_BATCH_ROWS = 256
@@ -34,6 +34,10 @@ class ExportSummary:
     outcomes: Counter[str] = field(default_factory=Counter)
     rows_by_outcome: Counter[str] = field(default_factory=Counter)
     first_dpo_row: dict[str, Any] | None = None
+    # Prompts a person decided (`--review`), and the DPO rows they gave; labels written to human.jsonl.
+    decided_by_people: int = 0
+    rows_decided_by_people: int = 0
+    human_labels: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     calls: int = 0
@@ -51,6 +55,9 @@ class ExportSummary:
         self.kto_rows += len(kto)
         if self.first_dpo_row is None and dpo:
             self.first_dpo_row = dpo[0]
+        if record.get("human") is not None:
+            self.decided_by_people += 1
+            self.rows_decided_by_people += len(dpo)
         usage = record.get("usage") or {}
         self.input_tokens += usage.get("input_tokens", 0)
         self.output_tokens += usage.get("output_tokens", 0)
@@ -120,9 +127,14 @@ def preference_rows(
     answers = [answer["text"] for answer in record["answers"]]
     verdict = record.get("verdict") or {}
     scores = list(verdict.get("scores") or [])
-    degenerate = [bool(answer.get("degenerate", repetition_share(answer["text"]) >= rules.degenerate_share))
-                  for answer in record["answers"]]
-    ranked = rank_answers(answers, scores, verdict.get("winner"), rules, degenerate)
+    human = record.get("human")
+    if human is not None:
+        ranked = rank_by_person(answers, scores, None if human.get("none") else human.get("best"), human.get("worst"),
+                                rules)
+    else:
+        degenerate = [bool(answer.get("degenerate", repetition_share(answer["text"]) >= rules.degenerate_share))
+                      for answer in record["answers"]]
+        ranked = rank_answers(answers, scores, verdict.get("winner"), rules, degenerate)
     if not ranked.dpo:
         return [], [], ranked.outcome
     score = (lambda index: scores[index]) if len(scores) == len(answers) else (lambda index: None)
@@ -144,6 +156,23 @@ def preference_rows(
     kto = [{"prompt": record["prompt"], "completion": _assistant(answers[index]), "label": label,
             "score": score(index), "iteration": index + 1, **common} for index, label in ranked.kto]
     return dpo, kto, ranked.outcome
+
+
+def human_label_line(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The `human.jsonl` line of a record a person decided: a benchmark item `meta-eval` reads (`load_plain`).
+
+    `label` is the best answer's letter among all N answers; `sample` says how the prompt came to a person
+    (`audit`: drawn at random and shown blind; `disputed`; `all`). None for a record without a decision, or whose
+    person found no answer acceptable (there is no best answer to agree with).
+    """
+    human = record.get("human")
+    if human is None or human.get("none") or not human.get("best"):
+        return None
+    return {
+        "id": record["prompt_id"], "prompt": record["prompt"],
+        "responses": [answer["text"] for answer in record["answers"]], "label": human["best"],
+        "sample": human.get("sample"), "reviewer": human.get("reviewer", ""), "note": human.get("note", ""),
+    }
 
 
 def check_trl_rows(rows: Iterable[dict[str, Any]], kind: str) -> None:
@@ -221,14 +250,14 @@ def export_records(
     """Write records.jsonl, dpo.jsonl, kto.jsonl and the `dpo/`, `kto/` datasets; return the counts.
 
     Records stream through one at a time (from the run store, in prompt order), so memory stays flat however
-    many prompts a run has. Each answer in records.jsonl carries its repetition share and whether it counts
-    as degenerate, and each record its outcome and the iteration chosen (None without rows). Every file appears
-    under its final name only when complete.
+    many prompts a run has. Each answer in records.jsonl carries its repetition share and whether it counts as
+    degenerate, and each record its outcome and the iteration chosen (None without rows). Records a person decided
+    also give `human.jsonl` (`human_label_line`). Every file appears under its final name only when complete.
     """
     rules = rules or PairingRules()
     summary = ExportSummary()
     with JsonlWriter(output_dir / "records.jsonl") as records_out, JsonlWriter(output_dir / "dpo.jsonl") as dpo_out, \
-            JsonlWriter(output_dir / "kto.jsonl") as kto_out:
+            JsonlWriter(output_dir / "kto.jsonl") as kto_out, JsonlWriter(output_dir / "human.jsonl") as human_out:
         for raw in records:
             record = annotate_repetition(raw, rules)
             dpo, kto, outcome = preference_rows(record, rules)
@@ -243,6 +272,12 @@ def export_records(
                 dpo_out.write(row)
             for row in kto:
                 kto_out.write(row)
+            label = human_label_line(record)
+            if label is not None:
+                human_out.write(label)
+                summary.human_labels += 1
+    if not summary.human_labels:
+        (output_dir / "human.jsonl").unlink()  # no person decided anything: no benchmark to offer
     # Saved even when empty: a stale dataset from an earlier export must not survive, and loaders expect one.
     _save_dataset(output_dir / "dpo.jsonl", summary.dpo_rows, output_dir / "dpo", "dpo")
     _save_dataset(output_dir / "kto.jsonl", summary.kto_rows, output_dir / "kto", "kto")
@@ -266,6 +301,7 @@ def dataset_card(
     prompt_sources: Sequence[Any] = (),
     license: str = "other",
     report: dict[str, Any] | None = None,
+    waiting: int = 0,
 ) -> str:
     """The README.md of an output directory: a Hugging Face dataset card.
 
@@ -313,6 +349,10 @@ def dataset_card(
         *[f"- prompts with outcome `{name}`: {count} (DPO rows: {summary.rows_by_outcome[name]})"
           for name, count in sorted(summary.outcomes.items())],
         f"- prompts failed: {len(failures)}",
+        *([f"- prompts decided by people (`--review`): {summary.decided_by_people} (DPO rows: "
+           f"{summary.rows_decided_by_people}); their labels: `human.jsonl`"] if summary.decided_by_people else []),
+        *([f"- prompts waiting for a person's decision (no rows yet): {waiting}; `fellowship review` on this "
+           "directory decides them"] if waiting else []),
         "",
         "Rows follow the pairing rules in the configuration (`pairs`, `min_margin`, `top_tie`, `max_repetition`):",
         "`ok_tied_top_later` counts prompts whose evaluator tied the top answers and whose latest top answer was",

@@ -1,7 +1,9 @@
 """Agreement of evaluator verdicts with human labels: Cohen's kappa, raw agreement, bootstrap interval.
 
-Kappa is scikit-learn's unweighted `cohen_kappa_score` over the three classes {A, B, tie}, with every item
-kept: a verdict that could not be formed is counted as a tie prediction (or by the paper's rules upstream).
+Kappa is scikit-learn's unweighted `cohen_kappa_score` over the classes {A, B, tie}, with every item kept: a
+verdict that could not be formed is counted as a tie prediction (or by the paper's rules upstream). Items with
+more than two answers (a run's own `human.jsonl`: the best of N) add their letters C, D...: classes nobody uses
+add nothing to kappa, so two-answer figures are the same as over {A, B, tie} alone.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import cohen_kappa_score
 
-CLASSES = ["A", "B", "tie"]
+# A, B and tie first (their indices are fixed), then the answer letters of items with more answers (up to 10).
+CLASSES = ["A", "B", "tie", "C", "D", "E", "F", "G", "H", "I", "J"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class Agreement:
 
 
 def kappa(predicted: Sequence[str], human: Sequence[str]) -> float:
-    """Cohen's kappa over {A, B, tie} (scikit-learn, unweighted)."""
+    """Cohen's kappa over {A, B, tie} and the letters of further answers (scikit-learn, unweighted)."""
     if len(predicted) != len(human):
         raise ValueError(f"{len(predicted)} predictions for {len(human)} labels")
     # A resample with a single class has no defined kappa; count it as no agreement beyond chance.

@@ -16,9 +16,15 @@ The rules, stated once:
   (False), answers in between are left out.
 - Never a row whose chosen text equals its rejected text.
 
+A person's decision (`generate --review`, `rank_by_person`) replaces the evaluator's ranking: the person's best
+is chosen whatever the scores, the margin and the degeneracy rule say. `best-vs-rest`: against every other answer;
+`best-vs-worst`: against the person's worst, else the evaluator's lowest-scored other answer, else the earliest
+other answer; `all-pairs`: against every other answer, and every other answer against the person's worst. KTO:
+the best desirable, every answer it is paired against undesirable. No acceptable answer (`none`) gives no rows.
+
 Outcomes per prompt: `ok`, `ok_tied_top_later` (rows after a tied top), `tied_top` (all top answers tied, or
 `skip`), `below_margin`, `degenerate_top` (no answer fit to be chosen), `identical_answers`, `no_verdict`,
-`single_answer`.
+`single_answer`; decided by a person: `decided_by_person`, `none_acceptable`.
 """
 
 from __future__ import annotations
@@ -140,3 +146,29 @@ def rank_answers(
     kto = [(index, True) for index in desirable] + [(index, False) for index in undesirable]
     # A tied top that still gave rows is counted apart: the card says how many prompts the tie rule saved.
     return Ranked("ok_tied_top_later" if winner == TIE else "ok", chosen, dpo, kto)
+
+
+def rank_by_person(
+    texts: Sequence[str], scores: Sequence[float | None], best: str | None, worst: str | None, rules: PairingRules,
+) -> Ranked:
+    """The module's rules for a prompt a person decided: `best`/`worst` are answer letters, None best is `none`."""
+    if best is None:
+        return Ranked("none_acceptable")
+    chosen = label_index(best)
+    others = [index for index in range(len(texts)) if index != chosen and not _same(texts, chosen, index)]
+    if not others:
+        return Ranked("identical_answers", chosen)
+    low = label_index(worst) if worst is not None else None
+    if rules.pairs == "best-vs-worst":
+        if low is None or low not in others:
+            scored = len(scores) == len(texts)
+            known = {index: scores[index] for index in others if scored and scores[index] is not None}
+            low = min(known, key=lambda index: (known[index], index)) if known else others[0]
+        rejected = [low]
+    else:
+        rejected = others
+    dpo = [(chosen, index) for index in rejected]
+    if rules.pairs == "all-pairs" and low is not None:
+        dpo += [(index, low) for index in others if index != low and not _same(texts, index, low)]
+    kto = [(chosen, True), *[(index, False) for index in rejected]]
+    return Ranked("decided_by_person", chosen, dpo, kto)
