@@ -520,7 +520,7 @@ async def _commit(
     if result.waiting is not None and result.record is not None:
         if review is None:  # only a context with review on pauses, and then the store is open
             raise RuntimeError("a prompt paused for review without a review store")
-        review.add_waiting(result.prompt_id, result.waiting, result.record)
+        review.add_waiting(result.prompt_id, store.position(result.prompt_id), result.waiting, result.record)
         breaker.record(None)
         usage = result.record["usage"]
         return PromptOutcome(result.prompt_id, ok=True, calls_made=result.calls_made, waiting=True,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import os
+import shutil
 import socket
 import sys
 from collections.abc import Iterator
@@ -118,3 +119,14 @@ def benchmarks_dir() -> Path:
         where = f"$FELLOWSHIP_BENCHMARKS={configured}" if configured else str(folder)
         missing(f"the benchmarks folder was looked for at {where} and is not there")
     return folder
+
+
+@pytest.fixture
+def chromium() -> str:
+    """The system's Chromium, which the browser tests drive headless (Playwright, `--no-sandbox` as root)."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        missing("Chromium was looked for on PATH (chromium, chromium-browser) and is not there: "
+                "apt-get install chromium")
+    assert found is not None
+    return found

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import json
-import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,6 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import missing
 from tests.test_generation import generate_args
 from tools.cli import app
 from tools.dev.stub_server import StubServer
@@ -138,16 +136,6 @@ def test_a_runs_report_fetches_nothing_and_escapes_what_models_and_prompts_wrote
     missing_folder = runner.invoke(app, ["report", str(tmp_path / "nowhere")])
     assert missing_folder.exit_code == 1
     assert "records.jsonl: not found" in missing_folder.output
-
-
-@pytest.fixture
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        missing("Chromium was looked for on PATH (chromium, chromium-browser) and is not there: "
-                "apt-get install chromium")
-    assert found is not None
-    return found
 
 
 def test_the_report_in_a_real_browser(tmp_path: Path, stub: StubServer, chromium: str) -> None:

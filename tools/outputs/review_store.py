@@ -24,6 +24,7 @@ REVIEW_FILE = "review.sqlite"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS waiting (
     prompt_id TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
     sample TEXT NOT NULL,
     request TEXT NOT NULL,
     record TEXT NOT NULL,
@@ -63,7 +64,9 @@ class ReviewStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=30)  # autocommit: every write durable
+        # Autocommit: every write is durable at once. The review page's request threads share the connection,
+        # one at a time (its server holds a lock), hence check_same_thread off.
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
@@ -85,23 +88,26 @@ class ReviewStore:
         """Close the store."""
         self.close()
 
-    def add_waiting(self, prompt_id: str, request: dict[str, Any], record: dict[str, Any]) -> None:
-        """A prompt paused for a person (again, after a kill: its row is refreshed, its decision kept)."""
+    def add_waiting(self, prompt_id: str, position: int, request: dict[str, Any], record: dict[str, Any]) -> None:
+        """A prompt paused for a person (again, after a kill: its row is refreshed, its decision kept).
+
+        `position` is the prompt's place in the run directory's order, which the review page follows.
+        """
         self._db.execute(
-            "INSERT INTO waiting (prompt_id, sample, request, record, paused_at) VALUES (?, ?, ?, ?, ?) "
+            "INSERT INTO waiting (prompt_id, position, sample, request, record, paused_at) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (prompt_id) DO UPDATE SET sample = excluded.sample, request = excluded.request, "
             "record = excluded.record",
-            (prompt_id, request["sample"], json.dumps(request, ensure_ascii=False),
+            (prompt_id, position, request["sample"], json.dumps(request, ensure_ascii=False),
              json.dumps(record, ensure_ascii=False), time.time()),
         )
 
     def prompts(self, *, include_applied: bool = False) -> list[WaitingPrompt]:
-        """The prompts that paused, in the order they paused, with their decisions."""
+        """The prompts that paused, in the run's prompt order, with their decisions."""
         rows = self._db.execute(
             "SELECT w.prompt_id, w.sample, w.request, w.record, d.decision, w.applied_at IS NOT NULL "
             "FROM waiting w LEFT JOIN decisions d ON d.prompt_id = w.prompt_id "
             + ("" if include_applied else "WHERE w.applied_at IS NULL ")
-            + "ORDER BY w.paused_at, w.prompt_id"
+            + "ORDER BY w.position"
         ).fetchall()
         return [WaitingPrompt(prompt_id, sample, json.loads(request), json.loads(record),
                               json.loads(decision) if decision else None, bool(applied))

@@ -151,6 +151,10 @@ class RunStore:
                     (prompt_id, offset + index, json.dumps(prompt, ensure_ascii=False), now),
                 )
 
+    def position(self, prompt_id: str) -> int:
+        """Where a prompt stands in the directory's order (the order its prompts were first added)."""
+        return int(self._db.execute("SELECT position FROM prompts WHERE prompt_id = ?", (prompt_id,)).fetchone()[0])
+
     def status_of(self, prompt_ids: list[str]) -> dict[str, str]:
         """Status (pending, done, failed) of each of these prompts."""
         marks = ",".join("?" * len(prompt_ids))
