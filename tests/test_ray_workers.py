@@ -164,6 +164,41 @@ def test_two_workers_write_what_one_process_writes(tmp_path: Path) -> None:
     assert not ray_processes()  # the workers and the local instance are gone
 
 
+def test_prompts_paused_on_ray_workers_resume_with_a_decision_in_any_process(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tools.cli import app
+    from tools.outputs.review_store import ReviewStore
+
+    server = StubServer(StubSettings(latency_s=0.2)).start_in_thread()
+    try:
+        output, command = long_run(tmp_path, server)
+        command += ["--review", "all"]
+        pooled = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+        assert pooled.returncode == 4, pooled.stderr  # every prompt waits for a person
+        on_ray, here = prompts_per_process(pooled.stderr)
+        assert on_ray > 0 and on_ray + here == 60, pooled.stderr
+        # The workers' paused threads came back to the run directory's file: any process can resume them.
+        with ReviewStore.of(output) as store:
+            waiting = [entry.prompt_id for entry in store.prompts()]
+        assert len(waiting) == 60 and checkpoint_threads(output) == set(waiting)
+        assert not worker_checkpoint_threads(output)
+        decisions = tmp_path / "decisions.jsonl"
+        decisions.write_text("".join(json.dumps({"prompt_id": prompt_id, "best": "C"}) + "\n" for prompt_id in waiting))
+        assert CliRunner().invoke(app, ["review", str(output), "--import", str(decisions)]).exit_code == 0
+        requests = server.stats.requests
+        applied = subprocess.run([*command[:command.index("--workers")], "--review", "all"], capture_output=True,
+                                 text=True, timeout=RUN_TIMEOUT_S, check=False)
+        assert applied.returncode == 0, applied.stderr
+        assert server.stats.requests == requests  # resumed from the paused threads, no call
+    finally:
+        server.stop()
+    records = [json.loads(line) for line in (output / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 60 and all(record["human"]["best"] == "C" for record in records)
+    assert not checkpoint_threads(output)
+    assert not ray_processes()
+
+
 def worker_checkpoint_threads(output: Path) -> set[str]:
     threads: set[str] = set()
     for path in output.glob("checkpoints-worker-*.sqlite"):

@@ -272,3 +272,69 @@ def test_the_runs_own_evaluator_is_scored_against_its_people_with_kappa_over_the
     assert rows["jury combined/plurality m1 + m2 [audit sample]"]["kappa"] == pytest.approx(1.0)
     assert rows["jury combined/plurality m1 + m2 [disputed sample]"]["kappa"] == pytest.approx(0.0)
     assert rows["jury combined/plurality m1 + m2 [audit sample]"]["n"] == 3
+
+
+def decide_all(output: Path, tmp_path: Path, best: str = "B") -> None:
+    exported = tmp_path / f"{output.name}-waiting.jsonl"
+    assert runner.invoke(app, ["review", str(output), "--export", str(exported)]).exit_code == 0
+    decisions = tmp_path / f"{output.name}-decisions.jsonl"
+    decisions.write_text("".join(json.dumps({"prompt_id": json.loads(line)["prompt_id"], "best": best}) + "\n"
+                                 for line in exported.read_text().splitlines()))
+    result = runner.invoke(app, ["review", str(output), "--import", str(decisions)])
+    assert result.exit_code == 0, result.output
+
+
+def test_paused_prompts_survive_sigkill_with_the_same_audit_sample_and_are_not_paid_twice(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tools.dev.stub_server import StubSettings
+
+    server = StubServer(StubSettings(latency_s=0.1, max_concurrent=4)).start_in_thread()
+    try:
+        prompts = write_prompts(tmp_path / "prompts.jsonl", 14)
+        spec = f"compat:stub@{server.base_url}"
+        args = generate_args(prompts, tmp_path / "reference", spec, "--review", "all", "--audit-share", "0.3",
+                             "-c", "2")
+        assert runner.invoke(app, args).exit_code == 4
+        reference_waiting = waiting_ids(tmp_path / "reference")
+        uninterrupted_calls = server.stats.completions
+        assert len(reference_waiting) == 14 and "audit" in reference_waiting.values()
+
+        killed = tmp_path / "killed"
+        command = [sys.executable, "-m", "tools.cli",
+                   *generate_args(prompts, killed, spec, "--review", "all", "--audit-share", "0.3", "-c", "2")]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        paused = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and paused < 4:
+            time.sleep(0.05)
+            try:
+                paused = len(waiting_ids(killed))
+            except sqlite3.Error:
+                continue
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+        assert 4 <= paused < 14, f"the kill landed at {paused} paused prompts"
+        before_resume = server.stats.completions
+        resumed = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        assert resumed.returncode == 4, resumed.stderr
+        # The same prompts wait, in the same samples, as in the run that was never killed.
+        assert waiting_ids(killed) == reference_waiting
+        # Prompts paused before the kill were not run again: the resumed run cost what the rest needed.
+        assert server.stats.completions - before_resume < uninterrupted_calls * (14 - paused + 2) / 14
+
+        for output in (tmp_path / "reference", killed):
+            decide_all(output, tmp_path)
+            requests = server.stats.requests
+            applied = runner.invoke(app, generate_args(prompts, output, spec, "--review", "all", "--audit-share",
+                                                       "0.3", "-c", "2"))
+            assert applied.exit_code == 0, applied.output
+            assert server.stats.requests == requests
+        for name in ("dpo.jsonl", "kto.jsonl", "human.jsonl"):
+            assert (killed / name).read_text() == (tmp_path / "reference" / name).read_text()
+    finally:
+        server.stop()
