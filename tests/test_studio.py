@@ -2,7 +2,8 @@
 
 The server test starts `langgraph dev` on 127.0.0.1 from the project's own langgraph.json, checks that every
 graph is served with its input and context schemas and an x-ray drawing, and runs the judge and a debate
-through its HTTP API against the stub OpenAI-compatible server, with the context Studio sends.
+through its HTTP API against the stub OpenAI-compatible server, with the context Studio sends; a pipeline run with
+`review` in its context pauses in `human_review`, and a resume with a decision finishes it as the CLI would.
 """
 
 from __future__ import annotations
@@ -124,3 +125,55 @@ async def test_server_runs_evaluations_with_the_studio_context(server: str, stub
     assert served["parse_ok"] is True and served["models"][0] == spec
     if method == "debate":
         assert [turn["speaker"] for turn in served["transcript"]] == ["General Public", "Psychologist", "Critic"] * 2
+
+
+def test_a_pipeline_run_in_the_server_pauses_for_a_person_and_a_resume_finishes_it_as_the_cli_would(
+    server: str, stub: StubServer, tmp_path: Path,
+) -> None:
+    from typer.testing import CliRunner
+
+    from tools.cli import app
+    from tools.inputs.prompt_sets import prompt_id_for
+
+    spec = f"compat:stub@{stub.base_url}"
+    prompt = "Why do cats purr?"
+    prompt_id = prompt_id_for(prompt)
+    context = {"generator": spec, "reviewers": [spec], "models": [spec], "iterations": 2, "review": "all"}
+    assistant = assistant_ids(server)["pipeline"]
+    thread = call(server, "POST", "/threads", {})["thread_id"]
+    call(server, "POST", f"/threads/{thread}/runs/wait", {
+        "assistant_id": assistant, "input": {"prompt_id": prompt_id, "prompt": prompt}, "context": context},
+        timeout=120)
+    state = call(server, "GET", f"/threads/{thread}")
+    assert state["status"] == "interrupted"
+    [interrupt] = [value for values in state["interrupts"].values() for value in values]
+    asked = interrupt["value"]
+    assert (asked["prompt_id"], asked["sample"], asked["answers"]) == (prompt_id, "all", 2)
+    assert {"best", "worst", "none", "reviewer", "note"} <= set(asked["answer_schema"]["properties"])
+    call(server, "POST", f"/threads/{thread}/runs/wait", {
+        "assistant_id": assistant, "command": {"resume": {"best": "B", "reviewer": "ana"}}, "context": context},
+        timeout=120)
+    finished = call(server, "GET", f"/threads/{thread}")
+    assert finished["status"] == "idle"
+    values = finished["values"]
+
+    # The same prompt through the CLI, decided the same way.
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": prompt}) + "\n")
+    output = tmp_path / "run"
+    args = ["generate", "--prompts", str(prompts), "--output", str(output), "--generator", spec, "--reviewer", spec,
+            "--judge", spec, "--iterations", "2", "--review", "all"]
+    runner = CliRunner()
+    assert runner.invoke(app, args).exit_code == 4
+    decision = tmp_path / "decision.jsonl"
+    decision.write_text(json.dumps({"prompt_id": prompt_id, "best": "B", "reviewer": "ana"}) + "\n")
+    assert runner.invoke(app, ["review", str(output), "--import", str(decision)]).exit_code == 0
+    assert runner.invoke(app, args).exit_code == 0
+    [record] = [json.loads(line) for line in (output / "records.jsonl").read_text().splitlines()]
+    served_answers = [answer["text"] for answer in sorted(values["answers"], key=lambda answer: answer["iteration"])]
+    assert served_answers == [answer["text"] for answer in record["answers"]]
+    assert (values["verdict"]["scores"], values["verdict"]["winner"]) == (record["verdict"]["scores"],
+                                                                          record["verdict"]["winner"])
+    keys = ("best", "worst", "none", "reviewer", "sample", "reasons")
+    assert {key: values["human"][key] for key in keys} == {key: record["human"][key] for key in keys}
+    assert (values["human"]["via"], record["human"]["via"]) == ("studio", "import")
