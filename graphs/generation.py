@@ -79,6 +79,7 @@ class GenerationResult:
     # Review (`--review`): prompts of the directory that wait for a person's decision, and decisions applied now.
     waiting_for_review: int = 0
     decisions_applied: int = 0
+    waiting_calls: int = 0  # the calls already made for the prompts that wait (kept: applying calls nothing)
 
 
 @dataclass
@@ -392,7 +393,8 @@ async def run_generation(
         applied: list[str] = []
         breaker = CircuitBreaker(min(DEFAULT_TRIP_AFTER, len(pending)))
         if budget is not None:
-            budget.spent = store.spent_usd()
+            # Prompts waiting for review were paid for too, though their records are not done yet.
+            budget.spent = store.spent_usd() + (review.waiting_usage()["cost_usd"] if review is not None else 0.0)
 
         checkpoint_path = output_dir / "checkpoints.sqlite"
         local = PromptRunner.open(checkpoint_path, context=context, roles=roles, model_source=model_source,
@@ -492,6 +494,7 @@ async def run_generation(
             where_prompts_ran=where_prompts_ran,
             threads_dropped=threads_dropped,
             waiting_for_review=review.counts()["undecided"] if review is not None else 0,
+            waiting_calls=review.waiting_usage()["calls"] if review is not None else 0,
             decisions_applied=len(applied),
         )
     finally:

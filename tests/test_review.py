@@ -269,9 +269,9 @@ def test_the_runs_own_evaluator_is_scored_against_its_people_with_kappa_over_the
     assert overall["kappa"] == pytest.approx(0.5)
     # Audit sample alone: all three right, kappa 1. Disputed: one of three right (A), human C, A, B vs A, A, C:
     # po = 1/3; pe = (1*2 + 1*0 + 1*1) / 9 = 1/3; kappa 0.
-    assert rows["jury combined/plurality m1 + m2 [audit sample]"]["kappa"] == pytest.approx(1.0)
-    assert rows["jury combined/plurality m1 + m2 [disputed sample]"]["kappa"] == pytest.approx(0.0)
-    assert rows["jury combined/plurality m1 + m2 [audit sample]"]["n"] == 3
+    assert rows["audit sample: jury combined/plurality m1 + m2"]["kappa"] == pytest.approx(1.0)
+    assert rows["disputed sample: jury combined/plurality m1 + m2"]["kappa"] == pytest.approx(0.0)
+    assert rows["audit sample: jury combined/plurality m1 + m2"]["n"] == 3
 
 
 def decide_all(output: Path, tmp_path: Path, best: str = "B") -> None:

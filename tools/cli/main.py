@@ -479,6 +479,7 @@ def run_generate_with(
             "published": published, "budget_stopped": result.budget_stopped, "spent_usd": result.spent_usd,
             "max_cost_usd": options.max_cost_usd, "report": report_page,
             "waiting_for_review": result.waiting_for_review, "decisions_applied": result.decisions_applied,
+            "waiting_calls": result.waiting_calls,
             "decided_by_people": summary.decided_by_people, "human_labels": summary.human_labels,
         }
 
@@ -508,7 +509,8 @@ def _print_generate_summary(output: Path, report: dict[str, Any], *, report_line
                       f"{report['decided_by_people']} prompts in all were decided by people; their labels: "
                       f"{output / 'human.jsonl'}", markup=False)
     if report.get("waiting_for_review"):
-        console.print(f"{report['waiting_for_review']} prompts wait for review: fellowship review {output}",
+        console.print(f"{report['waiting_for_review']} prompts wait for review: fellowship review {output} (their "
+                      f"{report['waiting_calls']} calls are made and kept: applying a decision calls nothing)",
                       markup=False)
     if report_line and report.get("report") is not None:
         console.print(f"report: {report['report']} (open it in a browser)")

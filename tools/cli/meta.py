@@ -162,9 +162,9 @@ READING_NOTES = (
     "whose answers differ in length, that picked the longer one. With several evaluators, 'vs best' is each one's "
     "kappa minus the best one's on the items both have, with a paired bootstrap interval (the same resamples for "
     "both): an interval that includes 0 means the data cannot tell the two apart. An evaluator is worth using only "
-    "where it beats the baselines. On a run's own `human.jsonl`, rows marked [audit sample] cover the prompts "
-    "drawn at random for a blind review (the unbiased estimate of agreement on the run's prompts), and [disputed "
-    "sample] the prompts the evaluators could not agree on (hard by construction: agreement there is lower); "
+    "where it beats the baselines. On a run's own `human.jsonl`, rows named 'audit sample: ...' cover the prompts "
+    "drawn at random for a blind review (the unbiased estimate of agreement on the run's prompts), and 'disputed "
+    "sample: ...' the prompts the evaluators could not agree on (hard by construction: agreement there is lower); "
     "labels are the best of all N answers, so kappa runs over the answer letters."
 )
 

@@ -82,6 +82,9 @@ class VerdictFile:
     by_id: dict[str, ItemVerdict] = field(default_factory=dict)
     by_position: dict[int, ItemVerdict] = field(default_factory=dict)
     lines: dict[str, int] = field(default_factory=dict)
+    # A run's records.jsonl holds every prompt of the run, its human.jsonl only those people decided: verdicts of
+    # other prompts are left out instead of refused.
+    run_records: bool = False
 
 
 def _winner_value(value: Any, path: Path, line: int | None, answers: int = 2) -> str | None:
@@ -419,6 +422,7 @@ def read_verdict_file(
         if isinstance(raw_row.get("verdict"), dict) and "prompt_id" in raw_row and "answers" in raw_row:
             # A `generate` record (records.jsonl): its evaluator's verdict, under the prompt's id.
             raw_row = {"exchanges": [], **raw_row["verdict"], "id": raw_row["prompt_id"]}
+            result.run_records = True
         row = _published_fields(raw_row, default_strategy)
         recorded = _recorded_by_published_code(row, paper_compat, path, line)
         if paper_compat and recorded is not None:

@@ -87,10 +87,13 @@ def paired_interval(first: np.ndarray, second: np.ndarray) -> tuple[float, float
 
 
 def align(verdicts: VerdictFile, items: Sequence[LabelledItem]) -> list[tuple[LabelledItem, ItemVerdict]]:
-    """Pair each verdict with its benchmark item, in benchmark order; an unknown id is an error."""
+    """Pair each verdict with its benchmark item, in benchmark order; an unknown id is an error.
+
+    Except in a run's records.jsonl, which holds every prompt of the run, scored against the few people decided.
+    """
     known = {item.id: item for item in items}
     for item_id in verdicts.by_id:
-        if item_id not in known:
+        if item_id not in known and not verdicts.run_records:
             raise InputError(verdicts.path, verdicts.lines[item_id], f"id {item_id!r} is not in the benchmark")
     for position in verdicts.by_position:
         if position >= len(items):
@@ -164,7 +167,7 @@ def rows_by_sample(
         for sample in [*SAMPLE_ORDER, *sorted(present - set(SAMPLE_ORDER))]:
             mine = [(item, verdict) for item, verdict in pairs if item.sample == sample]
             if mine:
-                rows.append(score_evaluator(f"{score.name} [{sample} sample]", mine, seed=seed))
+                rows.append(score_evaluator(f"{sample} sample: {score.name}", mine, seed=seed))
     return rows
 
 

@@ -157,6 +157,15 @@ class ReviewStore:
         self._db.executemany("UPDATE waiting SET applied_at = ? WHERE prompt_id = ? AND applied_at IS NULL",
                              [(now, prompt_id) for prompt_id in prompt_ids])
 
+    def waiting_usage(self) -> dict[str, Any]:
+        """Calls and cost of the prompts that wait (not applied): paid for, though their records are not done yet."""
+        calls, cost = 0, 0.0
+        for (record,) in self._db.execute("SELECT record FROM waiting WHERE applied_at IS NULL"):
+            usage = json.loads(record).get("usage") or {}
+            calls += usage.get("calls", 0)
+            cost += usage.get("cost_usd") or 0.0
+        return {"calls": calls, "cost_usd": cost}
+
     def counts(self) -> dict[str, int]:
         """Prompts that wait (`undecided`), decided but not applied (`decided`), and `applied`."""
         row = self._db.execute(
