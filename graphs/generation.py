@@ -14,10 +14,12 @@ done has one source of truth however many workers (or machines) run the prompts.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
 import tempfile
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +42,13 @@ from tools.inputs.items import Prompt
 from tools.inputs.prompt_sets import as_messages, prompt_id_for
 from tools.outputs.review_store import REVIEW_FILE, ReviewStore
 from tools.outputs.run_store import PromptSourceId, RunStore
-from tools.outputs.tracing import RunTreeRecorder, trace_filename, write_trace
+from tools.outputs.tracing import (
+    RunTreeRecorder,
+    langsmith_tracing,
+    send_human_feedback,
+    trace_filename,
+    write_trace,
+)
 from tools.rules.secrets import failure_reason
 
 
@@ -80,6 +88,7 @@ class GenerationResult:
     waiting_for_review: int = 0
     decisions_applied: int = 0
     waiting_calls: int = 0  # the calls already made for the prompts that wait (kept: applying calls nothing)
+    feedback_problem: str | None = None  # a line when decisions could not all be sent to LangSmith
 
 
 @dataclass
@@ -160,6 +169,7 @@ class PromptResult:
     # A prompt paused for a person (`human_review`): what it asks (a ReviewRequest as JSON); `record` is then the
     # record so far (answers, verdict), for the review page, not a finished one.
     waiting: dict[str, Any] | None = None
+    root_run_id: str | None = None  # the pipeline invocation's root run (its id in traces and LangSmith)
 
 
 class PromptRunner:
@@ -202,7 +212,9 @@ class PromptRunner:
         thread is gone (a worker on another machine held it), the record it paused with (`paused`: `record` and
         `request`, as the review store keeps them) gets the decision instead.
         """
+        root_run_id = uuid.uuid4()
         config: dict[str, Any] = {
+            "run_id": root_run_id,
             "configurable": {"thread_id": prompt_id},
             "run_name": f"pipeline:{prompt_id}",
             "metadata": {"item_id": prompt_id, "method": "pipeline"},
@@ -227,6 +239,7 @@ class PromptRunner:
                                   endpoint_failure=endpoint_failure_key(error))
         if recorder is not None and recorder.roots:
             result.trace = recorder.document()
+        result.root_run_id = str(root_run_id)
         return result
 
     async def _invoke(self, prompt_id: str, prompt: Prompt, config: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -391,6 +404,7 @@ async def run_generation(
         prompts_at_once = jobs_in_flight(concurrency)
         outcomes: list[PromptOutcome] = []
         applied: list[str] = []
+        feedback_problem: str | None = None
         breaker = CircuitBreaker(min(DEFAULT_TRIP_AFTER, len(pending)))
         if budget is not None:
             # Prompts waiting for review were paid for too, though their records are not done yet.
@@ -450,15 +464,21 @@ async def run_generation(
                 if on_outcome is not None:
                     on_outcome(outcome)
 
+            feedback: list[tuple[str, dict[str, Any]]] = []
             for prompt_id, prompt in decided:
                 entry = paused[prompt_id]
                 result = await local.run(prompt_id, prompt, decision=entry.decision,
                                          paused={"request": entry.request, "record": entry.record})
                 outcome = await _commit(result, store, local, breaker, trace_dir, review)
-                applied += [prompt_id] if outcome.ok else []
+                if outcome.ok:
+                    applied.append(prompt_id)
+                    if entry.run_id and result.record is not None:
+                        feedback.append((entry.run_id, result.record["human"]))
                 outcomes.append(outcome)
                 if on_outcome is not None:
                     on_outcome(outcome)
+            if feedback and langsmith_tracing():
+                feedback_problem = await asyncio.to_thread(send_human_feedback, feedback)
             await run_pooled(pending, lambda job: run_one(*job), workers=prompts_at_once, breaker=breaker)
             finished_run = True
         finally:
@@ -495,6 +515,7 @@ async def run_generation(
             threads_dropped=threads_dropped,
             waiting_for_review=review.counts()["undecided"] if review is not None else 0,
             waiting_calls=review.waiting_usage()["calls"] if review is not None else 0,
+            feedback_problem=feedback_problem,
             decisions_applied=len(applied),
         )
     finally:
@@ -523,7 +544,8 @@ async def _commit(
     if result.waiting is not None and result.record is not None:
         if review is None:  # only a context with review on pauses, and then the store is open
             raise RuntimeError("a prompt paused for review without a review store")
-        review.add_waiting(result.prompt_id, store.position(result.prompt_id), result.waiting, result.record)
+        review.add_waiting(result.prompt_id, store.position(result.prompt_id), result.waiting, result.record,
+                           result.root_run_id)
         breaker.record(None)
         usage = result.record["usage"]
         return PromptOutcome(result.prompt_id, ok=True, calls_made=result.calls_made, waiting=True,

@@ -79,3 +79,42 @@ def test_debate_runs_arrive_named_grouped_and_without_keys(
     assert "debate/critic/round-2" in sent and "Question 42?" in sent  # the bodies were read, not empty
     for name, value in KEYS.items():
         assert value not in sent, f"{name} was sent to LangSmith"
+
+
+def test_each_persons_decision_arrives_as_feedback_on_the_paused_prompts_root_run(
+    tmp_path: Path, capture: LangSmithCapture, stub: StubServer
+) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Question {index}?"}) + "\n" for index in range(3)))
+    output = tmp_path / "run"
+    spec = f"compat:stub@{stub.base_url}"
+    environment = {**os.environ, **KEYS, "LANGSMITH_TRACING": "true", "LANGSMITH_ENDPOINT": capture.endpoint,
+                   "LANGSMITH_PROJECT": "fellowship-tests"}
+    command = [sys.executable, "-m", "tools.cli", "generate", "--prompts", str(prompts), "--output", str(output),
+               "--generator", spec, "--reviewer", spec, "--judge", spec, "--iterations", "2", "--review", "all"]
+    paused = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment, check=False)
+    assert paused.returncode == 4, paused.stderr
+    roots = {run["name"]: run["id"] for run in capture.capture.runs.values()
+             if not run.get("parent_run_id") and str(run.get("name", "")).startswith("pipeline:")}
+    assert len(roots) == 3
+    exported = tmp_path / "waiting.jsonl"
+    assert subprocess.run([sys.executable, "-m", "tools.cli", "review", str(output), "--export", str(exported)],
+                          capture_output=True, timeout=60, check=False).returncode == 0
+    waiting = [json.loads(line)["prompt_id"] for line in exported.read_text().splitlines()]
+    decisions = tmp_path / "decisions.jsonl"
+    decisions.write_text(
+        json.dumps({"prompt_id": waiting[0], "best": "B", "reviewer": "ana", "note": "clearer"}) + "\n"
+        + json.dumps({"prompt_id": waiting[1], "none": True, "reviewer": "ana"}) + "\n")
+    assert subprocess.run([sys.executable, "-m", "tools.cli", "review", str(output), "--import", str(decisions)],
+                          capture_output=True, timeout=60, check=False).returncode == 0
+    applied = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment, check=False)
+    assert applied.returncode == 4, applied.stderr  # one prompt still waits
+    sent = {entry["run_id"]: entry for entry in capture.capture.feedback}
+    assert set(sent) == {roots[f"pipeline:{waiting[0]}"], roots[f"pipeline:{waiting[1]}"]}
+    first, second = sent[roots[f"pipeline:{waiting[0]}"]], sent[roots[f"pipeline:{waiting[1]}"]]
+    assert (first["key"], first["value"], first["comment"]) == ("human_preference", "B", "clearer")
+    assert first["feedback_source"]["metadata"]["reviewer"] == "ana"
+    assert (second["key"], second["value"]) == ("human_preference", "none")
+    bodies = b"".join(capture.capture.bodies).decode("utf-8", "replace")
+    for name, value in KEYS.items():
+        assert value not in bodies, f"{name} was sent to LangSmith"

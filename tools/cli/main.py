@@ -445,6 +445,8 @@ def run_generate_with(
         if result.threads_dropped:
             errors.print(f"note: {result.threads_dropped} unfinished prompts were checkpointed by another version of "
                          "the pipeline and start again", markup=False, highlight=False, soft_wrap=True)
+        if result.feedback_problem:
+            errors.print(result.feedback_problem, markup=False, highlight=False, soft_wrap=True)
         if result.where_prompts_ran:
             errors.print(result.where_prompts_ran, markup=False, highlight=False, soft_wrap=True)
         if result.workers_replaced:

@@ -2,8 +2,9 @@
 
 It answers `GET /info` (no compression, multipart ingestion on), accepts runs at `POST /runs/multipart`
 (multipart/form-data parts named `post.<id>`, `post.<id>.inputs`, `patch.<id>.outputs`...), `POST /runs/batch`
-(`{"post": [...], "patch": [...]}`), `POST /runs` and `PATCH /runs/<id>`, and keeps every raw request body
-(to look for secrets) and every run merged by id. It talks to nobody else and stops when told to.
+(`{"post": [...], "patch": [...]}`), `POST /runs` and `PATCH /runs/<id>`, and feedback at `POST /feedback`; it
+keeps every raw request body (to look for secrets), every run merged by id, and every feedback as sent. It talks to
+nobody else and stops when told to.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Capture:
     bodies: list[bytes] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    feedback: list[dict[str, Any]] = field(default_factory=list)
 
     def merge(self, run: dict[str, Any]) -> None:
         """Add what a request said about a run to what is known of it."""
@@ -67,7 +69,9 @@ class LangSmithCapture(ThreadedJsonServer):
             return 200, INFO, []
         self.capture.bodies.append(body)
         self.capture.headers.append(headers)
-        if path.rstrip("/").endswith("/runs/multipart"):
+        if path.rstrip("/").endswith("/feedback"):
+            self.capture.feedback.append(json.loads(body or b"{}"))
+        elif path.rstrip("/").endswith("/runs/multipart"):
             self._take_multipart(body, headers.get("content-type", ""))
         elif path.rstrip("/").endswith("/runs/batch"):
             batch = json.loads(body or b"{}")

@@ -25,6 +25,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS waiting (
     prompt_id TEXT PRIMARY KEY,
     position INTEGER NOT NULL,
+    run_id TEXT,
     sample TEXT NOT NULL,
     request TEXT NOT NULL,
     record TEXT NOT NULL,
@@ -53,6 +54,7 @@ class WaitingPrompt:
     record: dict[str, Any]
     decision: dict[str, Any] | None
     applied: bool
+    run_id: str | None = None
 
     def answer_count(self) -> int:
         """How many answers the person chooses from."""
@@ -88,30 +90,32 @@ class ReviewStore:
         """Close the store."""
         self.close()
 
-    def add_waiting(self, prompt_id: str, position: int, request: dict[str, Any], record: dict[str, Any]) -> None:
+    def add_waiting(self, prompt_id: str, position: int, request: dict[str, Any], record: dict[str, Any],
+                    run_id: str | None = None) -> None:
         """A prompt paused for a person (again, after a kill: its row is refreshed, its decision kept).
 
-        `position` is the prompt's place in the run directory's order, which the review page follows.
+        `position` is the prompt's place in the run directory's order, which the review page follows; `run_id` the
+        root run of the pipeline invocation that paused (LangSmith feedback goes there).
         """
         self._db.execute(
-            "INSERT INTO waiting (prompt_id, position, sample, request, record, paused_at) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (prompt_id) DO UPDATE SET sample = excluded.sample, request = excluded.request, "
-            "record = excluded.record",
-            (prompt_id, position, request["sample"], json.dumps(request, ensure_ascii=False),
+            "INSERT INTO waiting (prompt_id, position, run_id, sample, request, record, paused_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (prompt_id) DO UPDATE SET run_id = excluded.run_id, "
+            "sample = excluded.sample, request = excluded.request, record = excluded.record",
+            (prompt_id, position, run_id, request["sample"], json.dumps(request, ensure_ascii=False),
              json.dumps(record, ensure_ascii=False), time.time()),
         )
 
     def prompts(self, *, include_applied: bool = False) -> list[WaitingPrompt]:
         """The prompts that paused, in the run's prompt order, with their decisions."""
         rows = self._db.execute(
-            "SELECT w.prompt_id, w.sample, w.request, w.record, d.decision, w.applied_at IS NOT NULL "
+            "SELECT w.prompt_id, w.sample, w.request, w.record, d.decision, w.applied_at IS NOT NULL, w.run_id "
             "FROM waiting w LEFT JOIN decisions d ON d.prompt_id = w.prompt_id "
             + ("" if include_applied else "WHERE w.applied_at IS NULL ")
             + "ORDER BY w.position"
         ).fetchall()
         return [WaitingPrompt(prompt_id, sample, json.loads(request), json.loads(record),
-                              json.loads(decision) if decision else None, bool(applied))
-                for prompt_id, sample, request, record, decision, applied in rows]
+                              json.loads(decision) if decision else None, bool(applied), run_id)
+                for prompt_id, sample, request, record, decision, applied, run_id in rows]
 
     def prompt(self, prompt_id: str) -> WaitingPrompt | None:
         """One prompt that paused (applied or not), or None."""

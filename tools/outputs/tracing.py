@@ -20,6 +20,42 @@ from langchain_core.tracers.schemas import Run
 from tools.errors import InputError
 from tools.rules.secrets import mask_secrets
 
+HUMAN_PREFERENCE_KEY = "human_preference"
+
+
+def langsmith_tracing() -> bool:
+    """Whether the standard variables turn LangSmith tracing on (LANGSMITH_TRACING, or LangChain's older name)."""
+    import os
+
+    return os.environ.get("LANGSMITH_TRACING", os.environ.get("LANGCHAIN_TRACING_V2", "")).lower() == "true"
+
+
+def send_human_feedback(decisions: list[tuple[str, dict[str, Any]]]) -> str | None:
+    """Send each person's decision to LangSmith as feedback on the root run of the prompt's paused pipeline.
+
+    `decisions` are (root run id, the record's `human` entry). Key `human_preference`, value the best answer's
+    letter (`none`: no acceptable answer), the note as the comment, who decided and the sample as source info; so
+    LangSmith shows the person's verdict beside the evaluator's. Returns a line for the user when sending failed
+    (the decisions are applied and kept whatever LangSmith says), else None.
+    """
+    from langsmith import Client
+
+    client = Client()
+    failed = 0
+    for run_id, human in decisions:
+        try:
+            client.create_feedback(
+                run_id, HUMAN_PREFERENCE_KEY, value="none" if human.get("none") else human.get("best"),
+                comment=human.get("note") or None, stop_after_attempt=2,
+                source_info={"reviewer": human.get("reviewer", ""), "sample": human.get("sample"),
+                             "worst": human.get("worst"), "via": human.get("via")},
+            )
+        except Exception:  # LangSmith unreachable or refusing: the run's own files hold every decision
+            failed += 1
+    if failed:
+        return f"note: {failed} of {len(decisions)} decisions could not be sent to LangSmith as feedback"
+    return None
+
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
