@@ -538,6 +538,7 @@ def why_no_rows(report: dict[str, Any]) -> str:
         "identical_answers": "the answers were identical", "single_answer": "there was one answer per prompt",
         "below_margin": "the answers' scores differ by less than --min-margin",
         "degenerate_top": "every answer fit to be chosen repeats itself (--max-repetition)",
+        "none_acceptable": "a person found no answer acceptable (--review)",
     }
     found = [f"{count} prompts: {reasons.get(outcome, outcome)}" for outcome, count in report["outcomes"].items()
              if not outcome.startswith("ok") and count]

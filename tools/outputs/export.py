@@ -359,6 +359,8 @@ def dataset_card(
         "chosen. No rows come from prompts whose answers all tied (`tied_top`), differ by less than the margin",
         "(`below_margin`), have no answer fit to be chosen (`degenerate_top`: each repeats itself), are identical",
         "(`identical_answers`), got no verdict (`no_verdict`), or have one answer (`single_answer`).",
+        "`decided_by_person` counts prompts whose rows follow a person's pick (`--review`); `none_acceptable` those a",
+        "person found no acceptable answer for (no rows).",
         "",
         "## Tokens",
         "",
