@@ -75,13 +75,14 @@ async def judge_direct(
     run_name: str = "judge/direct",
     order: AnswerOrder | None = None,
     metadata: dict[str, Any] | None = None,
+    template: str | None = None,
 ) -> Judgement:
-    """Direct comparison of exactly two answers: A, B or C (tie)."""
+    """Direct comparison of exactly two answers: A, B or C (tie); `template`: the user's request, if any."""
     if len(answers) != 2:
         raise ValueError("direct comparison takes exactly two answers")
     contract = DirectComparison
-    user_text = prompts.render(
-        "judge_direct", question=question, answer_a=answers[0], answer_b=answers[1],
+    user_text = prompts.render_role(
+        "judge_direct", template, question=question, answer_a=answers[0], answer_b=answers[1],
         json_format=format_hint(contract) if json_mode else None,
     )
     winner, exchange = await complete_with_followup(
@@ -113,14 +114,16 @@ async def score_alone(
     order: AnswerOrder | None = None,
     metadata: dict[str, Any] | None = None,
     expected: bool = False,
+    template: str | None = None,
 ) -> tuple[float | None, Exchange]:
     """Independent scoring: one answer, in its own conversation, scored out of `scale`.
 
-    With `expected`, the score is the probability-weighted mean of the judge's score distribution.
+    With `expected`, the score is the probability-weighted mean of the judge's score distribution; `template` is
+    the user's request, if any (the answer format is added to it).
     """
     contract = independent_score(scale)
-    user_text = prompts.render("judge_independent", question=question, answer=answer, scale=scale,
-                               json_format=format_hint(contract) if json_mode else None)
+    user_text = prompts.render_role("judge_independent", template, question=question, answer=answer, scale=scale,
+                                    json_format=format_hint(contract) if json_mode else None)
     score, exchange = await complete_with_followup(
         model,
         _messages(user_text),
@@ -151,15 +154,18 @@ async def judge_combined(
     order: AnswerOrder | None = None,
     metadata: dict[str, Any] | None = None,
     expected: bool = False,
+    template: str | None = None,
 ) -> Judgement:
     """Combined scoring: every answer in one call, each scored out of `scale`; the higher wins.
 
-    With `expected`, each score is the probability-weighted mean of the judge's score distribution.
+    With `expected`, each score is the probability-weighted mean of the judge's score distribution; `template` is
+    the user's request, if any (the answer format is added to it).
     """
     labels = candidate_labels(len(answers))
     contract = combined_scores(tuple(labels), scale)
-    user_text = prompts.render(
+    user_text = prompts.render_role(
         "judge_combined",
+        template,
         question=question,
         answers=[{"label": label, "text": text} for label, text in zip(labels, answers, strict=True)],
         scale=scale,

@@ -21,9 +21,13 @@ from tools.rules.expected_scores import OVERALL
 from tools.rules.parsing import parse_feedback, parse_overall_score
 
 
-def opening_messages(prompt: str | list[dict[str, str]]) -> list[BaseMessage]:
-    """The generator's conversation before its first answer; a message-list prompt is kept as given."""
-    system = [SystemMessage(content=prompts.render("generator_system"))]
+def opening_messages(prompt: str | list[dict[str, str]], system_prompt: str | None = None) -> list[BaseMessage]:
+    """The generator's conversation before its first answer; a message-list prompt is kept as given.
+
+    `system_prompt`: the user's template for the generator's system prompt (`generator_system`), if any; a prompt
+    that brings its own system message keeps it.
+    """
+    system = [SystemMessage(content=prompts.render_role("generator_system", system_prompt))]
     if isinstance(prompt, str):
         return [*system, HumanMessage(content=prompt)]
     given = convert_to_messages(prompt)
@@ -65,15 +69,17 @@ async def review_answer(
     run_name: str,
     metadata: dict[str, Any] | None = None,
     expected: bool = False,
+    template: str | None = None,
 ) -> tuple[float | None, str, Exchange]:
     """The reviewer's score out of 10 (None if unparsable after one follow-up) and its feedback text.
 
-    With `expected`, the score is the probability-weighted mean of the reviewer's score distribution.
+    With `expected`, the score is the probability-weighted mean of the reviewer's score distribution; `template` is
+    the user's review request, if any (the answer format is added to it).
     """
     messages = [
         SystemMessage(content=prompts.render("reviewer_system")),
-        HumanMessage(content=prompts.render("reviewer", question=question, answer=answer,
-                                            json_format=format_hint(Review) if json_mode else None)),
+        HumanMessage(content=prompts.render_role("reviewer", template, question=question, answer=answer,
+                                                 json_format=format_hint(Review) if json_mode else None)),
     ]
     score, exchange = await complete_with_followup(
         model,

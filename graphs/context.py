@@ -37,6 +37,11 @@ class EvaluationContext(BaseModel):
     )
     jury_rule: JuryRule = Field(default="plurality", description="jury aggregation rule")
     rounds: int = Field(default=2, ge=1, le=20, description="debate rounds before the final scores")
+    prompt_templates: dict[str, str] = Field(
+        default_factory=dict,
+        description="the user's own prompt templates by role (generator_system, reviewer, judge_direct, "
+        "judge_independent, judge_combined), as Jinja text; the answer format is added by the project",
+    )
     turn_max_tokens: int = Field(
         default=200, ge=16,
         description="cap on tokens per debate turn: referees speak briefly, and every turn is re-read by all "

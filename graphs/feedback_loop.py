@@ -77,7 +77,8 @@ async def generate(state: LoopState, runtime: Runtime[GenerationContext], models
     if state.get("answers") and reviewers_satisfied(state, context.stop_score):
         return {}
     # The first turn is the request; each later one is the reviewers' feedback on the last answer.
-    turn = [feedback_request(state)] if state.get("conversation") else opening_messages(state["prompt"])
+    turn = [feedback_request(state)] if state.get("conversation") else opening_messages(
+        state["prompt"], context.prompt_templates.get("generator_system"))
     conversation = [*state.get("conversation", []), *turn]
     iteration = len(state.get("answers", [])) + 1
     exchange = await write_answer(
@@ -156,6 +157,7 @@ async def review(task: ReviewTask, runtime: Runtime[GenerationContext], models: 
         expected=models.expected_scores(spec),
         run_name=f"reviewer-{task['seat'] + 1}/iteration-{task['iteration']}",
         metadata={"item_id": task["prompt_id"], "role": f"Reviewer {task['seat'] + 1}", "round": task["iteration"]},
+        template=context.prompt_templates.get("reviewer"),
     )
     entry: Review = {
         "iteration": task["iteration"],

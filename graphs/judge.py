@@ -91,6 +91,7 @@ async def compare(task: CompareTask, runtime: Runtime[EvaluationContext], models
         "answers": answers,
         "json_mode": models.json_mode(spec),
         "metadata": _trace_metadata(item, order=order, strategy=context.strategy),
+        "template": context.prompt_templates.get(f"judge_{context.strategy}"),
     }
     model = models.chat_model(spec)
     if context.strategy == "direct":
@@ -126,6 +127,7 @@ async def score_alone_node(
         expected=models.expected_scores(spec),
         run_name=f"judge/independent/candidate-{task['index'] + 1}",
         metadata=_trace_metadata(item, candidate=task["index"]),
+        template=context.prompt_templates.get("judge_independent"),
     )
     entry: JudgementEntry = {"index": task["index"], "score": score, "exchanges": [exchange.model_dump()]}
     return {"judgements": [entry]}

@@ -75,6 +75,7 @@ async def juror(task: JurorTask, runtime: Runtime[EvaluationContext], models: Mo
         run_name=f"jury/seat-{task['seat'] + 1}/{order}",
         order=order,
         metadata={"item_id": item["id"], "seat": task["seat"], "order": order},
+        template=context.prompt_templates.get("judge_combined"),
     )
     ballot: Ballot = {
         "seat": task["seat"],

@@ -31,15 +31,15 @@ def rendered_and_schema(kind: str) -> tuple[str, dict]:
     """The JSON-mode prompt of one call kind and the schema its reply must follow."""
     if kind == "direct":
         contract = DirectComparison
-        text = prompts.render("judge_direct", question="Q?", answer_a="a", answer_b="b",
+        text = prompts.render_role("judge_direct", question="Q?", answer_a="a", answer_b="b",
                               json_format=format_hint(contract))
     elif kind == "independent":
         contract = independent_score(100)
-        text = prompts.render("judge_independent", question="Q?", answer="a", scale=100,
+        text = prompts.render_role("judge_independent", question="Q?", answer="a", scale=100,
                               json_format=format_hint(contract))
     elif kind == "combined":
         contract = combined_scores(("A", "B", "C"), 5)
-        text = prompts.render("judge_combined", question="Q?", answers=ANSWERS, scale=5,
+        text = prompts.render_role("judge_combined", question="Q?", answers=ANSWERS, scale=5,
                               json_format=format_hint(contract))
     elif kind == "referee":
         contract = combined_scores(("1", "2"), 10, "reasoning")
@@ -47,7 +47,7 @@ def rendered_and_schema(kind: str) -> tuple[str, dict]:
                               role_description="d", json_format=format_hint(contract))
     else:
         contract = Review
-        text = prompts.render("reviewer", question="Q?", answer="a", json_format=format_hint(contract))
+        text = prompts.render_role("reviewer", question="Q?", answer="a", json_format=format_hint(contract))
     return text, json_schema(contract)
 
 

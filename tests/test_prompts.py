@@ -45,14 +45,15 @@ SAMPLES: dict[str, dict[str, object]] = {
 def test_every_template_has_sample_variables_or_needs_none() -> None:
     for name in prompts.template_names():
         stem = name.removesuffix(".j2")
-        text = prompts.render(stem, **SAMPLES.get(stem, {}))
+        # A role's answer-format part (`ROLE_format.j2`) takes the role's variables.
+        text = prompts.render(stem, **SAMPLES.get(stem.removesuffix("_format"), {}))
         assert text.strip(), f"{name} rendered empty"
 
 
 def test_judge_templates_carry_the_answer_format_and_bias_warning() -> None:
-    combined = prompts.render("judge_combined", **SAMPLES["judge_combined"])
+    combined = prompts.render_role("judge_combined", **SAMPLES["judge_combined"])
     assert "### Score Assistant A: X/10" in combined and "### Score Assistant B: X/10" in combined
-    direct = prompts.render("judge_direct", **SAMPLES["judge_direct"])
+    direct = prompts.render_role("judge_direct", **SAMPLES["judge_direct"])
     assert "### Answer: A" in direct
     system = prompts.render("judge_system")
     assert "order" in system and "length" in system
@@ -72,6 +73,6 @@ def test_revision_request_labels_several_feedbacks_and_forbids_pleasantries() ->
 
 
 def test_reviewer_template_sections() -> None:
-    text = prompts.render("reviewer", **SAMPLES["reviewer"])
+    text = prompts.render_role("reviewer", **SAMPLES["reviewer"])
     for section in ("### Evaluation", "### Overall Score: X/10", "### Feedback"):
         assert section in text

@@ -55,9 +55,11 @@ from tools.cli.options import (
     EvaluateOptions,
     GenerateOptions,
     GraphOptions,
+    prompts_setting,
     resolve_options,
     scoring_setting,
 )
+from tools.cli.prompt_show import prompts_app
 from tools.cli.rank import rank_command
 from tools.cli.review import review_command
 from tools.errors import EXIT_BUDGET, EXIT_WAITING, ConfigError
@@ -95,6 +97,7 @@ app.command("jury-search")(user_errors(jury_search_command))
 app.command("winrate")(user_errors(winrate_command))
 app.command("rank")(user_errors(rank_command))
 app.command("review")(user_errors(review_command))
+app.add_typer(prompts_app, name="prompts")
 
 GraphName = Literal["judge", "jury", "debate", "feedback_loop", "pipeline"]
 
@@ -373,7 +376,7 @@ def run_generate_with(
         "generator": generator, "reviewers": reviewers, "evaluator": evaluator, "judges": judges,
         "strategy": strategy, "scale": options.scale, "swap": swap, "iterations": iterations,
         "stop_score": options.stop_score, "max_tokens": options.max_tokens, "output_format": options.output_format,
-        **scoring_setting(options.scoring), **options.review_settings(),
+        **scoring_setting(options.scoring), **options.review_settings(), **prompts_setting(context.prompt_templates),
     }
     if evaluator == "debate":
         settings |= {"rounds": options.rounds,
@@ -463,7 +466,7 @@ def run_generate_with(
         card = dataset_card(settings={**settings, **export_settings}, summary=summary, failures=result.failures,
                             usage=usage, prompt_sources=result.prompt_sources, license=options.license,
                             report=json.loads((output / "report.json").read_text()),
-                            waiting=result.waiting_for_review)
+                            waiting=result.waiting_for_review, custom_prompts=context.prompt_templates)
         (output / "README.md").write_text(card, encoding="utf-8")
         published = None
         if options.push_to_hub:

@@ -45,6 +45,7 @@ from tools.cli.options import (
     META_EVAL_DEFAULTS,
     EvaluationOptions,
     MetaEvalOptions,
+    prompts_setting,
     resolve_options,
     scoring_setting,
 )
@@ -240,7 +241,7 @@ def meta_eval(
         "method": method, "strategy": options.strategy, "scale": options.scale, "models": models,
         "swap": options.swap, "rounds": options.rounds, "jury_rule": options.jury_rule,
         "max_tokens": options.max_tokens, "output_format": options.output_format,
-        **scoring_setting(options.scoring),
+        **scoring_setting(options.scoring), **prompts_setting(options.prompt_templates()),
     }
     if options.debate_roles is not None:
         settings["debate_roles"] = [[role.key, role.name, role.description, role.model] for role in roles]

@@ -40,6 +40,55 @@ class CommandOptions(BaseModel):
     debate_roles: list[Any] | None = Field(
         default=None, description="the debate panel, in speaking order (built-in role keys or new roles)"
     )
+    judge_prompt_file: Path | dict[Strategy, Path] | None = Field(
+        default=None, description="the judge's request as a Jinja template (relative to the config file): one file "
+        "for the run's strategy, or one per strategy (direct, independent, combined)")
+    generator_system: str | None = Field(
+        default=None, description="the generator's system prompt: the text, or a file relative to the config file")
+    reviewer_prompt_file: Path | None = Field(
+        default=None, description="the reviewer's request as a Jinja template (relative to the config file)")
+
+    def _relative(self, path: Path) -> Path:
+        """A path named in the config file, relative to the file's folder."""
+        return path if path.is_absolute() or self.config is None else self.config.parent / path
+
+    def prompt_templates(self) -> dict[str, str]:
+        """The user's prompt templates by role (`prompts.ROLE_VARIABLES`), read and checked; {} without any.
+
+        A template with a syntax error or an unknown variable is refused here, before any call, with `FILE:LINE`.
+        """
+        import prompts
+
+        strategy = getattr(self, "strategy", "combined")
+        files: dict[str, Path] = {}
+        if isinstance(self.judge_prompt_file, dict):
+            files |= {f"judge_{name}": self._relative(path) for name, path in self.judge_prompt_file.items()}
+        elif self.judge_prompt_file is not None:
+            files[f"judge_{strategy}"] = self._relative(self.judge_prompt_file)
+        if self.reviewer_prompt_file is not None:
+            files["reviewer"] = self._relative(self.reviewer_prompt_file)
+        if self.generator_system is not None:
+            named = self._relative(Path(self.generator_system))
+            if len(self.generator_system) < 4096 and "\n" not in self.generator_system and named.is_file():
+                files["generator_system"] = named
+        templates: dict[str, str] = {}
+        where: dict[str, str] = {}
+        for role, path in files.items():
+            try:
+                templates[role] = path.read_text(encoding="utf-8")
+            except OSError as error:
+                raise ConfigError(f"{self.config or '--config'}: {role} prompt file {path}: cannot be read "
+                                  f"({error.strerror or error})") from None
+            where[role] = str(path)
+        if self.generator_system is not None and "generator_system" not in templates:
+            templates["generator_system"] = self.generator_system  # the text itself
+            where["generator_system"] = f"{self.config or '--config'} (generator_system)"
+        for role, source in templates.items():
+            try:
+                prompts.check_template(source, where[role], role)
+            except prompts.PromptTemplateError as error:
+                raise ConfigError(str(error)) from None
+        return templates
 
     def panel(self) -> tuple[RefereeRole, ...]:
         """The debate panel: the config file's `debate_roles`, else the default three referees."""
@@ -108,7 +157,8 @@ class EvaluationOptions(RunOptions):
     def context(self) -> EvaluationContext:
         """The evaluation graphs' context for these options."""
         return EvaluationContext(models=self.models(), strategy=self.strategy, scale=self.scale, swap=self.swap,
-                                 jury_rule=self.jury_rule, rounds=self.rounds)
+                                 jury_rule=self.jury_rule, rounds=self.rounds,
+                                 prompt_templates=self.prompt_templates())
 
 
 class EvaluateOptions(EvaluationOptions):
@@ -198,6 +248,7 @@ class GenerateOptions(RunOptions):
             rounds=self.rounds, generator=self.generator or DEFAULT_MODEL,
             reviewers=list(self.reviewer or [DEFAULT_MODEL]), iterations=self.iterations, stop_score=self.stop_score,
             evaluator=self.evaluator, review=self.review, audit_share=self.audit_share,
+            prompt_templates=self.prompt_templates(),
             dispute_margin=self.dispute_margin,
         )
 
@@ -233,6 +284,19 @@ def scoring_setting(scoring: Scoring) -> dict[str, Scoring]:
     `--scoring parsed`, and refuse the new default rather than mix two kinds of score.
     """
     return {} if scoring == "parsed" else {"scoring": scoring}
+
+
+def prompts_setting(templates: dict[str, str]) -> dict[str, Any]:
+    """The `prompts` entry of a run's settings: a hash of each of the user's templates (none without any).
+
+    A run directory or verdict cache made with other prompts is then refused or not reused, as with other models.
+    """
+    import hashlib
+
+    if not templates:
+        return {}
+    return {"prompts": {role: hashlib.sha256(source.encode()).hexdigest()[:16]
+                        for role, source in sorted(templates.items())}}
 
 
 def option_defaults(options: type[BaseModel]) -> dict[str, Any]:
@@ -297,4 +361,5 @@ def resolve_options(context: Any, options: type[CommandOptions]) -> Any:
     if isinstance(validated, GraphOptions):
         validated.check_keys()
     validated.panel()  # a broken panel stops the command here, before any work
+    validated.prompt_templates()  # so does a broken prompt template
     return validated

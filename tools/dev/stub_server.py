@@ -145,8 +145,21 @@ def _score(text: str, salt: str = "") -> int:
     return 3 + int(_fraction("score", salt, text) * 7)
 
 
-def _answers_in(text: str) -> list[tuple[str, str]]:
-    return re.findall(r"\[The Start of Assistant (\w+)'s Answer\]\n(.*?)\n\[The End of", text, re.S)
+def _answers_in(text: str, schema: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+    """(label, text) of the answers a judging request shows.
+
+    From the built-in templates' answer blocks; a request written from a user's own template has none, so the labels
+    come from the answer format the project adds to every request (its `### Score Assistant X` lines, or the JSON
+    schema's score fields), each scored on the whole request with its label.
+    """
+    blocks = re.findall(r"\[The Start of Assistant (\w+)'s Answer\]\n(.*?)\n\[The End of", text, re.S)
+    if blocks:
+        return blocks
+    labels = re.findall(r"^### Score Assistant (\w+): X/", text, re.M)
+    if not labels and schema:
+        fields = schema.get("properties", {})
+        labels = [name.removeprefix(SCORE_PREFIX) for name in fields if name.startswith(SCORE_PREFIX)]
+    return [(label, f"{label}\n{text}") for label in labels]
 
 
 def reply_for(messages: list[dict[str, Any]], response_format: dict[str, Any] | None, *,
@@ -167,7 +180,7 @@ def reply_for(messages: list[dict[str, Any]], response_format: dict[str, Any] | 
         if schema:
             return json.dumps({EVALUATION: "Clear.", OVERALL_SCORE: score, FEEDBACK: "Add a concrete example."})
         return f"### Evaluation\nClear but brief.\n### Overall Score: {score}/10\n### Feedback\nAdd a concrete example."
-    answers = _answers_in(last)
+    answers = _answers_in(last, schema)
     if answers and ("Score Assistant" in last or SCORE_PREFIX in last or "scores" in last):
         scores = {label: min(10, _score(text) + (first_answer_bonus if position == 0 else 0))
                   for position, (label, text) in enumerate(answers)}

@@ -302,6 +302,7 @@ def dataset_card(
     license: str = "other",
     report: dict[str, Any] | None = None,
     waiting: int = 0,
+    custom_prompts: dict[str, str] | None = None,
 ) -> str:
     """The README.md of an output directory: a Hugging Face dataset card.
 
@@ -373,6 +374,11 @@ def dataset_card(
     ]
     if usage.get("cost_usd") is not None:
         lines.append(f"- estimated cost: ${usage['cost_usd']:.4f}")
+    if custom_prompts:
+        lines += ["", "## Prompts of the run's own", "",
+                  "These roles were sent the run's own templates (the answer format after each is the project's):"]
+        for role, source in sorted(custom_prompts.items()):
+            lines += ["", f"`{role}`:", "", "```jinja", source.strip(), "```"]
     if failures:
         lines += ["", "## Failures", "", *[f"- `{prompt_id}`: {reason}" for prompt_id, reason in failures]]
     lines += [
