@@ -24,6 +24,7 @@ from tools.rules.contracts import (
     independent_score,
     json_schema,
 )
+from tools.rules.criteria import Criterion, criterion_keys, weighted_scores
 from tools.rules.expected_scores import OVERALL
 from tools.rules.parsing import parse_assistant_scores, parse_direct_answer, parse_overall_score
 from tools.rules.verdicts import candidate_labels, winner_from_scores
@@ -37,6 +38,8 @@ class Judgement:
     scores: list[float | None]
     winner: str | None
     exchanges: list[Exchange] = field(default_factory=list)
+    # With criteria: each answer's scores by criterion (its score is their weighted mean); None without.
+    criteria_scores: list[dict[str, float | None]] | None = None
 
     @property
     def parse_ok(self) -> bool:
@@ -44,8 +47,14 @@ class Judgement:
         return self.winner is not None
 
 
-def _messages(user_text: str) -> list[Any]:
-    return [SystemMessage(content=prompts.render("judge_system")), HumanMessage(content=user_text)]
+def criteria_variables(criteria: Sequence[Criterion]) -> dict[str, Any]:
+    """The `criteria` a system prompt lists (`_criteria.j2`); nothing without criteria, so defaults stay as they are."""
+    return {"criteria": [criterion.model_dump() for criterion in criteria]} if criteria else {}
+
+
+def _messages(user_text: str, criteria: Sequence[Criterion] = ()) -> list[Any]:
+    system = prompts.render("judge_system", **criteria_variables(criteria))
+    return [SystemMessage(content=system), HumanMessage(content=user_text)]
 
 
 def overall_scoring(scale: int) -> ExpectedScoring:
@@ -155,14 +164,17 @@ async def judge_combined(
     metadata: dict[str, Any] | None = None,
     expected: bool = False,
     template: str | None = None,
+    criteria: Sequence[Criterion] = (),
 ) -> Judgement:
     """Combined scoring: every answer in one call, each scored out of `scale`; the higher wins.
 
     With `expected`, each score is the probability-weighted mean of the judge's score distribution; `template` is
-    the user's request, if any (the answer format is added to it).
+    the user's request, if any (the answer format is added to it). With `criteria`, each answer gets one score per
+    criterion and its score is their weighted mean (`tools.rules.criteria`).
     """
     labels = candidate_labels(len(answers))
-    contract = combined_scores(tuple(labels), scale)
+    keys = criterion_keys(labels, criteria) if criteria else labels
+    contract = combined_scores(tuple(keys), scale)
     user_text = prompts.render_role(
         "judge_combined",
         template,
@@ -170,20 +182,26 @@ async def judge_combined(
         answers=[{"label": label, "text": text} for label, text in zip(labels, answers, strict=True)],
         scale=scale,
         json_format=format_hint(contract) if json_mode else None,
+        **({"score_keys": keys} if criteria else {}),
     )
     score_map, exchange = await complete_with_followup(
         model,
-        _messages(user_text),
-        parse=lambda text: parse_assistant_scores(text, labels, scale),
+        _messages(user_text, criteria),
+        parse=lambda text: parse_assistant_scores(text, keys, scale),
         is_complete=lambda parsed: all(value is not None for value in parsed.values()),
-        required_format=followup_example(contract) if json_mode else combined_format_lines(labels, scale),
+        required_format=followup_example(contract) if json_mode else combined_format_lines(keys, scale),
         model_spec=model_spec,
         role=role,
         run_name=run_name,
         order=order,
         json_schema=("combined_scores", json_schema(contract)) if json_mode else None,
         metadata=metadata,
-        expected=labelled_scoring(labels, scale) if expected else None,
+        expected=labelled_scoring(keys, scale) if expected else None,
     )
-    scores = [exchange.score(label, score_map[label]) for label in labels]
-    return Judgement(scores=scores, winner=winner_from_scores(scores), exchanges=[exchange])
+    if not criteria:
+        scores = [exchange.score(label, score_map[label]) for label in labels]
+        return Judgement(scores=scores, winner=winner_from_scores(scores), exchanges=[exchange])
+    weighted, by_criterion = weighted_scores({key: exchange.score(key, score_map[key]) for key in keys}, labels,
+                                             criteria)
+    return Judgement(scores=weighted, winner=winner_from_scores(weighted), exchanges=[exchange],
+                     criteria_scores=by_criterion)

@@ -127,3 +127,13 @@ class Verdict(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     latency_s: float = 0.0
     error: str | None = None
+    # With criteria: each answer's scores by criterion (in answer order); `scores` holds their weighted means.
+    # Left out of the JSON without criteria, so such verdicts read as before.
+    criteria_scores: list[dict[str, float | None]] = Field(default_factory=list)
+
+    @model_serializer(mode="wrap")
+    def _without_empty_criteria(self, serialize: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = serialize(self)
+        if not data.get("criteria_scores"):
+            data.pop("criteria_scores", None)
+        return data

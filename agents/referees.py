@@ -10,10 +10,11 @@ from langchain_core.messages import HumanMessage, SystemMessage
 
 import prompts
 from agents.calls import complete, complete_with_followup
-from agents.judge import combined_format_lines, labelled_scoring
+from agents.judge import combined_format_lines, criteria_variables, labelled_scoring
 from agents.records import Exchange, Turn
 from agents.roles import RefereeRole
 from tools.rules.contracts import REASONING, combined_scores, followup_example, format_hint, json_schema
+from tools.rules.criteria import Criterion, criterion_keys, weighted_scores
 from tools.rules.parsing import parse_assistant_scores
 
 
@@ -26,9 +27,10 @@ def _answer_blocks(answers: Sequence[str]) -> list[dict[str, str]]:
     return [{"label": label, "text": text} for label, text in zip(debate_labels(len(answers)), answers, strict=True)]
 
 
-def _messages(user_text: str, answer_count: int) -> list[Any]:
+def _messages(user_text: str, answer_count: int, criteria: Sequence[Criterion] = ()) -> list[Any]:
     return [
-        SystemMessage(content=prompts.render("debate_system", answer_count=answer_count)),
+        SystemMessage(content=prompts.render("debate_system", answer_count=answer_count,
+                                             **criteria_variables(criteria))),
         HumanMessage(content=user_text),
     ]
 
@@ -45,8 +47,9 @@ async def speak(
     rounds: int,
     max_tokens: int | None = None,
     metadata: dict[str, Any] | None = None,
+    criteria: Sequence[Criterion] = (),
 ) -> tuple[Turn, Exchange]:
-    """The referee's contribution in one round, having seen everything said before it."""
+    """The referee's contribution in one round, having seen everything said before it (by `criteria`, if any)."""
     user_text = prompts.render(
         "debate_turn",
         question=question,
@@ -59,7 +62,7 @@ async def speak(
     )
     run_name = f"debate/{role.key}/round-{round_number}"
     reply = await complete(
-        model, _messages(user_text, len(answers)), max_tokens=max_tokens, run_name=run_name,
+        model, _messages(user_text, len(answers), criteria), max_tokens=max_tokens, run_name=run_name,
         model_spec=model_spec, metadata=metadata,
     )
     turn = Turn(role=role.key, speaker=role.name, round=round_number, text=reply.text.strip())
@@ -84,10 +87,16 @@ async def final_scores(
     json_mode: bool,
     metadata: dict[str, Any] | None = None,
     expected: bool = False,
-) -> tuple[list[float | None], Exchange]:
-    """The referee's closing scores out of 10 for every answer (probability-weighted with `expected`)."""
+    criteria: Sequence[Criterion] = (),
+) -> tuple[list[float | None], Exchange, list[dict[str, float | None]] | None]:
+    """The referee's closing scores out of 10 for every answer (probability-weighted with `expected`).
+
+    With `criteria`: one score per answer and criterion, each answer's score their weighted mean, and (third) its
+    scores by criterion; without, the third is None.
+    """
     labels = debate_labels(len(answers))
-    contract = combined_scores(tuple(labels), 10, REASONING)
+    keys = criterion_keys(labels, criteria) if criteria else labels
+    contract = combined_scores(tuple(keys), 10, REASONING)
     user_text = prompts.render(
         "debate_final",
         question=question,
@@ -96,18 +105,23 @@ async def final_scores(
         role_name=role.name,
         role_description=role.description,
         json_format=format_hint(contract) if json_mode else None,
+        **({"score_keys": keys} if criteria else {}),
     )
     score_map, exchange = await complete_with_followup(
         model,
-        _messages(user_text, len(answers)),
-        parse=lambda text: parse_assistant_scores(text, labels, 10),
+        _messages(user_text, len(answers), criteria),
+        parse=lambda text: parse_assistant_scores(text, keys, 10),
         is_complete=lambda parsed: all(value is not None for value in parsed.values()),
-        required_format=followup_example(contract) if json_mode else combined_format_lines(labels, 10),
+        required_format=followup_example(contract) if json_mode else combined_format_lines(keys, 10),
         model_spec=model_spec,
         role=role.key,
         run_name=f"debate/{role.key}/final",
         json_schema=("referee_scores", json_schema(contract)) if json_mode else None,
         metadata=metadata,
-        expected=labelled_scoring(labels, 10) if expected else None,
+        expected=labelled_scoring(keys, 10) if expected else None,
     )
-    return [exchange.score(label, score_map[label]) for label in labels], exchange
+    if not criteria:
+        return [exchange.score(label, score_map[label]) for label in labels], exchange, None
+    weighted, by_criterion = weighted_scores({key: exchange.score(key, score_map[key]) for key in keys}, labels,
+                                             criteria)
+    return weighted, exchange, by_criterion

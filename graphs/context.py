@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.models import DEFAULT_MODEL
+from tools.rules.criteria import Criterion
 from tools.rules.disputes import DEFAULT_DISPUTE_MARGIN, ReviewMode
 
 Strategy = Literal["direct", "independent", "combined"]
@@ -37,6 +38,11 @@ class EvaluationContext(BaseModel):
     )
     jury_rule: JuryRule = Field(default="plurality", description="jury aggregation rule")
     rounds: int = Field(default=2, ge=1, le=20, description="debate rounds before the final scores")
+    criteria: list[Criterion] = Field(
+        default_factory=list,
+        description="what the evaluators score, each answer on each criterion; an answer's score is the weighted "
+        "mean (none: the paper's one score per answer)",
+    )
     prompt_templates: dict[str, str] = Field(
         default_factory=dict,
         description="the user's own prompt templates by role (generator_system, reviewer, judge_direct, "

@@ -34,6 +34,7 @@ from graphs.verdicts import verdict_update
 from tools.errors import ConfigError
 from tools.inputs.items import prompt_text
 from tools.inputs.panels import configured_panel
+from tools.rules.criteria import mean_by_criterion
 from tools.rules.verdicts import mean_scores, winner_from_scores
 
 
@@ -104,6 +105,7 @@ def make_referee_node(
             rounds=context.rounds,
             max_tokens=context.turn_max_tokens,
             metadata={"item_id": item["id"], "role": role.name, "round": state["round"]},
+            criteria=context.criteria,
         )
         return {"transcript": [turn.model_dump()], "exchanges": [exchange.model_dump()]}
 
@@ -153,7 +155,7 @@ def make_final_score_node(
         item = task["item"]
         role = roles[task["seat"]]
         spec = referee_model(roles, task["seat"], context.models)
-        scores, exchange = await final_scores(
+        scores, exchange, by_criterion = await final_scores(
             models.chat_model(spec),
             model_spec=spec,
             role=role,
@@ -163,8 +165,11 @@ def make_final_score_node(
             json_mode=models.json_mode(spec),
             expected=models.expected_scores(spec),
             metadata={"item_id": item["id"], "role": role.name, "round": "final"},
+            criteria=context.criteria,
         )
         entry: RefereeScore = {"seat": task["seat"], "role": role.key, "model": spec, "scores": scores}
+        if by_criterion is not None:
+            entry["criteria_scores"] = by_criterion
         return {"referee_scores": [entry], "exchanges": [exchange.model_dump()]}
 
     return final_score
@@ -182,6 +187,8 @@ async def aggregate_scores(state: DebateState) -> dict[str, Any]:
         raw_exchanges=state.get("exchanges", []), started_at=state.get("started_at"),
         parsed=len(complete_rows) == len(entries), scale=10,
         transcript=[Turn(**raw) for raw in state.get("transcript", [])],
+        criteria_scores=mean_by_criterion([rows for entry in entries
+                                           if (rows := entry.get("criteria_scores")) and None not in entry["scores"]]),
     )
     update["verdict"]["referee_scores"] = entries
     return update

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import operator
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Annotated, Any, TypeVar
 
 from langgraph.graph import END, START, StateGraph
@@ -31,6 +31,7 @@ from graphs.context import EvaluationContext
 from graphs.state import EvaluationInput, EvaluationOutput, ItemState, JudgementEntry
 from graphs.verdicts import verdict_update
 from tools.inputs.items import prompt_text
+from tools.rules.criteria import mean_by_criterion
 from tools.rules.verdicts import merge_orders, winner_from_scores
 
 ResultT = TypeVar("ResultT")
@@ -99,7 +100,7 @@ async def compare(task: CompareTask, runtime: Runtime[EvaluationContext], models
     else:
         judgement = await judge_combined(
             model, scale=context.scale, run_name=f"judge/combined/{order}", order=order,
-            expected=models.expected_scores(spec), **common
+            expected=models.expected_scores(spec), criteria=context.criteria, **common
         )
     entry: JudgementEntry = {
         "reversed": task["reversed"],
@@ -107,6 +108,8 @@ async def compare(task: CompareTask, runtime: Runtime[EvaluationContext], models
         "winner": judgement.winner,
         "exchanges": [exchange.model_dump() for exchange in judgement.exchanges],
     }
+    if judgement.criteria_scores is not None:
+        entry["criteria_scores"] = judgement.criteria_scores
     return {"judgements": [entry]}
 
 
@@ -152,7 +155,18 @@ async def decide(state: JudgeState, runtime: Runtime[EvaluationContext]) -> dict
         raw_exchanges=[raw for entry in judgements for raw in entry["exchanges"]], started_at=None,
         strategy=context.strategy, scale=None if context.strategy == "direct" else context.scale,
         swapped=context.swap and context.strategy != "independent", order_winners=order_winners,
+        criteria_scores=criteria_in_original_order(judgements),
     )
+
+
+def criteria_in_original_order(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, float | None]]:
+    """Scores by criterion per answer in the item's own order, averaged over the answer orders judged.
+
+    `entries` are judgements or ballots (`reversed`, `criteria_scores`); [] without criteria.
+    """
+    rows = [list(reversed(entry["criteria_scores"])) if entry.get("reversed") else list(entry["criteria_scores"])
+            for entry in entries if entry.get("criteria_scores")]
+    return mean_by_criterion(rows)
 
 
 async def _all_or_none(calls: list[Coroutine[Any, Any, ResultT]]) -> list[ResultT]:

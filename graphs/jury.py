@@ -9,6 +9,7 @@ and its own two verdicts are reconciled before it votes.
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from langgraph.graph import END, START, StateGraph
@@ -21,9 +22,11 @@ from agents.models import ModelSource
 from agents.records import AnswerOrder
 from graphs.binding import bind_models, resolve_model_source
 from graphs.context import EvaluationContext
+from graphs.judge import criteria_in_original_order
 from graphs.state import Ballot, EvaluationInput, EvaluationOutput, ItemState
 from graphs.verdicts import verdict_update
 from tools.inputs.items import prompt_text
+from tools.rules.criteria import mean_by_criterion
 from tools.rules.verdicts import mean_scores, merge_orders, plurality_verdict, winner_from_scores
 
 
@@ -76,6 +79,7 @@ async def juror(task: JurorTask, runtime: Runtime[EvaluationContext], models: Mo
         order=order,
         metadata={"item_id": item["id"], "seat": task["seat"], "order": order},
         template=context.prompt_templates.get("judge_combined"),
+        criteria=context.criteria,
     )
     ballot: Ballot = {
         "seat": task["seat"],
@@ -85,6 +89,8 @@ async def juror(task: JurorTask, runtime: Runtime[EvaluationContext], models: Mo
         "winner": judgement.winner,
         "exchanges": [exchange.model_dump() for exchange in judgement.exchanges],
     }
+    if judgement.criteria_scores is not None:
+        ballot["criteria_scores"] = judgement.criteria_scores
     return {"ballots": [ballot]}
 
 
@@ -118,7 +124,15 @@ async def aggregate_votes(state: JuryState, runtime: Runtime[EvaluationContext])
         raw_exchanges=[raw for ballot in ballots for raw in ballot["exchanges"]], started_at=None,
         strategy=f"combined/{context.jury_rule}", scale=context.scale, swapped=context.swap,
         juror_votes=seat_votes, order_winners=order_winners,
+        criteria_scores=criteria_of_seats(ballots, len(context.models)),
     )
+
+
+def criteria_of_seats(ballots: Sequence[Ballot], seats: int) -> list[dict[str, float | None]]:
+    """The jury's scores by criterion: each seat's (its answer orders averaged), then the mean over seats."""
+    rows = [criteria_in_original_order([ballot for ballot in ballots if ballot["seat"] == seat])
+            for seat in range(seats)]
+    return mean_by_criterion([row for row in rows if row])
 
 
 def build_jury_graph(*, model_source: ModelSource | None = None) -> StateGraph[Any, Any, Any, Any]:

@@ -49,6 +49,8 @@ class JudgementEntry(TypedDict):
     """Independent: which candidate was scored."""
     score: NotRequired[float | None]
     """Independent: its score."""
+    criteria_scores: NotRequired[list[dict[str, float | None]] | None]
+    """Combined with criteria: each answer's scores by criterion, as presented."""
 
 
 class Ballot(TypedDict):
@@ -60,6 +62,7 @@ class Ballot(TypedDict):
     scores: list[float | None]
     winner: str | None
     exchanges: list[dict[str, Any]]
+    criteria_scores: NotRequired[list[dict[str, float | None]] | None]
 
 
 class RefereeScore(TypedDict):
@@ -69,6 +72,7 @@ class RefereeScore(TypedDict):
     role: str
     model: str
     scores: list[float | None]
+    criteria_scores: NotRequired[list[dict[str, float | None]] | None]
 
 
 class Answer(TypedDict):

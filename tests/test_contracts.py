@@ -84,3 +84,28 @@ def test_schema_bounds_and_followup_example_follow_the_scale() -> None:
     example = followup_example(combined_scores(("A", "B"), 10))
     assert example == '{"evaluation_evidence": "...", "score_assistant_A": X, "score_assistant_B": X}'
     assert json.loads(followup_example(DirectComparison)) == {"explanation": "...", "answer": "A"}
+
+
+@pytest.mark.parametrize("count", [1, 2, 4])
+@pytest.mark.parametrize("json_mode", [True, False])
+def test_with_criteria_the_fields_the_request_and_the_parser_agree(count: int, json_mode: bool) -> None:
+    from tools.rules.criteria import Criterion, criterion_keys
+
+    criteria = [Criterion(name=f"aspect_{index}", description=f"aspect {index}") for index in range(count)]
+    keys = criterion_keys(["A", "B", "C"], criteria)
+    contract = combined_scores(tuple(keys), 10)
+    text = prompts.render_role("judge_combined", question="Q?", answers=ANSWERS, scale=10, score_keys=keys,
+                               json_format=format_hint(contract) if json_mode else None)
+    values = [float(index % 11) for index in range(len(keys))]
+    if json_mode:
+        assert [name for name in json_schema(contract)["properties"] if name.startswith("score_")] == [
+            f"score_assistant_{key}" for key in keys]
+        assert all(f'"score_assistant_{key}"' in text for key in keys)
+        reply = example_reply(contract, ["because", *values])
+    else:
+        lines = [line for line in text.splitlines() if line.startswith("### Score Assistant")]
+        assert lines == [f"### Score Assistant {key}: X/10" for key in keys]
+        reply = "### Evaluation Evidence: ok\n" + "\n".join(
+            line.replace("X/10", f"{value:g}/10") for line, value in zip(lines, values, strict=True))
+    assert parse_assistant_scores(reply, keys, 10) == dict(zip(keys, values, strict=True))
+    assert len(keys) == 3 * count

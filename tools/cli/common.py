@@ -147,6 +147,11 @@ ScoringOption = Annotated[
 ]
 
 
+CriteriaOption = Annotated[
+    Path | None,
+    typer.Option("--criteria", help="YAML file of criteria ({name, description, weight, rubric} each): scored one by "
+                 "one, an answer's score their weighted mean"),
+]
 TraceOption = Annotated[
     Path | None,
     typer.Option("--trace", help="write each item's run tree as JSON into this folder (read with `fellowship "

@@ -21,6 +21,7 @@ from tools.cli.common import (
     AdaptiveOption,
     ConcurrencyOption,
     ConfigOption,
+    CriteriaOption,
     JuryRuleOption,
     MaxRetriesOption,
     MaxTokensOption,
@@ -55,6 +56,7 @@ from tools.cli.options import (
     EvaluateOptions,
     GenerateOptions,
     GraphOptions,
+    criteria_setting,
     prompts_setting,
     resolve_options,
     scoring_setting,
@@ -130,6 +132,7 @@ def evaluate(
     output_format: OutputFormatOption = EVALUATE_DEFAULTS["output_format"],
     scoring: ScoringOption = EVALUATE_DEFAULTS["scoring"],
     trace: TraceOption = None,
+    criteria: CriteriaOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Judge which answer is best for every item, with a judge, a jury or a debate."""
@@ -377,6 +380,7 @@ def run_generate_with(
         "strategy": strategy, "scale": options.scale, "swap": swap, "iterations": iterations,
         "stop_score": options.stop_score, "max_tokens": options.max_tokens, "output_format": options.output_format,
         **scoring_setting(options.scoring), **options.review_settings(), **prompts_setting(context.prompt_templates),
+        **criteria_setting(context.criteria),
     }
     if evaluator == "debate":
         settings |= {"rounds": options.rounds,
@@ -639,6 +643,7 @@ def generate(
     dispute_margin: Annotated[float, typer.Option(
         min=0, max=10, help="top two scores this close make a verdict disputed (10-point scale; scaled for 5, 100)")]
     = GENERATE_DEFAULTS["dispute_margin"],
+    criteria: CriteriaOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Write N answers per prompt with a feedback loop, rank them, and export DPO and KTO datasets."""

@@ -21,6 +21,7 @@ from tools.cli.common import (
     AdaptiveOption,
     ConcurrencyOption,
     ConfigOption,
+    CriteriaOption,
     JuryRuleOption,
     MaxTokensOption,
     MethodOption,
@@ -45,6 +46,7 @@ from tools.cli.options import (
     META_EVAL_DEFAULTS,
     EvaluationOptions,
     MetaEvalOptions,
+    criteria_setting,
     prompts_setting,
     resolve_options,
     scoring_setting,
@@ -219,6 +221,7 @@ def meta_eval(
     output_format: OutputFormatOption = META_EVAL_DEFAULTS["output_format"],
     scoring: ScoringOption = META_EVAL_DEFAULTS["scoring"],
     trace: TraceOption = None,
+    criteria: CriteriaOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Run an evaluator over a human-labelled benchmark and report its agreement with the humans."""
@@ -242,6 +245,7 @@ def meta_eval(
         "swap": options.swap, "rounds": options.rounds, "jury_rule": options.jury_rule,
         "max_tokens": options.max_tokens, "output_format": options.output_format,
         **scoring_setting(options.scoring), **prompts_setting(options.prompt_templates()),
+        **criteria_setting(options.criteria_list()),
     }
     if options.debate_roles is not None:
         settings["debate_roles"] = [[role.key, role.name, role.description, role.model] for role in roles]

@@ -21,8 +21,9 @@ from agents.roles import DEFAULT_ROLES, RefereeRole
 from graphs.context import EvaluationContext, GenerationContext
 from graphs.ray_pool import RayStart, RayWorkers, preflight_ray_address
 from tools.errors import ConfigError
-from tools.inputs.config_files import read_config_file, validation_problem
+from tools.inputs.config_files import load_yaml_file, read_config_file, validation_problem
 from tools.inputs.panels import panel_from_entries
+from tools.rules.criteria import Criterion
 from tools.rules.disputes import DEFAULT_DISPUTE_MARGIN, ReviewMode, audit_share_for
 from tools.rules.pairing import DEFAULT_DEGENERATE_SHARE, Pairing, PairingRules, TopTie
 
@@ -47,6 +48,44 @@ class CommandOptions(BaseModel):
         default=None, description="the generator's system prompt: the text, or a file relative to the config file")
     reviewer_prompt_file: Path | None = Field(
         default=None, description="the reviewer's request as a Jinja template (relative to the config file)")
+    criteria: list[Criterion] | Path | None = Field(
+        default=None, description="what the evaluators score, each on its own ({name, description, weight, rubric}), "
+        "or a YAML file of them (--criteria)")
+
+    def criteria_list(self) -> list[Criterion]:
+        """The criteria: as given in the config file, or read from the `--criteria` file; [] without any.
+
+        Refused with one line: a file that cannot be read, a bad entry (`FILE: criteria[N].key: problem`), two
+        criteria of one name, or criteria with a judge strategy that scores nothing per answer and criterion.
+        """
+        if self.criteria is None:
+            return []
+        if isinstance(self.criteria, Path):
+            path = self._relative(self.criteria) if self.config is not None else self.criteria
+            raw = load_yaml_file(path, "--criteria")
+            entries = raw.get("criteria") if isinstance(raw, dict) else raw
+            if not isinstance(entries, list) or not entries:
+                raise ConfigError(f"--criteria {path}: expected a list of criteria (or 'criteria:' and a list)")
+            criteria = []
+            for index, entry in enumerate(entries):
+                try:
+                    criteria.append(Criterion.model_validate(entry))
+                except ValidationError as error:
+                    first = error.errors()[0]
+                    where = "".join(f".{part}" for part in first["loc"])
+                    raise ConfigError(f"{path}: criteria[{index}]{where}: {first['msg']}") from None
+        else:
+            criteria = list(self.criteria)
+        names = [criterion.name for criterion in criteria]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{self.config or '--criteria'}: criteria: two criteria are named "
+                              f"'{next(name for name in names if names.count(name) > 1)}'")
+        method = getattr(self, "method", getattr(self, "evaluator", "judge"))
+        strategy = getattr(self, "strategy", "combined")
+        if method == "judge" and strategy != "combined":
+            raise ConfigError(f"criteria: the {strategy} strategy does not score answers by criteria yet; use "
+                              "--strategy combined, a jury or a debate")
+        return criteria
 
     def _relative(self, path: Path) -> Path:
         """A path named in the config file, relative to the file's folder."""
@@ -158,7 +197,7 @@ class EvaluationOptions(RunOptions):
         """The evaluation graphs' context for these options."""
         return EvaluationContext(models=self.models(), strategy=self.strategy, scale=self.scale, swap=self.swap,
                                  jury_rule=self.jury_rule, rounds=self.rounds,
-                                 prompt_templates=self.prompt_templates())
+                                 prompt_templates=self.prompt_templates(), criteria=self.criteria_list())
 
 
 class EvaluateOptions(EvaluationOptions):
@@ -248,7 +287,7 @@ class GenerateOptions(RunOptions):
             rounds=self.rounds, generator=self.generator or DEFAULT_MODEL,
             reviewers=list(self.reviewer or [DEFAULT_MODEL]), iterations=self.iterations, stop_score=self.stop_score,
             evaluator=self.evaluator, review=self.review, audit_share=self.audit_share,
-            prompt_templates=self.prompt_templates(),
+            prompt_templates=self.prompt_templates(), criteria=self.criteria_list(),
             dispute_margin=self.dispute_margin,
         )
 
@@ -284,6 +323,11 @@ def scoring_setting(scoring: Scoring) -> dict[str, Scoring]:
     `--scoring parsed`, and refuse the new default rather than mix two kinds of score.
     """
     return {} if scoring == "parsed" else {"scoring": scoring}
+
+
+def criteria_setting(criteria: list[Criterion]) -> dict[str, Any]:
+    """The `criteria` entry of a run's settings (none without criteria: earlier runs resume as they were)."""
+    return {"criteria": [criterion.model_dump() for criterion in criteria]} if criteria else {}
 
 
 def prompts_setting(templates: dict[str, str]) -> dict[str, Any]:
@@ -362,4 +406,5 @@ def resolve_options(context: Any, options: type[CommandOptions]) -> Any:
         validated.check_keys()
     validated.panel()  # a broken panel stops the command here, before any work
     validated.prompt_templates()  # so does a broken prompt template
+    validated.criteria_list()  # and criteria that cannot be used
     return validated

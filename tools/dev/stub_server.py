@@ -184,6 +184,15 @@ def reply_for(messages: list[dict[str, Any]], response_format: dict[str, Any] | 
     if answers and ("Score Assistant" in last or SCORE_PREFIX in last or "scores" in last):
         scores = {label: min(10, _score(text) + (first_answer_bonus if position == 0 else 0))
                   for position, (label, text) in enumerate(answers)}
+        # Scores by criterion (`A_harmlessness`...), when the answer format asks for them: each its own number.
+        asked = re.findall(r"^### Score Assistant (\w+): X/", last, re.M) or [
+            name.removeprefix(SCORE_PREFIX) for name in (schema or {}).get("properties", {})
+            if name.startswith(SCORE_PREFIX)]
+        texts = dict(answers)
+        if asked and set(asked) != set(scores) and all(key.split("_", 1)[0] in texts for key in asked):
+            scores = {key: min(10, _score(texts[key.split("_", 1)[0]], key)
+                               + (first_answer_bonus if key.split("_", 1)[0] == answers[0][0] else 0))
+                      for key in asked}
         if schema:
             fields = {score_field(label): value for label, value in scores.items()}
             return json.dumps({EVIDENCE: "Compared.", **fields})

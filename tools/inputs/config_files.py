@@ -47,21 +47,26 @@ def normalise_key(key: object) -> str:
     return str(key).strip().replace("-", "_")
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """The file's top-level mapping with normalised keys; one-line ConfigError naming the file otherwise."""
+def load_yaml_file(path: Path, flag: str = "--config") -> Any:
+    """The YAML document of a file a flag names; one-line ConfigError naming the flag, file and line otherwise."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"--config {path}: file not found") from None
+        raise ConfigError(f"{flag} {path}: file not found") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"--config {path}: cannot read it ({type(error).__name__})") from None
+        raise ConfigError(f"{flag} {path}: cannot read it ({type(error).__name__})") from None
     try:
-        document = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         problem = str(getattr(error, "problem", None) or "not valid YAML")
         raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The file's top-level mapping with normalised keys; one-line ConfigError naming the file otherwise."""
+    document = load_yaml_file(path)
     if document is None:
         return {}
     if not isinstance(document, dict):

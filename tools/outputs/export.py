@@ -35,6 +35,7 @@ class ExportSummary:
     rows_by_outcome: Counter[str] = field(default_factory=Counter)
     first_dpo_row: dict[str, Any] | None = None
     # Prompts a person decided (`--review`), and the DPO rows they gave; labels written to human.jsonl.
+    criteria: list[str] = field(default_factory=list)  # the criteria the rows' scores are broken down by
     decided_by_people: int = 0
     rows_decided_by_people: int = 0
     human_labels: int = 0
@@ -55,6 +56,10 @@ class ExportSummary:
         self.kto_rows += len(kto)
         if self.first_dpo_row is None and dpo:
             self.first_dpo_row = dpo[0]
+        if not self.criteria and dpo and "criteria_chosen" in dpo[0]:
+            self.criteria = list(dpo[0]["criteria_chosen"])
+        elif not self.criteria and kto and "criteria" in kto[0]:
+            self.criteria = list(kto[0]["criteria"])
         if record.get("human") is not None:
             self.decided_by_people += 1
             self.rows_decided_by_people += len(dpo)
@@ -138,6 +143,9 @@ def preference_rows(
     if not ranked.dpo:
         return [], [], ranked.outcome
     score = (lambda index: scores[index]) if len(scores) == len(answers) else (lambda index: None)
+    by_criterion = verdict.get("criteria_scores") or []
+    if len(by_criterion) != len(answers):
+        by_criterion = []
     common = {
         "prompt_id": record["prompt_id"],
         "generator": record["models"]["generator"],
@@ -152,9 +160,12 @@ def preference_rows(
         "chosen_iteration": high + 1,
         "rejected_iteration": low + 1,
         **common,
+        # With criteria (`--criteria`): both answers' scores by criterion; `score_*` are their weighted means.
+        **({"criteria_chosen": by_criterion[high], "criteria_rejected": by_criterion[low]} if by_criterion else {}),
     } for high, low in ranked.dpo]
     kto = [{"prompt": record["prompt"], "completion": _assistant(answers[index]), "label": label,
-            "score": score(index), "iteration": index + 1, **common} for index, label in ranked.kto]
+            "score": score(index), "iteration": index + 1, **common,
+            **({"criteria": by_criterion[index]} if by_criterion else {})} for index, label in ranked.kto]
     return dpo, kto, ranked.outcome
 
 
@@ -192,8 +203,11 @@ def check_trl_rows(rows: Iterable[dict[str, Any]], kind: str) -> None:
             raise ValueError(f"kto row {number}: label must be a bool")
 
 
-def dataset_features(kind: str) -> Any:
-    """The columns and types of the `dpo/` or `kto/` dataset: TRL's conversational columns, then ours."""
+def dataset_features(kind: str, criteria: Sequence[str] = ()) -> Any:
+    """The columns and types of the `dpo/` or `kto/` dataset: TRL's conversational columns, then ours.
+
+    With `criteria` (a run scored by criteria), the scores by criterion too: one struct column per answer side.
+    """
     import datasets
 
     messages = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
@@ -206,6 +220,10 @@ def dataset_features(kind: str) -> Any:
         columns |= {"completion": messages, "label": datasets.Value("bool"), "score": datasets.Value("float64"),
                     "iteration": datasets.Value("int64")}
     columns |= {name: datasets.Value("string") for name in ("prompt_id", "generator", "evaluator")}
+    if criteria:
+        by_criterion = {name: datasets.Value("float64") for name in criteria}
+        sides = ("criteria_chosen", "criteria_rejected") if kind == "dpo" else ("criteria",)
+        columns |= {side: by_criterion for side in sides}
     return datasets.Features(columns)
 
 
@@ -215,7 +233,7 @@ def _jsonl_rows(path: str) -> Iterator[dict[str, Any]]:
             yield json.loads(line)
 
 
-def _save_dataset(rows_file: Path, rows: int, target: Path, kind: str) -> None:
+def _save_dataset(rows_file: Path, rows: int, target: Path, kind: str, criteria: Sequence[str] = ()) -> None:
     """Build the `dpo/` or `kto/` dataset from its JSONL file, never holding the rows in memory.
 
     Rows go to Arrow in batches of EXPORT_BATCH_ROWS with the declared features (`dataset_features`): memory
@@ -228,7 +246,7 @@ def _save_dataset(rows_file: Path, rows: int, target: Path, kind: str) -> None:
     datasets.disable_progress_bars()  # the CLI has its own progress display
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    features = dataset_features(kind)
+    features = dataset_features(kind, criteria)
     if rows:
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".arrow-") as cache:
             dataset = datasets.Dataset.from_generator(
@@ -279,8 +297,8 @@ def export_records(
     if not summary.human_labels:
         (output_dir / "human.jsonl").unlink()  # no person decided anything: no benchmark to offer
     # Saved even when empty: a stale dataset from an earlier export must not survive, and loaders expect one.
-    _save_dataset(output_dir / "dpo.jsonl", summary.dpo_rows, output_dir / "dpo", "dpo")
-    _save_dataset(output_dir / "kto.jsonl", summary.kto_rows, output_dir / "kto", "kto")
+    _save_dataset(output_dir / "dpo.jsonl", summary.dpo_rows, output_dir / "dpo", "dpo", summary.criteria)
+    _save_dataset(output_dir / "kto.jsonl", summary.kto_rows, output_dir / "kto", "kto", summary.criteria)
     return summary
 
 
@@ -340,7 +358,7 @@ def dataset_card(
         "",
         "## Configuration",
         "",
-        *[f"- **{key}**: `{value}`" for key, value in sorted(settings.items())],
+        *[f"- **{key}**: `{value}`" for key, value in sorted(settings.items()) if key != "criteria"],
         "",
         "## Counts",
         "",
@@ -374,6 +392,14 @@ def dataset_card(
     ]
     if usage.get("cost_usd") is not None:
         lines.append(f"- estimated cost: ${usage['cost_usd']:.4f}")
+    if settings.get("criteria"):
+        lines += ["", "## Criteria", "",
+                  "Each answer was scored on each criterion; its score (`score_chosen`, `score_rejected`, `score`) is "
+                  "the weighted mean, and the rows keep the scores by criterion (`criteria_chosen`, "
+                  "`criteria_rejected`, `criteria`).", ""]
+        for criterion in settings["criteria"]:
+            lines.append(f"- **{criterion['name']}** (weight {criterion['weight']:g}): {criterion['description']}")
+            lines += [f"  - {band}: {meaning}" for band, meaning in (criterion.get("rubric") or {}).items()]
     if custom_prompts:
         lines += ["", "## Prompts of the run's own", "",
                   "These roles were sent the run's own templates (the answer format after each is the project's):"]
