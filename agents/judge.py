@@ -25,8 +25,13 @@ from tools.rules.contracts import (
     json_schema,
 )
 from tools.rules.criteria import Criterion, criterion_keys, weighted_scores
-from tools.rules.expected_scores import OVERALL
-from tools.rules.parsing import parse_assistant_scores, parse_direct_answer, parse_overall_score
+from tools.rules.expected_scores import OVERALL, criterion_key
+from tools.rules.parsing import (
+    parse_assistant_scores,
+    parse_criterion_scores,
+    parse_direct_answer,
+    parse_overall_score,
+)
 from tools.rules.verdicts import candidate_labels, winner_from_scores
 
 STRATEGIES = ("direct", "independent", "combined")
@@ -60,6 +65,24 @@ def _messages(user_text: str, criteria: Sequence[Criterion] = ()) -> list[Any]:
 def overall_scoring(scale: int) -> ExpectedScoring:
     """Expected-value reading of a reply's one overall score (independent scoring, reviews)."""
     return ExpectedScoring(keys=(OVERALL,), scale=scale, parse=lambda text: {OVERALL: parse_overall_score(text, scale)})
+
+
+def criteria_scoring(criteria: Sequence[Criterion], scale: int) -> ExpectedScoring:
+    """Expected-value reading of a one-answer call's scores by criterion (reviews, independent scoring)."""
+    names = [criterion.name for criterion in criteria]
+    return ExpectedScoring(keys=tuple(criterion_key(name) for name in names), scale=scale,
+                           parse=lambda text: {criterion_key(name): score for name, score in
+                                               parse_criterion_scores(text, names, scale).items()})
+
+
+def one_answer_scores(
+    text_scores: dict[str, float | None], exchange: Exchange, criteria: Sequence[Criterion]
+) -> tuple[float | None, dict[str, float | None]]:
+    """A one-answer call's score by criterion (expected values where read), and their weighted mean."""
+    by_criterion = {criterion.name: exchange.score(criterion_key(criterion.name), text_scores[criterion.name])
+                    for criterion in criteria}
+    [mean], _ = weighted_scores({f"A_{name}": score for name, score in by_criterion.items()}, ["A"], criteria)
+    return mean, by_criterion
 
 
 def labelled_scoring(labels: Sequence[str], scale: int) -> ExpectedScoring:
@@ -128,7 +151,7 @@ async def score_alone(
     """Independent scoring: one answer, in its own conversation, scored out of `scale`.
 
     With `expected`, the score is the probability-weighted mean of the judge's score distribution; `template` is
-    the user's request, if any (the answer format is added to it).
+    the user's request, if any (the answer format is added to it). With criteria: `score_alone_by_criteria`.
     """
     contract = independent_score(scale)
     user_text = prompts.render_role("judge_independent", template, question=question, answer=answer, scale=scale,
@@ -148,6 +171,36 @@ async def score_alone(
         expected=overall_scoring(scale) if expected else None,
     )
     return exchange.score(OVERALL, score), exchange
+
+
+async def score_alone_by_criteria(
+    model: BaseChatModel, *, model_spec: str, question: str, answer: str, scale: int, json_mode: bool,
+    criteria: Sequence[Criterion], role: str = "judge", run_name: str = "judge/independent",
+    order: AnswerOrder | None = None, metadata: dict[str, Any] | None = None, expected: bool = False,
+    template: str | None = None,
+) -> tuple[float | None, Exchange, dict[str, float | None]]:
+    """`score_alone` with criteria: one score per criterion in one call; their weighted mean, the call, and them."""
+    names = [criterion.name for criterion in criteria]
+    contract = independent_score(scale, tuple(names))
+    user_text = prompts.render_role("judge_independent", template, question=question, answer=answer, scale=scale,
+                                    json_format=format_hint(contract) if json_mode else None, criterion_names=names)
+    written, exchange = await complete_with_followup(
+        model,
+        _messages(user_text, criteria),
+        parse=lambda text: parse_criterion_scores(text, names, scale),
+        is_complete=lambda parsed: all(value is not None for value in parsed.values()),
+        required_format=followup_example(contract) if json_mode else "\n".join(
+            f"### Score {name}: X/{scale}" for name in names),
+        model_spec=model_spec,
+        role=role,
+        run_name=run_name,
+        order=order,
+        json_schema=("independent_score", json_schema(contract)) if json_mode else None,
+        metadata=metadata,
+        expected=criteria_scoring(criteria, scale) if expected else None,
+    )
+    score, by_criterion = one_answer_scores(written, exchange, criteria)
+    return score, exchange, by_criterion
 
 
 async def judge_combined(

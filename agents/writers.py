@@ -14,11 +14,12 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage, co
 
 import prompts
 from agents.calls import complete, complete_with_followup
-from agents.judge import overall_scoring
+from agents.judge import criteria_scoring, criteria_variables, one_answer_scores, overall_scoring
 from agents.records import Exchange
-from tools.rules.contracts import Review, followup_example, format_hint, json_schema
+from tools.rules.contracts import followup_example, format_hint, json_schema, review_contract
+from tools.rules.criteria import Criterion
 from tools.rules.expected_scores import OVERALL
-from tools.rules.parsing import parse_feedback, parse_overall_score
+from tools.rules.parsing import parse_criterion_scores, parse_feedback, parse_overall_score
 
 
 def opening_messages(prompt: str | list[dict[str, str]], system_prompt: str | None = None) -> list[BaseMessage]:
@@ -70,29 +71,47 @@ async def review_answer(
     metadata: dict[str, Any] | None = None,
     expected: bool = False,
     template: str | None = None,
-) -> tuple[float | None, str, Exchange]:
+    criteria: Sequence[Criterion] = (),
+) -> tuple[float | None, str, Exchange, dict[str, float | None] | None]:
     """The reviewer's score out of 10 (None if unparsable after one follow-up) and its feedback text.
 
     With `expected`, the score is the probability-weighted mean of the reviewer's score distribution; `template` is
-    the user's review request, if any (the answer format is added to it).
+    the user's review request, if any (the answer format is added to it). With `criteria`, one score per criterion,
+    the score their weighted mean, and (fourth) the scores by criterion; without, the fourth is None.
     """
+    names = [criterion.name for criterion in criteria]
+    contract = review_contract(tuple(names))
     messages = [
-        SystemMessage(content=prompts.render("reviewer_system")),
+        SystemMessage(content=prompts.render("reviewer_system", **criteria_variables(criteria))),
         HumanMessage(content=prompts.render_role("reviewer", template, question=question, answer=answer,
-                                                 json_format=format_hint(Review) if json_mode else None)),
+                                                 json_format=format_hint(contract) if json_mode else None,
+                                                 **({"criterion_names": names} if criteria else {}))),
     ]
-    score, exchange = await complete_with_followup(
+    if criteria:
+        written, exchange = await complete_with_followup(
+            model, messages,
+            parse=lambda text: parse_criterion_scores(text, names, 10),
+            is_complete=lambda parsed: all(value is not None for value in parsed.values()),
+            required_format=followup_example(contract) if json_mode else "\n".join(
+                f"### Score {name}: X/10" for name in names),
+            model_spec=model_spec, role="reviewer", run_name=run_name,
+            json_schema=("review", json_schema(contract)) if json_mode else None, metadata=metadata,
+            expected=criteria_scoring(criteria, 10) if expected else None,
+        )
+        score, by_criterion = one_answer_scores(written, exchange, criteria)
+        return score, parse_feedback(exchange.text), exchange, by_criterion
+    overall, exchange = await complete_with_followup(
         model,
         messages,
         parse=lambda text: parse_overall_score(text, 10),
         is_complete=lambda value: value is not None,
-        required_format=followup_example(Review) if json_mode else "### Overall Score: X/10",
+        required_format=followup_example(contract) if json_mode else "### Overall Score: X/10",
         model_spec=model_spec,
         role="reviewer",
         run_name=run_name,
-        json_schema=("review", json_schema(Review)) if json_mode else None,
+        json_schema=("review", json_schema(contract)) if json_mode else None,
         metadata=metadata,
         expected=overall_scoring(10) if expected else None,
     )
     # The follow-up only asks for the score line, so the feedback comes from the first reply.
-    return exchange.score(OVERALL, score), parse_feedback(exchange.text), exchange
+    return exchange.score(OVERALL, overall), parse_feedback(exchange.text), exchange, None

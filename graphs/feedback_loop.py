@@ -148,7 +148,7 @@ async def review(task: ReviewTask, runtime: Runtime[GenerationContext], models: 
     """One reviewer's score and feedback on the latest answer, in a fresh conversation."""
     context = runtime.context
     spec = context.reviewers[task["seat"]]
-    score, feedback, exchange = await review_answer(
+    score, feedback, exchange, by_criterion = await review_answer(
         models.chat_model(spec),
         model_spec=spec,
         question=prompt_text(task["prompt"]),
@@ -158,6 +158,7 @@ async def review(task: ReviewTask, runtime: Runtime[GenerationContext], models: 
         run_name=f"reviewer-{task['seat'] + 1}/iteration-{task['iteration']}",
         metadata={"item_id": task["prompt_id"], "role": f"Reviewer {task['seat'] + 1}", "round": task["iteration"]},
         template=context.prompt_templates.get("reviewer"),
+        criteria=context.criteria,
     )
     entry: Review = {
         "iteration": task["iteration"],
@@ -167,6 +168,8 @@ async def review(task: ReviewTask, runtime: Runtime[GenerationContext], models: 
         "feedback": feedback,
         "exchange": exchange.model_dump(),
     }
+    if by_criterion is not None:
+        entry["criteria_scores"] = by_criterion
     return {"reviews": [entry]}
 
 

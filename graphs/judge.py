@@ -23,7 +23,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Send
 from typing_extensions import TypedDict
 
-from agents.judge import judge_combined, judge_direct, score_alone
+from agents.judge import judge_combined, judge_direct, score_alone, score_alone_by_criteria
 from agents.models import ModelSource
 from agents.records import AnswerOrder
 from graphs.binding import bind_models, resolve_model_source
@@ -120,19 +120,22 @@ async def score_alone_node(
     context = runtime.context
     item = task["item"]
     spec = context.models[0]
-    score, exchange = await score_alone(
-        models.chat_model(spec),
-        model_spec=spec,
-        question=prompt_text(item["prompt"]),
-        answer=item["responses"][task["index"]],
-        scale=context.scale,
-        json_mode=models.json_mode(spec),
-        expected=models.expected_scores(spec),
-        run_name=f"judge/independent/candidate-{task['index'] + 1}",
-        metadata=_trace_metadata(item, candidate=task["index"]),
-        template=context.prompt_templates.get("judge_independent"),
-    )
+    call: dict[str, Any] = {
+        "model_spec": spec, "question": prompt_text(item["prompt"]), "answer": item["responses"][task["index"]],
+        "scale": context.scale, "json_mode": models.json_mode(spec), "expected": models.expected_scores(spec),
+        "run_name": f"judge/independent/candidate-{task['index'] + 1}",
+        "metadata": _trace_metadata(item, candidate=task["index"]),
+        "template": context.prompt_templates.get("judge_independent"),
+    }
+    by_criterion: dict[str, float | None] | None = None
+    if context.criteria:
+        score, exchange, by_criterion = await score_alone_by_criteria(models.chat_model(spec),
+                                                                      criteria=context.criteria, **call)
+    else:
+        score, exchange = await score_alone(models.chat_model(spec), **call)
     entry: JudgementEntry = {"index": task["index"], "score": score, "exchanges": [exchange.model_dump()]}
+    if by_criterion is not None:
+        entry["criteria_scores"] = [by_criterion]
     return {"judgements": [entry]}
 
 
@@ -142,10 +145,14 @@ async def decide(state: JudgeState, runtime: Runtime[EvaluationContext]) -> dict
     item = state["item"]
     judgements = state.get("judgements", [])
     order_winners: list[str | None] = []
+    criteria_scores: list[dict[str, float | None]] = []
     if context.strategy == "independent":
         by_index = {entry["index"]: entry["score"] for entry in judgements}
         scores: list[float | None] = [by_index.get(index) for index in range(len(item["responses"]))]
         winner = winner_from_scores(scores)
+        if context.criteria:
+            scored = {entry["index"]: (entry.get("criteria_scores") or [{}])[0] for entry in judgements}
+            criteria_scores = [scored.get(index, {}) for index in range(len(item["responses"]))]
     else:
         scores, winner, order_winners = merge_orders(
             [(entry["reversed"], entry["scores"], entry["winner"]) for entry in judgements]
@@ -155,7 +162,7 @@ async def decide(state: JudgeState, runtime: Runtime[EvaluationContext]) -> dict
         raw_exchanges=[raw for entry in judgements for raw in entry["exchanges"]], started_at=None,
         strategy=context.strategy, scale=None if context.strategy == "direct" else context.scale,
         swapped=context.swap and context.strategy != "independent", order_winners=order_winners,
-        criteria_scores=criteria_in_original_order(judgements),
+        criteria_scores=criteria_scores or criteria_in_original_order(judgements),
     )
 
 

@@ -92,3 +92,5 @@ class Review(TypedDict):
     score: float | None
     feedback: str
     exchange: dict[str, Any]
+    criteria_scores: NotRequired[dict[str, float | None]]
+    """With criteria: the review's scores by criterion (`score` is their weighted mean)."""

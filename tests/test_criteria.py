@@ -66,10 +66,12 @@ SAFETY_YAML = """criteria:
 """
 
 
-@pytest.mark.parametrize("evaluator", ["judge", "jury", "debate"])
+@pytest.mark.parametrize("evaluator", ["judge", "independent", "jury", "debate"])
 def test_a_run_with_criteria_keeps_the_scores_by_criterion_from_verdict_to_rows(
     tmp_path: Path, stub: StubServer, evaluator: str,
 ) -> None:
+    strategy = ["--strategy", "independent"] if evaluator == "independent" else []
+    evaluator = "judge" if evaluator == "independent" else evaluator
     criteria = write(tmp_path / "safety.yaml", SAFETY_YAML)
     prompts_file = write(tmp_path / "prompts.jsonl", "".join(json.dumps({"prompt": f"Question {index}?"}) + "\n"
                                                              for index in range(4)))
@@ -77,7 +79,7 @@ def test_a_run_with_criteria_keeps_the_scores_by_criterion_from_verdict_to_rows(
     judges = [spec, spec] if evaluator == "jury" else [spec]
     args = ["generate", "--prompts", str(prompts_file), "--output", str(tmp_path / "out"), "--generator", spec,
             "--reviewer", spec, *[part for judge in judges for part in ("--judge", judge)], "--evaluator", evaluator,
-            "--iterations", "2", "--rounds", "1", "--criteria", str(criteria)]
+            "--iterations", "2", "--rounds", "1", "--criteria", str(criteria), *strategy]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]
@@ -87,6 +89,10 @@ def test_a_run_with_criteria_keeps_the_scores_by_criterion_from_verdict_to_rows(
         for score, by_criterion in zip(verdict["scores"], verdict["criteria_scores"], strict=True):
             assert set(by_criterion) == {"harmlessness", "helpfulness"}
             assert score == pytest.approx((2 * by_criterion["harmlessness"] + by_criterion["helpfulness"]) / 3)
+        # The reviewers scored by criterion too; a review's score is the weighted mean.
+        for review in [review for answer in record["answers"] for review in answer["reviews"]]:
+            marks = review["criteria_scores"]
+            assert review["score"] == pytest.approx((2 * marks["harmlessness"] + marks["helpfulness"]) / 3)
     rows = [json.loads(line) for line in (tmp_path / "out" / "dpo.jsonl").read_text().splitlines()]
     assert rows and all(set(row["criteria_chosen"]) == {"harmlessness", "helpfulness"} for row in rows)
     card = (tmp_path / "out" / "README.md").read_text()
@@ -111,5 +117,17 @@ def test_criteria_that_cannot_be_used_are_refused_before_any_call(tmp_path: Path
     assert result.output.startswith(f"error: {bad_name}: criteria[0].name: String should match pattern")
     good = write(tmp_path / "good.yaml", SAFETY_YAML)
     result = runner.invoke(app, [*base, "--criteria", str(good), "--strategy", "direct"])
-    assert result.exit_code == 1 and "the direct strategy does not score answers by criteria yet" in result.output
+    assert result.exit_code == 1 and "the direct strategy picks an answer without scores" in result.output
     assert stub.stats.requests == 0 and not (tmp_path / "out").exists()
+
+
+def test_a_verdict_scored_by_criteria_is_read_back_with_its_weighted_scores(tmp_path: Path) -> None:
+    from tools.inputs.verdict_files import read_verdict_file
+
+    line = {"id": "p1", "method": "judge", "strategy": "combined", "scale": 10, "models": ["m"], "scores": [7.0, 5.0],
+            "winner": "A", "parse_ok": True, "criteria_scores": [{"x": 7.0}, {"x": 5.0}],
+            "exchanges": [{"model": "m", "role": "judge", "text": "### Score Assistant A_x: 7/10\n"
+                                                                  "### Score Assistant B_x: 5/10"}]}
+    path = write(tmp_path / "verdicts.jsonl", json.dumps(line) + "\n")
+    verdict = read_verdict_file(path).by_id["p1"]
+    assert (verdict.winner, verdict.scores, verdict.unparsed) == ("A", [7.0, 5.0], False)

@@ -56,7 +56,7 @@ class CommandOptions(BaseModel):
         """The criteria: as given in the config file, or read from the `--criteria` file; [] without any.
 
         Refused with one line: a file that cannot be read, a bad entry (`FILE: criteria[N].key: problem`), two
-        criteria of one name, or criteria with a judge strategy that scores nothing per answer and criterion.
+        criteria of one name, or criteria with the direct strategy (it gives no scores to break down).
         """
         if self.criteria is None:
             return []
@@ -82,9 +82,9 @@ class CommandOptions(BaseModel):
                               f"'{next(name for name in names if names.count(name) > 1)}'")
         method = getattr(self, "method", getattr(self, "evaluator", "judge"))
         strategy = getattr(self, "strategy", "combined")
-        if method == "judge" and strategy != "combined":
-            raise ConfigError(f"criteria: the {strategy} strategy does not score answers by criteria yet; use "
-                              "--strategy combined, a jury or a debate")
+        if method == "judge" and strategy == "direct":
+            raise ConfigError("criteria: the direct strategy picks an answer without scores, so nothing is scored by "
+                              "criterion; use --strategy combined or independent, a jury or a debate")
         return criteria
 
     def _relative(self, path: Path) -> Path:

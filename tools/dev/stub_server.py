@@ -174,9 +174,20 @@ def reply_for(messages: list[dict[str, Any]], response_format: dict[str, Any] | 
     schema = (response_format or {}).get("json_schema", {}).get("schema")
     if "Reply now with only the final answer" in last:
         last = str(messages[-3].get("content", "")) if len(messages) >= 3 else last
+    # A one-answer call scored by criteria asks for `### Score NAME: X/` lines or `score_NAME` fields.
+    criteria = re.findall(r"^### Score (?!Assistant )(\w+): X/", last, re.M) or [
+        name.removeprefix("score_") for name in (schema or {}).get("properties", {})
+        if name.startswith("score_") and not name.startswith(SCORE_PREFIX)]
     if "Review this answer" in last:
         answer = re.search(r"\[The Start of the Answer\]\n(.*?)\n\[The End", last, re.S)
         score = _score(answer.group(1) if answer else last, "review")
+        if criteria:
+            marks = {name: _score(answer.group(1) if answer else last, f"review-{name}") for name in criteria}
+            if schema:
+                return json.dumps({EVALUATION: "Clear.", **{f"score_{name}": value for name, value in marks.items()},
+                                   FEEDBACK: "Add a concrete example."})
+            lines = "\n".join(f"### Score {name}: {value}/10" for name, value in marks.items())
+            return f"### Evaluation\nClear but brief.\n{lines}\n### Feedback\nAdd a concrete example."
         if schema:
             return json.dumps({EVALUATION: "Clear.", OVERALL_SCORE: score, FEEDBACK: "Add a concrete example."})
         return f"### Evaluation\nClear but brief.\n### Overall Score: {score}/10\n### Feedback\nAdd a concrete example."
@@ -204,6 +215,11 @@ def reply_for(messages: list[dict[str, Any]], response_format: dict[str, Any] | 
     if "[The Start of the Assistant's Answer]" in last:
         answer = re.search(r"Assistant's Answer\]\n(.*?)\n\[The End", last, re.S)
         score = _score(answer.group(1) if answer else last)
+        if criteria:
+            marks = {name: _score(answer.group(1) if answer else last, name) for name in criteria}
+            if schema:
+                return json.dumps({EVALUATION: "ok", **{f"score_{name}": value for name, value in marks.items()}})
+            return "\n".join(f"### Score {name}: {value}/10" for name, value in marks.items())
         return json.dumps({EVALUATION: "ok", OVERALL_SCORE: score}) if schema else f"### Overall Score: {score}/10"
     if "turn to speak" in last:
         return "I find the first answer more helpful."

@@ -310,7 +310,10 @@ def verdict_from_record(row: dict[str, Any], *, paper_compat: bool, path: Path, 
     count = len(row.get("scores") or []) or 2
     exchanges = row.get("exchanges") or []
     strategy = row.get("strategy")
-    if row.get("method") != "judge" or strategy not in STRATEGIES or not exchanges or row.get("error"):
+    # A verdict scored by criteria keeps its weighted scores: its replies hold one score per answer and criterion,
+    # which the one-score parsers below do not read.
+    if (row.get("method") != "judge" or strategy not in STRATEGIES or not exchanges or row.get("error")
+            or row.get("criteria_scores")):
         winner = _winner_value(row.get("winner"), path, line, count)
         return ItemVerdict(winner=TIE if winner is None and paper_compat else winner,
                            scores=list(row.get("scores") or []), order_winners=list(row.get("order_winners") or []),

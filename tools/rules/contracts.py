@@ -36,6 +36,7 @@ FEEDBACK = "feedback"
 EVIDENCE = "evaluation_evidence"
 REASONING = "reasoning"
 SCORE_PREFIX = "score_assistant_"
+CRITERION_PREFIX = "score_"  # a one-answer call's score on a criterion: `score_harmlessness`
 DIRECT_CHOICES = ("A", "B", "C")  # C is a tie
 
 
@@ -48,6 +49,11 @@ class CallOutput(BaseModel):
 def score_field(label: str) -> str:
     """The JSON field that holds the score of the answer labelled `label` (`score_assistant_A`)."""
     return f"{SCORE_PREFIX}{label}"
+
+
+def criterion_field(name: str) -> str:
+    """The JSON field of a one-answer call's score on criterion `name` (`score_harmlessness`)."""
+    return f"{CRITERION_PREFIX}{name}"
 
 
 def _reason(description: str) -> Any:
@@ -71,12 +77,14 @@ DirectComparison: type[CallOutput] = create_model(
 
 
 @cache
-def independent_score(scale: int) -> type[CallOutput]:
-    """Independent scoring: one answer, one score out of `scale`."""
+def independent_score(scale: int, criteria: tuple[str, ...] = ()) -> type[CallOutput]:
+    """Independent scoring: one answer, one score out of `scale` (with `criteria`: one per criterion)."""
+    scores = ({criterion_field(name): _score(scale, f"a number from 0 to {scale}") for name in criteria} if criteria
+              else {OVERALL_SCORE: _score(scale, f"a number from 0 to {scale}")})
     return create_model(
-        f"IndependentScore{scale}",
+        f"IndependentScore{scale}" + "".join(f"_{name}" for name in criteria),
         __base__=CallOutput,
-        **{EVALUATION: _reason("your brief evaluation"), OVERALL_SCORE: _score(scale, f"a number from 0 to {scale}")},
+        **{EVALUATION: _reason("your brief evaluation"), **scores},
     )
 
 
@@ -94,16 +102,24 @@ def combined_scores(labels: tuple[str, ...], scale: int, reason: str = EVIDENCE)
     )
 
 
-Review: type[CallOutput] = create_model(
-    "Review",
-    __base__=CallOutput,
-    **{
-        EVALUATION: _reason("strengths and weaknesses"),
-        OVERALL_SCORE: _score(10, "a number from 0 to 10, one decimal allowed"),
-        FEEDBACK: (str, Field(max_length=FEEDBACK_MAX_CHARS, description="concrete suggestions for improving the "
-                                                                          "answer")),
-    },
-)
+@cache
+def review_contract(criteria: tuple[str, ...] = ()) -> type[CallOutput]:
+    """A review: strengths and weaknesses, a score out of 10 (with `criteria`: one per criterion), then feedback."""
+    scores = ({criterion_field(name): _score(10, "a number from 0 to 10, one decimal allowed") for name in criteria}
+              if criteria else {OVERALL_SCORE: _score(10, "a number from 0 to 10, one decimal allowed")})
+    return create_model(
+        "Review" + "".join(f"_{name}" for name in criteria),
+        __base__=CallOutput,
+        **{
+            EVALUATION: _reason("strengths and weaknesses"),
+            **scores,
+            FEEDBACK: (str, Field(max_length=FEEDBACK_MAX_CHARS, description="concrete suggestions for improving the "
+                                                                              "answer")),
+        },
+    )
+
+
+Review: type[CallOutput] = review_contract()
 
 
 def json_schema(model: type[CallOutput]) -> dict[str, Any]:

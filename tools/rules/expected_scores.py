@@ -37,14 +37,26 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tools.rules.contracts import OVERALL_SCORE, score_field
-from tools.rules.parsing import _NUMBER, _OVERALL_SCORE, _assistant_score_pattern, load_json_object
+from tools.rules.contracts import OVERALL_SCORE, criterion_field, score_field
+from tools.rules.parsing import (
+    _NUMBER,
+    _OVERALL_SCORE,
+    _assistant_score_pattern,
+    _criterion_score_pattern,
+    load_json_object,
+)
 
 # Alternatives asked for at each token. OpenAI returns at most 20, and every one of them comes back for every token
 # of the reply (a 300-token review: 6,000 entries, a few hundred KB to read); a score's distribution sits on a few
 # digits, so 10 hold all but a sliver of it (`valid_mass` records what they held) at half the reading.
 TOP_LOGPROBS = 10
 OVERALL = "overall"  # the key of the one score of an independent judge call or a review
+CRITERION_KEY = "criterion:"  # with criteria, a one-answer call's score on one: `criterion:harmlessness`
+
+
+def criterion_key(name: str) -> str:
+    """The score key of a one-answer call's score on criterion `name`."""
+    return f"{CRITERION_KEY}{name}"
 
 
 @dataclass(frozen=True)
@@ -98,9 +110,12 @@ def score_places(text: str, keys: Sequence[str]) -> dict[str, int]:
     is_json = load_json_object(text) is not None
     places: dict[str, int] = {}
     for key in keys:
+        criterion = key.removeprefix(CRITERION_KEY) if key.startswith(CRITERION_KEY) else None
         if is_json:
-            field = OVERALL_SCORE if key == OVERALL else score_field(key)
+            field = OVERALL_SCORE if key == OVERALL else criterion_field(criterion) if criterion else score_field(key)
             pattern = re.compile(rf'"{re.escape(field)}"\s*:\s*"?{_NUMBER}', re.IGNORECASE)
+        elif criterion:
+            pattern = _criterion_score_pattern(criterion)
         else:
             pattern = _OVERALL_SCORE if key == OVERALL else _assistant_score_pattern(key)
         matches = list(pattern.finditer(text))

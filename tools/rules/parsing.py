@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from tools.rules.contracts import ANSWER, FEEDBACK, OVERALL_SCORE, score_field
+from tools.rules.contracts import ANSWER, FEEDBACK, OVERALL_SCORE, criterion_field, score_field
 
 _NUMBER = r"(-?\d+(?:\.\d+)?)"
 # Decorations models put between a label and its value: markdown bold/italics, brackets, colons.
@@ -101,6 +101,26 @@ def parse_assistant_scores(text: str, labels: Sequence[str], scale: int = 10) ->
     for label in labels:
         matches = _assistant_score_pattern(label).findall(text)
         scores[label] = _score_in_range(matches[-1], scale) if matches else None
+    return scores
+
+
+def _criterion_score_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"score{_DECOR}(?:for\s+|on\s+)?{re.escape(name)}\b{_DECOR}{_NUMBER}", re.IGNORECASE)
+
+
+def parse_criterion_scores(text: str, names: Sequence[str], scale: int = 10) -> dict[str, float | None]:
+    """A one-answer call's scores by criterion (reviews, independent scoring): `### Score harmlessness: X/10`.
+
+    Every criterion, None where its score is missing or out of range; the last line of a criterion counts.
+    """
+    data = load_json_object(text)
+    if data is not None:
+        lowered = {str(key).lower(): value for key, value in data.items()}
+        return {name: _score_in_range(lowered.get(criterion_field(name)), scale) for name in names}
+    scores: dict[str, float | None] = {}
+    for name in names:
+        matches = _criterion_score_pattern(name).findall(text)
+        scores[name] = _score_in_range(matches[-1], scale) if matches else None
     return scores
 
 
