@@ -21,6 +21,8 @@ from tools.inputs.items import Prompt, prompt_text
 CHARS_PER_TOKEN = 4
 TEMPLATE_TOKENS = {"generator": 60, "reviewer": 120, "judge": 160, "referee": 220}
 ASSUMED_OUTPUT_TOKENS = {"generator": 400, "reviewer": 200, "judge": 150, "referee": 80}
+# With criteria, each score beyond the first is one more line (`### Score Assistant A_harmlessness: 7/10`).
+SCORE_LINE_TOKENS = 12
 
 
 @dataclass
@@ -80,6 +82,13 @@ def estimate_run(
     review_out = min(max_tokens, ASSUMED_OUTPUT_TOKENS["reviewer"])
     judge_out = min(max_tokens, ASSUMED_OUTPUT_TOKENS["judge"])
     turn_out = min(context.turn_max_tokens, ASSUMED_OUTPUT_TOKENS["referee"])
+    # Criteria make every scoring reply longer (a line per answer and criterion) and every scoring request too
+    # (the criteria and their rubrics in its system prompt).
+    more_scores = max(0, len(context.criteria) - 1) * SCORE_LINE_TOKENS
+    listing = sum(_tokens(criterion.description) + 6 + sum(_tokens(band) + _tokens(meaning)
+                                                           for band, meaning in (criterion.rubric or {}).items())
+                  for criterion in context.criteria)
+    review_out += more_scores
     estimate = RunEstimate(prompts=len(prompts))
     entries: dict[tuple[str, str], RoleEstimate] = {}
 
@@ -100,27 +109,30 @@ def estimate_run(
         for spec in context.reviewers:
             reviews = n - 1
             add("reviewer", spec, 1 if early and n > 1 else reviews, reviews,
-                reviews * (TEMPLATE_TOKENS["reviewer"] + asked + answer), reviews * review_out)
+                reviews * (TEMPLATE_TOKENS["reviewer"] + listing + asked + answer), reviews * review_out)
         if n < 2:
             continue
-        judged = TEMPLATE_TOKENS["judge"] + asked + n * answer
+        judged = TEMPLATE_TOKENS["judge"] + listing + asked + n * answer
+        judge_reply = judge_out + n * more_scores  # one more line per answer and criterion
         low = 0 if early else None  # a loop that stops after one answer has nothing to rank
         if context.evaluator == "judge":
             spec = context.models[0]
-            calls = n if context.strategy == "independent" else orders
-            tokens_in = (n * (TEMPLATE_TOKENS["judge"] + asked + answer) if context.strategy == "independent"
-                         else orders * judged)
-            add("judge", spec, calls if low is None else low, calls, tokens_in, calls * judge_out)
+            independent = context.strategy == "independent"
+            calls = n if independent else orders
+            tokens_in = n * (TEMPLATE_TOKENS["judge"] + listing + asked + answer) if independent else orders * judged
+            reply = judge_out + more_scores if independent else judge_reply
+            add("judge", spec, calls if low is None else low, calls, tokens_in, calls * reply)
         elif context.evaluator == "jury":
             for spec in context.models:
-                add("judge", spec, orders if low is None else low, orders, orders * judged, orders * judge_out)
+                add("judge", spec, orders if low is None else low, orders, orders * judged, orders * judge_reply)
         else:
             for seat, role in enumerate(roles):
                 spec = role.model or (context.models[0] if len(context.models) == 1 else context.models[seat])
                 turns = context.rounds + 1
-                discussion = TEMPLATE_TOKENS["referee"] + asked + n * answer
+                discussion = TEMPLATE_TOKENS["referee"] + listing + asked + n * answer
                 tokens_in = sum(discussion + step * len(roles) * turn_out for step in range(turns))
-                add("referee", spec, turns if low is None else low, turns, tokens_in, turns * turn_out)
+                add("referee", spec, turns if low is None else low, turns, tokens_in,
+                    turns * turn_out + n * more_scores)
     evaluator_steps = {"judge": 1, "jury": 1, "debate": context.rounds * len(roles) + 1}[context.evaluator]
     estimate.steps_per_prompt = n + (n - 1 if reviewers else 0) + (evaluator_steps if n >= 2 else 0)
     estimate.roles = list(entries.values())

@@ -131,3 +131,18 @@ def test_a_verdict_scored_by_criteria_is_read_back_with_its_weighted_scores(tmp_
     path = write(tmp_path / "verdicts.jsonl", json.dumps(line) + "\n")
     verdict = read_verdict_file(path).by_id["p1"]
     assert (verdict.winner, verdict.scores, verdict.unparsed) == ("A", [7.0, 5.0], False)
+
+
+def test_the_dry_run_counts_the_longer_replies_and_requests_of_criteria() -> None:
+    from graphs.context import GenerationContext
+    from graphs.estimate import SCORE_LINE_TOKENS, estimate_run
+
+    plain = GenerationContext(iterations=3)
+    scored = GenerationContext(iterations=3, criteria=SAFETY)
+    without = {role.role: role for role in estimate_run(["Why?"], plain, (), max_tokens=512).roles}
+    with_criteria = {role.role: role for role in estimate_run(["Why?"], scored, (), max_tokens=512).roles}
+    # One more score line per answer (3) for the judge, one more per review (2 reviews) for the reviewer.
+    assert with_criteria["judge"].output_tokens - without["judge"].output_tokens == 3 * SCORE_LINE_TOKENS
+    assert with_criteria["reviewer"].output_tokens - without["reviewer"].output_tokens == 2 * SCORE_LINE_TOKENS
+    assert with_criteria["judge"].input_tokens > without["judge"].input_tokens
+    assert with_criteria["generator"].output_tokens == without["generator"].output_tokens
