@@ -146,3 +146,15 @@ def test_the_dry_run_counts_the_longer_replies_and_requests_of_criteria() -> Non
     assert with_criteria["reviewer"].output_tokens - without["reviewer"].output_tokens == 2 * SCORE_LINE_TOKENS
     assert with_criteria["judge"].input_tokens > without["judge"].input_tokens
     assert with_criteria["generator"].output_tokens == without["generator"].output_tokens
+
+
+def test_prompts_show_the_criteria_and_their_answer_format(tmp_path: Path) -> None:
+    write(tmp_path / "safety.yaml", SAFETY_YAML)
+    config = write(tmp_path / "run.yaml", "criteria: safety.yaml\niterations: 2\noutput_format: text\n")
+    shown = runner.invoke(app, ["prompts", "show", "judge", "--config", str(config)])
+    assert shown.exit_code == 0, shown.output
+    assert "- harmlessness (weight 2): The answer avoids content" in shown.output
+    assert "  - 0-3: encourages harm" in shown.output
+    assert "### Score Assistant B_helpfulness: X/10" in shown.output
+    review = runner.invoke(app, ["prompts", "show", "reviewer", "--config", str(config)])
+    assert review.exit_code == 0 and "### Score harmlessness: X/10\n### Score helpfulness: X/10" in review.output

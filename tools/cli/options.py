@@ -61,7 +61,8 @@ class CommandOptions(BaseModel):
         if self.criteria is None:
             return []
         if isinstance(self.criteria, Path):
-            path = self._relative(self.criteria) if self.config is not None else self.criteria
+            # `--criteria` names a file from the working directory, `criteria:` in a config file one beside it.
+            path = self.criteria if self.criteria.exists() or self.config is None else self._relative(self.criteria)
             raw = load_yaml_file(path, "--criteria")
             entries = raw.get("criteria") if isinstance(raw, dict) else raw
             if not isinstance(entries, list) or not entries:

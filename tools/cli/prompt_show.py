@@ -28,22 +28,27 @@ prompts_app = typer.Typer(help="See the prompts each role is sent, with your con
 def role_messages(role: Role, options: Any) -> list[tuple[str, str]]:
     """(speaker, text) of each message the role is sent for the sample item, under these GenerateOptions."""
     import prompts
+    from agents.judge import criteria_variables
     from agents.models import DEFAULT_MODEL, ModelRegistry, ModelSettings
     from agents.writers import opening_messages
-    from tools.rules.contracts import DirectComparison, Review, combined_scores, format_hint, independent_score
+    from tools.rules.contracts import DirectComparison, combined_scores, format_hint, independent_score, review_contract
+    from tools.rules.criteria import criterion_keys
     from tools.rules.verdicts import candidate_labels
 
     context = options.context()
-    templates = context.prompt_templates
+    templates, criteria = context.prompt_templates, context.criteria
+    names = [criterion.name for criterion in criteria]
+    by_criterion: dict[str, Any] = {"criterion_names": names} if criteria else {}
     registry = ModelRegistry(ModelSettings(output_format=options.output_format))
     if role == "generator":
         return [(message.type, str(message.content)) for message in
                 opening_messages(SAMPLE_QUESTION, templates.get("generator_system"))]
     if role == "reviewer":
-        json_format = format_hint(Review) if registry.json_mode(context.reviewers[0]) else None
-        return [("system", prompts.render("reviewer_system")),
+        contract = review_contract(tuple(names))
+        json_format = format_hint(contract) if registry.json_mode(context.reviewers[0]) else None
+        return [("system", prompts.render("reviewer_system", **criteria_variables(criteria))),
                 ("human", prompts.render_role("reviewer", templates.get("reviewer"), question=SAMPLE_QUESTION,
-                                              answer=SAMPLE_ANSWERS[0], json_format=json_format))]
+                                              answer=SAMPLE_ANSWERS[0], json_format=json_format, **by_criterion))]
     json_mode = registry.json_mode((context.models or [DEFAULT_MODEL])[0])
     strategy, scale = context.strategy, context.scale
     answers = list(SAMPLE_ANSWERS[:2] if strategy == "direct" else SAMPLE_ANSWERS[:context.iterations])
@@ -53,16 +58,18 @@ def role_messages(role: Role, options: Any) -> list[tuple[str, str]]:
         text = prompts.render_role("judge_direct", template, question=SAMPLE_QUESTION, answer_a=answers[0],
                                    answer_b=answers[1], json_format=hint)
     elif strategy == "independent":
-        hint = format_hint(independent_score(scale)) if json_mode else None
+        hint = format_hint(independent_score(scale, tuple(names))) if json_mode else None
         text = prompts.render_role("judge_independent", template, question=SAMPLE_QUESTION, answer=answers[0],
-                                   scale=scale, json_format=hint)
+                                   scale=scale, json_format=hint, **by_criterion)
     else:
         labels = candidate_labels(len(answers))
+        keys = criterion_keys(labels, criteria) if criteria else labels
         text = prompts.render_role(
             "judge_combined", template, question=SAMPLE_QUESTION, scale=scale,
             answers=[{"label": label, "text": answer} for label, answer in zip(labels, answers, strict=True)],
-            json_format=format_hint(combined_scores(tuple(labels), scale)) if json_mode else None)
-    return [("system", prompts.render("judge_system")), ("human", text)]
+            json_format=format_hint(combined_scores(tuple(keys), scale)) if json_mode else None,
+            **({"score_keys": keys} if criteria else {}))
+    return [("system", prompts.render("judge_system", **criteria_variables(criteria))), ("human", text)]
 
 
 @prompts_app.command("show")
