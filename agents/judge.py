@@ -91,6 +91,11 @@ def labelled_scoring(labels: Sequence[str], scale: int) -> ExpectedScoring:
                            parse=lambda text: parse_assistant_scores(text, labels, scale))
 
 
+def criterion_format_lines(names: Sequence[str], scale: int) -> str:
+    """The text-mode answer lines of a one-answer call scored by criteria, one `### Score NAME: X/scale` each."""
+    return "\n".join(f"### Score {name}: X/{scale}" for name in names)
+
+
 def combined_format_lines(labels: Sequence[str], scale: int) -> str:
     """The text-mode answer lines of combined scoring, one `### Score Assistant X: X/scale` per label."""
     return "\n".join(f"### Score Assistant {label}: X/{scale}" for label in labels)
@@ -189,8 +194,7 @@ async def score_alone_by_criteria(
         _messages(user_text, criteria),
         parse=lambda text: parse_criterion_scores(text, names, scale),
         is_complete=lambda parsed: all(value is not None for value in parsed.values()),
-        required_format=followup_example(contract) if json_mode else "\n".join(
-            f"### Score {name}: X/{scale}" for name in names),
+        required_format=followup_example(contract) if json_mode else criterion_format_lines(names, scale),
         model_spec=model_spec,
         role=role,
         run_name=run_name,

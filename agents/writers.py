@@ -14,7 +14,13 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage, co
 
 import prompts
 from agents.calls import complete, complete_with_followup
-from agents.judge import criteria_scoring, criteria_variables, one_answer_scores, overall_scoring
+from agents.judge import (
+    criteria_scoring,
+    criteria_variables,
+    criterion_format_lines,
+    one_answer_scores,
+    overall_scoring,
+)
 from agents.records import Exchange
 from tools.rules.contracts import followup_example, format_hint, json_schema, review_contract
 from tools.rules.criteria import Criterion
@@ -92,8 +98,7 @@ async def review_answer(
             model, messages,
             parse=lambda text: parse_criterion_scores(text, names, 10),
             is_complete=lambda parsed: all(value is not None for value in parsed.values()),
-            required_format=followup_example(contract) if json_mode else "\n".join(
-                f"### Score {name}: X/10" for name in names),
+            required_format=followup_example(contract) if json_mode else criterion_format_lines(names, 10),
             model_spec=model_spec, role="reviewer", run_name=run_name,
             json_schema=("review", json_schema(contract)) if json_mode else None, metadata=metadata,
             expected=criteria_scoring(criteria, 10) if expected else None,
