@@ -219,6 +219,11 @@ def same_settings(record: dict[str, Any], *, method: Method, context: Evaluation
         expected |= {"models": list(context.models)}
     if any(record.get(key) != value for key, value in expected.items()):
         return False
+    # Scored by the same criteria, or like it without any.
+    recorded = [list(entry) for entry in record.get("criteria_scores") or []]
+    if any(names != [criterion.name for criterion in context.criteria] for names in recorded) or (
+            bool(recorded) != bool(context.criteria)):
+        return False
     if method == "debate":
         return [entry.get("role") for entry in record.get("referee_scores") or []] == panel
     return True
