@@ -110,7 +110,7 @@ def test_criteria_that_cannot_be_used_are_refused_before_any_call(tmp_path: Path
             "--reviewer", spec, "--judge", spec, "--iterations", "2"]
     twice = write(tmp_path / "twice.yaml", "- {name: a, description: x}\n- {name: a, description: y}\n")
     result = runner.invoke(app, [*base, "--criteria", str(twice)])
-    assert result.exit_code == 1 and "two criteria are named 'a'" in result.output
+    assert result.exit_code == 1 and result.output.strip() == f"error: {twice}: criteria: two criteria are named 'a'"
     bad_name = write(tmp_path / "bad.yaml", "- {name: Not An Identifier, description: x}\n")
     result = runner.invoke(app, [*base, "--criteria", str(bad_name)])
     assert result.exit_code == 1

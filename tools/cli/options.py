@@ -75,11 +75,12 @@ class CommandOptions(BaseModel):
                     first = error.errors()[0]
                     where = "".join(f".{part}" for part in first["loc"])
                     raise ConfigError(f"{path}: criteria[{index}]{where}: {first['msg']}") from None
+            source = str(path)
         else:
-            criteria = list(self.criteria)
+            criteria, source = list(self.criteria), str(self.config or "--config")
         names = [criterion.name for criterion in criteria]
         if len(set(names)) != len(names):
-            raise ConfigError(f"{self.config or '--criteria'}: criteria: two criteria are named "
+            raise ConfigError(f"{source}: criteria: two criteria are named "
                               f"'{next(name for name in names if names.count(name) > 1)}'")
         method = getattr(self, "method", getattr(self, "evaluator", "judge"))
         strategy = getattr(self, "strategy", "combined")
