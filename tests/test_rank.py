@@ -138,3 +138,21 @@ def test_bad_sides_are_refused_in_one_line(args: list[str], message: str) -> Non
     result = runner.invoke(app, ["rank", *args])
     assert result.exit_code == 1
     assert message in result.output
+
+
+def test_rank_judges_its_battles_by_criteria_in_a_cache_of_their_own(tmp_path: Path, stub: StubServer) -> None:
+    criteria = tmp_path / "criteria.yaml"
+    criteria.write_text("- {name: clarity, description: easy to follow, weight: 2}\n"
+                        "- {name: accuracy, description: correct}\n")
+    sides = [f"{name}={write_side(tmp_path / f'{name}.jsonl', style)}" for name, style in
+             (("terse", "Answer {index}."), ("plain", "The answer to prompt {index} is this."))]
+    args = ["rank", *[arg for side in sides for arg in ("--side", side)], "--judge", f"compat:stub@{stub.base_url}",
+            "--output", str(tmp_path / "rank"), "--rounds", "20"]
+    plain = runner.invoke(app, args)
+    assert plain.exit_code == 0, plain.output
+    by_criteria = runner.invoke(app, [*args, "--criteria", str(criteria)])
+    assert by_criteria.exit_code == 0, by_criteria.output
+    caches = sorted((tmp_path / "rank").glob("battles-*.jsonl"))
+    assert len(caches) == 2  # the criteria are part of what names the cache
+    scored = [[json.loads(line) for line in cache.read_text().splitlines()] for cache in caches]
+    assert sorted(all("criteria_scores" in verdict for verdict in verdicts) for verdicts in scored) == [False, True]

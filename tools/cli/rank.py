@@ -22,6 +22,7 @@ import typer
 from tools.cli.common import (
     AdaptiveOption,
     ConcurrencyOption,
+    CriteriaOption,
     MaxTokensOption,
     OutputFormatOption,
     RayAddressOption,
@@ -122,6 +123,7 @@ def rank_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="report folder; its battle verdicts are reused by "
                                          "later runs")] = Path("runs/rank"),
     trace: TraceOption = None,
+    criteria: CriteriaOption = None,
 ) -> None:
     """Rate K generation set-ups (Bradley-Terry, with intervals) from judged battles on their shared prompts."""
     from tools.inputs.items import EvalItem
@@ -154,7 +156,7 @@ def rank_command(
     settings, options = pairwise_judging(
         judge=judge, strategy=strategy, scale=scale, swap=swap, concurrency=concurrency, workers=workers,
         ray_address=ray_address, ray_start=ray_start, worker_timeout=worker_timeout, adaptive=adaptive,
-        max_tokens=max_tokens, output_format=output_format, scoring=scoring, trace=trace)
+        max_tokens=max_tokens, output_format=output_format, scoring=scoring, trace=trace, criteria=criteria)
     console.print(f"{len(names)} sides, {len(shared)} prompts every side answered, {len(pairs)} pairings: "
                   f"{len(unique)} battles", markup=False, highlight=False)
     records = run_evaluation(items=unique, output_path=output / f"battles-{settings_digest(settings)}.jsonl",
