@@ -19,10 +19,10 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import missing
+from tests.test_review import split_by_audit
 from tools.cli import app
 from tools.dev.stub_server import StubServer
 from tools.inputs.prompt_sets import prompt_id_for
-from tools.rules.disputes import in_audit_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 LABEL_STUDIO = ROOT / ".venv-label-studio" / "bin" / "label-studio"
@@ -86,8 +86,7 @@ def test_waiting_prompts_go_to_label_studio_and_its_annotations_come_back_as_dec
     tmp_path: Path, stub: StubServer, label_studio: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     texts = [f"Question {index}: how do magnets work?" for index in range(30)]
-    audit = [text for text in texts if in_audit_sample(prompt_id_for(text), 0.3)][:2]
-    others = [text for text in texts if not in_audit_sample(prompt_id_for(text), 0.3)][:3]
+    audit, others = split_by_audit(texts, 0.3, audit=2, others=3)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": text}) + "\n" for text in others + audit))
     output = tmp_path / "run"

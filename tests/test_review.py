@@ -112,6 +112,15 @@ def test_an_audit_prompt_is_sampled_as_audit_even_when_disputed_and_without_revi
     assert review_sample(other, disputed, mode="none")[0] is None
 
 
+def split_by_audit(texts: list[str], share: float, audit: int, others: int) -> tuple[list[str], list[str]]:
+    """`audit` prompts of `texts` that the audit draw at `share` takes, and `others` it leaves (for page tests)."""
+    from tools.inputs.prompt_sets import prompt_id_for
+
+    drawn = [text for text in texts if in_audit_sample(prompt_id_for(text), share)]
+    left = [text for text in texts if not in_audit_sample(prompt_id_for(text), share)]
+    return drawn[:audit], left[:others]
+
+
 # --- rows from a person's decision -----------------------------------------------------------------------------
 
 def test_a_persons_pick_makes_the_rows_whatever_the_scores_margin_and_pairing() -> None:

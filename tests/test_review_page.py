@@ -16,11 +16,10 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from tests.test_review import split_by_audit
 from tools.cli import app
 from tools.dev.stub_server import StubServer
-from tools.inputs.prompt_sets import prompt_id_for
 from tools.outputs.review_store import ReviewStore
-from tools.rules.disputes import in_audit_sample
 
 runner = CliRunner()
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -29,8 +28,7 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 def paused_run(tmp_path: Path, stub: StubServer) -> Path:
     """Five prompts that all pause (`--review all`), two of them in the audit draw; one answer carries a script."""
     texts = [f"Question {index}? <script>window.planted = {index}</script>" for index in range(40)]
-    audit = [text for text in texts if in_audit_sample(prompt_id_for(text), 0.3)][:2]
-    others = [text for text in texts if not in_audit_sample(prompt_id_for(text), 0.3)][:3]
+    audit, others = split_by_audit(texts, 0.3, audit=2, others=3)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": text}) + "\n" for text in others + audit))
     output = tmp_path / "run"

@@ -105,21 +105,23 @@ class ReviewStore:
              json.dumps(record, ensure_ascii=False), time.time()),
         )
 
-    def prompts(self, *, include_applied: bool = False) -> list[WaitingPrompt]:
-        """The prompts that paused, in the run's prompt order, with their decisions."""
+    def _select(self, where: str, parameters: tuple[Any, ...] = ()) -> list[WaitingPrompt]:
         rows = self._db.execute(
             "SELECT w.prompt_id, w.sample, w.request, w.record, d.decision, w.applied_at IS NOT NULL, w.run_id "
-            "FROM waiting w LEFT JOIN decisions d ON d.prompt_id = w.prompt_id "
-            + ("" if include_applied else "WHERE w.applied_at IS NULL ")
-            + "ORDER BY w.position"
+            f"FROM waiting w LEFT JOIN decisions d ON d.prompt_id = w.prompt_id {where} ORDER BY w.position",
+            parameters,
         ).fetchall()
         return [WaitingPrompt(prompt_id, sample, json.loads(request), json.loads(record),
                               json.loads(decision) if decision else None, bool(applied), run_id)
                 for prompt_id, sample, request, record, decision, applied, run_id in rows]
 
+    def prompts(self, *, include_applied: bool = False) -> list[WaitingPrompt]:
+        """The prompts that paused, in the run's prompt order, with their decisions."""
+        return self._select("" if include_applied else "WHERE w.applied_at IS NULL")
+
     def prompt(self, prompt_id: str) -> WaitingPrompt | None:
-        """One prompt that paused (applied or not), or None."""
-        found = [entry for entry in self.prompts(include_applied=True) if entry.prompt_id == prompt_id]
+        """One prompt that paused (applied or not), or None: one row read, so checking an import stays linear."""
+        found = self._select("WHERE w.prompt_id = ?", (prompt_id,))
         return found[0] if found else None
 
     def check(self, prompt_id: str, decision: HumanDecision) -> None:
