@@ -21,3 +21,17 @@ def jobs_in_flight(calls_in_flight: int) -> int:
 def calls_per_worker(calls_in_flight: int, workers: int) -> int:
     """Each of `workers` processes' share of the run's call slots (at least one each)."""
     return max(1, calls_in_flight // max(1, workers))
+
+
+# With `--batch`, every prompt (item) under way waits on a batch at each step, and a step of all of them is one
+# batch round trip: as many under way as a batch holds requests, each prompt's calls of a step being one to a few.
+# Memory grows with it (`make bench` measures it: about 40 KB a prompt under way), so the default stays at 10,000.
+BATCH_JOBS_DEFAULT = 10_000
+# By batch, a call waits for its batch rather than for a call slot: the slots only bound the calls a job has out at
+# once (a jury with --swap: six), so none of them waits a round trip behind another job's.
+BATCH_CALLS_PER_JOB = 8
+
+
+def batch_jobs_in_flight(batch_size: int | None) -> int:
+    """How many jobs a `--batch` run keeps under way: `--batch-size` of them, 10,000 without one."""
+    return batch_size or BATCH_JOBS_DEFAULT

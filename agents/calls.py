@@ -53,11 +53,13 @@ class Reply:
     rate_limited: int = 0  # 429s the call met and waited out (agents/rate_limits.py)
     rate_waited_s: float = 0.0  # seconds it waited for its endpoint's pace, holds and ceiling
     logprobs: Any = None  # the choice's `logprobs` in OpenAI's shape, when they were asked for and given
+    batched: bool = False  # answered by a provider's batch API (`--batch`: agents/batches.py)
 
     def usage_fields(self) -> dict[str, Any]:
-        """What an Exchange records of this reply besides its text: tokens, latency, cache, rate limiting."""
+        """What an Exchange records of this reply besides its text: tokens, latency, cache, rate limiting, batch."""
         return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens, "latency_s": self.latency_s,
-                "cached": self.cached, "rate_limited": self.rate_limited, "rate_waited_s": self.rate_waited_s}
+                "cached": self.cached, "rate_limited": self.rate_limited, "rate_waited_s": self.rate_waited_s,
+                "batched": self.batched}
 
 
 class CallSlots:
@@ -282,8 +284,9 @@ async def complete(
         bound["extra_body"] = {}
     if max_tokens is not None:
         bound["max_tokens"] = max_tokens
-    meter = CallMeter()
-    meter_token = call_meter.set(meter)  # the HTTP layer counts this call's 429s and waits in it
+    item = (metadata or {}).get("item_id")
+    meter = CallMeter(item=str(item) if item is not None else None, run=run_name)
+    meter_token = call_meter.set(meter)  # the HTTP layer counts this call's 429s and waits in it (or batches it)
     async with _call_slot():
         started = time.perf_counter()  # the call's latency, not its wait for a slot
         try:
@@ -322,6 +325,7 @@ async def complete(
         rate_limited=meter.rate_limited,
         rate_waited_s=meter.waited_s,
         logprobs=logprobs if top_logprobs is not None else None,
+        batched=meter.batched,
     )
 
 
@@ -457,4 +461,5 @@ async def complete_with_followup(
     exchange.latency_s += second.latency_s
     exchange.rate_limited += second.rate_limited
     exchange.rate_waited_s += second.rate_waited_s
+    exchange.batched = exchange.batched or second.batched
     return parsed, exchange

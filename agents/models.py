@@ -17,7 +17,7 @@ import asyncio
 import os
 import socket
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,7 @@ from tools.errors import ConfigError
 if TYPE_CHECKING:  # LangChain loads with the first model, not with the command line (`fellowship --help`)
     from langchain_core.language_models import BaseChatModel
 
+    from agents.batches import BatchCoordinator
     from agents.cache import CallCacheFile
 
 DEFAULT_MODEL = "local:smollm2"
@@ -170,6 +171,17 @@ def scoring_is_expected(scoring: Scoring, spec: str) -> bool:
     return parse_model_spec(spec).provider in EXPECTED_SCORING_PROVIDERS
 
 
+@dataclass(frozen=True)
+class BatchSettings:
+    """How a `--batch` run sends its calls (agents/batches.py): where it keeps them, batch size and wait, retries."""
+
+    directory: Path  # the run's directory for `batches.sqlite` and the request files
+    size: int | None = None  # requests per batch; None: the provider's limit
+    wait_s: float = 60.0  # a queue is sent this long after its first request, full or not
+    max_retries: int = 6  # times a failed, expired or cancelled line is sent again (per process)
+    poll_s: float = 1.0  # the first poll of a batch; later polls come further apart, up to a limit
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelSettings:
     """How every chat model of a run is configured."""
@@ -197,6 +209,8 @@ class ModelSettings:
     )
     calls_cap: int = field(default=1024, metadata={"help": "this process's share of --concurrency"})
     rate_share: float = field(default=1.0, metadata={"help": "this process's share of each provider's rate"})
+    batch: BatchSettings | None = field(
+        default=None, metadata={"help": "send every chat call through the providers' batch APIs (--batch)"})
 
 
 class ModelSource(Protocol):
@@ -234,6 +248,8 @@ class ModelRegistry:
         self.endpoint_controllers = EndpointControllers(cap=self.settings.calls_cap, share=self.settings.rate_share)
         self.cache_stats = CacheStats()
         self._cache_file: CallCacheFile | None = None
+        self.batches: BatchCoordinator | None = None  # with `--batch`: the run's queues and batches
+        self.on_batch_event: Callable[[str], None] | None = None  # hears each batch sent, re-attached, finished
 
     def _http_client(self) -> Any:
         """One connection pool per registry.
@@ -241,6 +257,15 @@ class ModelRegistry:
         langchain-openai otherwise shares a process-wide async client, which stays bound to the first event loop and
         fails under the next one ("Event loop is closed").
         """
+        if self._http is None and self.settings.batch is not None:
+            import httpx
+
+            from agents.batches import BatchCoordinator, BatchTransport
+
+            # Every chat request of the run answered by batch: no pacing (batch lines meet no rate limit), and no
+            # timeout (a batch takes up to a day); the provider's other routes go out directly.
+            self.batches = BatchCoordinator(self.settings.batch, on_event=self.on_batch_event)
+            self._http = httpx.AsyncClient(transport=BatchTransport(self.batches), timeout=None)
         if self._http is None:
             import openai
 
@@ -258,6 +283,15 @@ class ModelRegistry:
             self._http = client_class(timeout=self.settings.timeout_s)
             self._http.controllers = self.endpoint_controllers
         return self._http
+
+    def _register_batch_endpoint(self, spec: ModelSpec, base_url: str | None, api_key: str) -> None:
+        """With `--batch`: tell the run's batch coordinator who answers at the spec's endpoint."""
+        if self.batches is None:
+            return
+        if base_url is None:
+            raise ConfigError(f"--batch: {spec.text} runs in this process; batch APIs are for openai:, together: "
+                              "and compat: endpoints")
+        self.batches.register(base_url, spec.model, provider=spec.provider, spec=spec.text, api_key=api_key)
 
     def json_mode(self, spec: str) -> bool:
         """JSON for `local:` models under `auto` (the tiny model keeps a grammar, not a text format); else as set."""
@@ -284,7 +318,8 @@ class ModelRegistry:
             "temperature": self.settings.temperature,
             "max_tokens": self.settings.max_tokens,
             "timeout": self.settings.timeout_s,
-            "max_retries": self.settings.max_retries,
+            # By batch, the coordinator sends a failed line again itself (in a later batch): the client must not.
+            "max_retries": self.settings.max_retries if self.settings.batch is None else 0,
             "http_async_client": self._http_client(),
         }
         if self.settings.cache_path is not None:
@@ -297,17 +332,21 @@ class ModelRegistry:
             from langchain_together import ChatTogether
 
             key = os.environ.get(API_KEY_VARIABLES["together"], "")
+            self._register_batch_endpoint(spec, base_url_of(spec), key)
             return ChatTogether(api_key=SecretStr(key), base_url=base_url_of(spec), **common)
 
         from langchain_openai import ChatOpenAI
 
         if spec.provider == "openai":
             key = os.environ.get(API_KEY_VARIABLES["openai"], "")
+            self._register_batch_endpoint(spec, base_url_of(spec), key)
             # The base URL is passed explicitly: the preflight checked exactly this endpoint.
             return ChatOpenAI(api_key=SecretStr(key), base_url=base_url_of(spec), **common)
         if spec.provider == "compat":
             key = os.environ.get(API_KEY_VARIABLES["compat"]) or "not-needed"
+            self._register_batch_endpoint(spec, spec.base_url, key)
             return ChatOpenAI(api_key=SecretStr(key), base_url=spec.base_url, **common)
+        self._register_batch_endpoint(spec, None, "")
         server = self._server_for(spec.model)
         # The local server answers for whatever model name it is given; keep the spec's for traces.
         return ChatOpenAI(api_key=SecretStr("not-needed"), base_url=server.base_url, extra_body=LOCAL_SAMPLING,
@@ -332,7 +371,10 @@ class ModelRegistry:
             self._cache_file = None
 
     async def aclose(self) -> None:
-        """Close the HTTP pool inside the event loop, then stop the embedded servers."""
+        """Close the batch coordinator and the HTTP pool inside the event loop, then stop the embedded servers."""
+        if self.batches is not None:
+            await self.batches.aclose()
+            self.batches = None
         if self._http is not None:
             await self._http.aclose()
         self.close()

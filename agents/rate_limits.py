@@ -139,6 +139,10 @@ class CallMeter:
 
     rate_limited: int = 0
     waited_s: float = 0.0
+    # With `--batch` (agents/batches.py): the call went by batch, and what its line is mapped to in the run directory.
+    batched: bool = False
+    item: str | None = None
+    run: str | None = None
 
 
 call_meter: contextvars.ContextVar[CallMeter | None] = contextvars.ContextVar("fellowship_call_meter", default=None)

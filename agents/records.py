@@ -48,11 +48,13 @@ class Exchange(BaseModel):
     rate_waited_s: float = 0.0
     # With `--scoring expected`: each score as written and as weighted by its probabilities. Left out while empty.
     score_readings: list[ScoreReading] = Field(default_factory=list)
+    # With `--batch`: the call went by a provider's batch API (priced at its batch rate). Left out while false.
+    batched: bool = False
 
     @model_serializer(mode="wrap")
     def _without_empty_optional_fields(self, serialize: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = serialize(self)
-        for name in ("rate_limited", "rate_waited_s", "score_readings"):
+        for name in ("rate_limited", "rate_waited_s", "score_readings", "batched"):
             if not data.get(name):
                 data.pop(name, None)
         return data
@@ -91,6 +93,14 @@ class Usage(BaseModel):
     cached_calls: int = 0
     rate_limited: int = 0
     rate_waited_s: float = 0.0
+    batched_calls: int = 0  # calls answered by a provider's batch API (`--batch`); left out of the JSON while 0
+
+    @model_serializer(mode="wrap")
+    def _without_zero_batched_calls(self, serialize: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = serialize(self)
+        if not data.get("batched_calls"):
+            data.pop("batched_calls", None)
+        return data
 
     @classmethod
     def total(cls, exchanges: list[Exchange]) -> Usage:
@@ -102,6 +112,7 @@ class Usage(BaseModel):
             cached_calls=sum((1 + (exchange.followup_text is not None)) * exchange.cached for exchange in exchanges),
             rate_limited=sum(exchange.rate_limited for exchange in exchanges),
             rate_waited_s=sum(exchange.rate_waited_s for exchange in exchanges),
+            batched_calls=sum((1 + (exchange.followup_text is not None)) * exchange.batched for exchange in exchanges),
         )
 
 

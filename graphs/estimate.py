@@ -55,9 +55,10 @@ class RunEstimate:
         """The most calls (exact without a stop score)."""
         return sum(role.calls_high for role in self.roles)
 
-    def cost(self, prices: PriceTable) -> float | None:
-        """The estimated cost in USD, or None when a model has no price."""
-        costs = [prices.call_cost(role.model, role.input_tokens, role.output_tokens) for role in self.roles]
+    def cost(self, prices: PriceTable, *, batch: bool = False) -> float | None:
+        """The estimated cost in USD, or None when a model has no price; with `batch`, every call at its batch price."""
+        costs = [prices.call_cost(role.model, role.input_tokens, role.output_tokens, batch=batch)
+                 for role in self.roles]
         return None if any(cost is None for cost in costs) else sum(cost or 0.0 for cost in costs)
 
     def hours(self, concurrency: int, latency_s: float) -> float:

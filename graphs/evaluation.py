@@ -145,11 +145,13 @@ async def evaluate_items(
     trace_dir: Path | None = None,
     on_verdict: Callable[[dict[str, Any]], None] | None = None,
     workers: RayWorkers | None = None,
+    jobs_at_once: int | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate every item with at most `concurrency` model calls in flight; verdicts come back in input order.
 
-    `jobs_in_flight(concurrency)` items are under way at once, their calls sharing the call slots (each Ray
-    worker an equal share), so a jury's seats or both orders of a swapped judge count call by call.
+    `jobs_in_flight(concurrency)` items are under way at once (`jobs_at_once` if given: a `--batch` run's),
+    their calls sharing the call slots (each Ray worker an equal share), so a jury's seats or both orders of a
+    swapped judge count call by call.
 
     `on_verdict` sees each verdict as it completes (for progress and incremental saving). When the first
     items all fail the same way for good (bad key, unknown model), the run stops with RunStopped; the
@@ -158,7 +160,7 @@ async def evaluate_items(
     verdicts.
     """
     # run_pooled's tasks each take one item at a time: their number is how many items are under way.
-    items_at_once = jobs_in_flight(concurrency)
+    items_at_once = jobs_at_once or jobs_in_flight(concurrency)
     breaker = CircuitBreaker(min(DEFAULT_TRIP_AFTER, len(items)))
     verdicts: dict[int, dict[str, Any]] = {}
     pool: RayWorkerPool | None = None
@@ -267,6 +269,7 @@ async def evaluate_into_file(
     reuse_output: bool,
     on_verdict: Callable[[dict[str, Any]], None] | None = None,
     workers: RayWorkers | None = None,
+    jobs_at_once: int | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate the items not in `done` and write the output file (on Ray workers with `workers`).
 
@@ -284,7 +287,7 @@ async def evaluate_into_file(
     try:
         fresh = await evaluate_items(pending, method=method, context=context, concurrency=concurrency, roles=roles,
                                      model_source=model_source, trace_dir=trace_dir, on_verdict=keep,
-                                     workers=workers)
+                                     workers=workers, jobs_at_once=jobs_at_once)
     finally:
         appender.close()
     by_key = {**done, **{str(verdict["id"]): verdict for verdict in fresh}}

@@ -362,11 +362,13 @@ async def run_generation(
     budget: Budget | None = None,
     on_outcome: Callable[[PromptOutcome], None] | None = None,
     workers: RayWorkers | None = None,
+    jobs_at_once: int | None = None,
 ) -> GenerationResult:
     """Run every prompt that is not finished yet, with at most `concurrency` model calls in flight.
 
-    `jobs_in_flight(concurrency)` prompts are under way at once, their calls sharing the `concurrency` call
-    slots (each Ray worker an equal share), so a prompt's parallel branches count call by call.
+    `jobs_in_flight(concurrency)` prompts are under way at once (`jobs_at_once` if given: a `--batch` run's),
+    their calls sharing the `concurrency` call slots (each Ray worker an equal share), so a prompt's parallel
+    branches count call by call.
 
     The directory is bound to its settings and its prompt source: other settings are refused, and other
     prompts only with `extend`. A run whose first calls all fail the same way for good stops at once
@@ -401,7 +403,7 @@ async def run_generation(
         skipped_done = sum(1 for pid in prompt_ids if status[pid] == "done")
         skipped_failed = sum(1 for pid in prompt_ids if status[pid] == "failed") if not retry_failed else 0
         # run_pooled's tasks each take one prompt at a time: their number is how many prompts are under way.
-        prompts_at_once = jobs_in_flight(concurrency)
+        prompts_at_once = jobs_at_once or jobs_in_flight(concurrency)
         outcomes: list[PromptOutcome] = []
         applied: list[str] = []
         feedback_problem: str | None = None

@@ -120,6 +120,15 @@ AdaptiveOption = Annotated[bool, typer.Option(
 WorkerTimeoutOption = Annotated[float | None, typer.Option(
     "--worker-timeout", min=1, help="with --workers: seconds a Ray worker may hold work without finishing any "
     "before its work moves to the others (default: 10x the slowest prompt or item so far, at least 60)")]
+BatchOption = Annotated[bool, typer.Option(
+    "--batch", help="send every model call through the providers' batch APIs (openai:, together:, or a compat: "
+    "endpoint with OpenAI's batch routes): about half the price, results within 24 hours; a step of every prompt "
+    "under way is one batch round trip, and a killed run re-attaches to its batches (nothing is sent twice)")]
+BatchSizeOption = Annotated[int | None, typer.Option(
+    "--batch-size", min=1, max=50_000, help="with --batch: requests per batch, and prompts under way at once "
+    "(default: the provider's limit of 50,000 requests and 200 MB (Together 100 MB) per batch; 10,000 prompts)")]
+BatchWaitOption = Annotated[float, typer.Option(
+    "--batch-wait", min=0, help="with --batch: seconds from a queue's first request until it is sent, full or not")]
 MaxTokensOption = Annotated[int, typer.Option("--max-tokens", min=16, help="cap on tokens generated per call")]
 MaxRetriesOption = Annotated[
     int, typer.Option("--max-retries", min=0, max=20, help="retries of timeouts, 5xx and 429 per call, with backoff")
@@ -259,11 +268,17 @@ def run_evaluation(
     verdicts already in `output_path` (the same settings, no error) are kept too: the meta-evaluation cache,
     where an output file belongs to one evaluator.
     """
+    from agents.call_budget import BATCH_CALLS_PER_JOB
     from agents.models import ModelRegistry, ModelSettings
     from graphs.evaluation import evaluate_into_file, reusable_verdicts
 
+    specs = [("--model", spec) for spec in options.models()] + [("debate_roles", role.model)
+                                                                 for role in options.panel() if role.model]
+    batch = options.batch_settings(output_path.parent / f"{output_path.stem}.batches", specs)
+    jobs_at_once = options.jobs_at_once()
     model_settings = ModelSettings(max_tokens=options.max_tokens, output_format=options.output_format,
-                                   scoring=options.scoring, adaptive=options.adaptive, calls_cap=options.concurrency)
+                                   scoring=options.scoring, adaptive=options.adaptive, calls_cap=options.concurrency,
+                                   batch=batch)
     workers = options.ray_workers(model_settings)  # a cluster that cannot be reached stops the command here
     registry = ModelRegistry(model_settings)
     context, roles, method = options.context(), options.panel(), options.method
@@ -275,19 +290,30 @@ def run_evaluation(
         task = progress.add_task(f"{method}", total=len(items), completed=len(done), status="")
         failures = 0
 
+        def status_line() -> str:
+            limited = "".join(f"; {line}" for line in registry.endpoint_controllers.status())
+            batches = registry.batches.status() if registry.batches is not None else ""
+            return f"unparsed/failed: {failures}{limited}{f'; {batches}' if batches else ''}"
+
         def on_verdict(verdict: dict[str, Any]) -> None:
             nonlocal failures
             failures += bool(verdict.get("error")) or not verdict["parse_ok"]
-            limited = "".join(f"; {line}" for line in registry.endpoint_controllers.status())
-            progress.update(task, advance=1, status=f"unparsed/failed: {failures}{limited}")
+            progress.update(task, advance=1, status=status_line())
+
+        def on_batch_event(line: str) -> None:
+            errors.print(line, markup=False, highlight=False, soft_wrap=True)
+            progress.update(task, status=status_line())
 
         return run_coroutine(run_then_close(
             evaluate_into_file(
                 items, output_path, method=method, context=context, roles=roles, model_source=registry,
-                concurrency=options.concurrency, trace_dir=options.trace, done=done, reuse_output=reuse_output,
-                on_verdict=on_verdict, workers=workers,
+                # By batch, calls wait for batches, not for slots: every call of the items under way may be out.
+                concurrency=options.concurrency if jobs_at_once is None else BATCH_CALLS_PER_JOB * jobs_at_once,
+                trace_dir=options.trace,
+                done=done, reuse_output=reuse_output, on_verdict=on_verdict, workers=workers,
+                jobs_at_once=jobs_at_once,
             ),
-            registry,
+            registry, on_batch_event=on_batch_event,
         ))
 
 
@@ -304,8 +330,14 @@ def run_coroutine(work: Coroutine[Any, Any, ResultT]) -> ResultT:
         return pool.submit(run_with_steps_on_loop, work).result()
 
 
-async def run_then_close(work: Any, registry: Any) -> Any:
-    """Await the work, then close the model registry inside the same event loop."""
+async def run_then_close(work: Any, registry: Any, *, on_batch_event: Callable[[str], None] | None = None) -> Any:
+    """Await the work, then close the model registry inside the same event loop.
+
+    With `--batch`, `on_batch_event` hears each batch sent, re-attached and finished (the coordinator is made in
+    this loop, with the registry's first model).
+    """
+    if on_batch_event is not None:
+        registry.on_batch_event = on_batch_event
     try:
         return await work
     finally:

@@ -19,6 +19,9 @@ import typer
 from tools.cli.common import (
     EXIT_CODES_HELP,
     AdaptiveOption,
+    BatchOption,
+    BatchSizeOption,
+    BatchWaitOption,
     ConcurrencyOption,
     ConfigOption,
     CriteriaOption,
@@ -128,6 +131,9 @@ def evaluate(
     ray_start: RayStartOption = EVALUATE_DEFAULTS["ray_start"],
     worker_timeout: WorkerTimeoutOption = None,
     adaptive: AdaptiveOption = EVALUATE_DEFAULTS["adaptive"],
+    batch: BatchOption = False,
+    batch_size: BatchSizeOption = None,
+    batch_wait: BatchWaitOption = 60.0,
     max_tokens: MaxTokensOption = EVALUATE_DEFAULTS["max_tokens"],
     output_format: OutputFormatOption = EVALUATE_DEFAULTS["output_format"],
     scoring: ScoringOption = EVALUATE_DEFAULTS["scoring"],
@@ -324,18 +330,27 @@ def dry_run_report(options: GenerateOptions, prompts: list[Any], context: Any, p
     for column in ("role", "model", "calls", "input tokens", "output tokens", "cost USD"):
         table.add_column(column)
     for role in estimate.roles:
-        cost = prices.call_cost(role.model, role.input_tokens, role.output_tokens)
+        cost = prices.call_cost(role.model, role.input_tokens, role.output_tokens, batch=options.batch)
         table.add_row(role.role, role.model, str(role.calls_high), str(role.input_tokens), str(role.output_tokens),
                       "no price: --price" if cost is None else f"{cost:.4f}")
     console.print(table)
-    total = estimate.cost(prices)
-    console.print("cost: " + (f"${total:.4f} estimated" if total is not None else
+    total = estimate.cost(prices, batch=options.batch)
+    list_total = estimate.cost(prices)
+    by_batch = (f" at the providers' batch prices (list price: ${list_total:.4f})"
+                if options.batch and list_total is not None else "")
+    console.print("cost: " + (f"${total:.4f} estimated{by_batch}" if total is not None else
                               "unknown (a model has no price: add --price SPEC=IN:OUT)"), markup=False)
-    hours = estimate.hours(options.concurrency, options.assumed_latency)
-    console.print(f"time: about {duration_text(hours)} at --concurrency {options.concurrency} with "
-                  f"{options.assumed_latency:g} s per call (--assumed-latency)", markup=False)
+    if options.batch:
+        console.print(f"time: {estimate.steps_per_prompt} steps in a row per prompt, each one batch round trip for "
+                      f"up to {options.jobs_at_once()} prompts at once (a batch is sent when full or "
+                      f"{options.batch_wait:g} s after its first request, --batch-wait; providers answer within 24 "
+                      "hours, often minutes)", markup=False)
+    else:
+        hours = estimate.hours(options.concurrency, options.assumed_latency)
+        console.print(f"time: about {duration_text(hours)} at --concurrency {options.concurrency} with "
+                      f"{options.assumed_latency:g} s per call (--assumed-latency)", markup=False)
     return {"dry_run": True, "prompts": len(to_run), "calls_low": estimate.calls_low,
-            "calls_high": estimate.calls_high, "cost_usd": total}
+            "calls_high": estimate.calls_high, "cost_usd": total, "list_cost_usd": list_total}
 
 
 def run_generate_with(
@@ -346,6 +361,7 @@ def run_generate_with(
     `given_flags` names the role flags the user set, the others holding defaults; `chosen_by` names who chose
     every model instead (the demo). The start-up line says which model plays each role and why.
     """
+    from agents.call_budget import BATCH_CALLS_PER_JOB
     from agents.models import ModelRegistry, ModelSettings, check_model_roles
     from agents.prices import parse_prices
     from graphs.estimate import estimate_run
@@ -388,6 +404,8 @@ def run_generate_with(
     prompt_source = PromptSourceId(origin=source.origin, field=source.field, sha256=source.sha256,
                                    prompts=len(source.prompts))
     prices = parse_prices(options.price or [])
+    # Refused here with one line (local models, Ray workers), before a dry run or any work.
+    batch = options.batch_settings(output, roles, max_retries=options.max_retries)
     if options.dry_run:
         return dry_run_report(options, prompts, context, panel, prices)
     # The pipeline (LangGraph, LangChain, the openai client) and the exporters load only for a real run.
@@ -401,7 +419,7 @@ def run_generate_with(
             raise ConfigError(f"--max-cost-usd: no price for {unpriced[0]}; add --price {unpriced[0]}=IN:OUT "
                               "(USD per million input and output tokens)")
         estimate = estimate_run(prompts, context, panel, max_tokens=options.max_tokens)
-        per_prompt = (estimate.cost(prices) or 0.0) / max(1, len(prompts))
+        per_prompt = (estimate.cost(prices, batch=options.batch) or 0.0) / max(1, len(prompts))
         budget = Budget(max_usd=options.max_cost_usd, reserve_per_prompt_usd=per_prompt)
     check_run_directory(output, settings, prompt_source, extend=options.extend)
     check_model_roles(roles)
@@ -414,8 +432,9 @@ def run_generate_with(
     model_settings = ModelSettings(max_tokens=options.max_tokens, output_format=options.output_format,
                                    scoring=options.scoring, max_retries=options.max_retries, timeout_s=options.timeout,
                                    cache_path=cache.resolve() if cache is not None else None,
-                                   adaptive=options.adaptive, calls_cap=options.concurrency)
+                                   adaptive=options.adaptive, calls_cap=options.concurrency, batch=batch)
     workers = options.ray_workers(model_settings)
+    jobs_at_once = options.jobs_at_once()
     # One run per directory: a second run on it stops here, before anything is written or paid for.
     with RunLock(output):
         registry = ModelRegistry(model_settings)
@@ -431,21 +450,32 @@ def run_generate_with(
                     totals["priced"] = False
                 else:
                     totals["cost"] += outcome.cost_usd
+                progress.update(task, advance=1, status=status_line())
+
+            def status_line() -> str:
                 cost = f", ${totals['cost']:.4f}" if totals["priced"] else ""
                 limited = "".join(f"; {line}" for line in registry.endpoint_controllers.status())
                 waiting = f", waiting for review {totals['waiting']}" if totals["waiting"] else ""
-                progress.update(task, advance=1, status=f"failed {totals['failed']}{waiting}, tokens "
-                                f"{totals['tokens']}{cost}{limited}")
+                batches = registry.batches.status() if registry.batches is not None else ""
+                return (f"failed {totals['failed']}{waiting}, tokens {totals['tokens']}{cost}{limited}"
+                        + (f"; {batches}" if batches else ""))
+
+            def on_batch_event(line: str) -> None:
+                errors.print(line, markup=False, highlight=False, soft_wrap=True)
+                progress.update(task, status=status_line())
 
             result = run_coroutine(
                 run_then_close(
                     run_generation(
                         prompts, context=context, output_dir=output, settings=settings, prompt_source=prompt_source,
-                        extend=options.extend, concurrency=options.concurrency, retry_failed=options.retry_failed,
+                        extend=options.extend, retry_failed=options.retry_failed,
+                        # By batch, calls wait for batches, not for slots (agents/call_budget.py).
+                        concurrency=options.concurrency if jobs_at_once is None
+                        else BATCH_CALLS_PER_JOB * jobs_at_once,
                         trace_dir=options.trace, model_source=registry, roles=panel, prices=prices, budget=budget,
-                        on_outcome=on_outcome, workers=workers,
+                        on_outcome=on_outcome, workers=workers, jobs_at_once=jobs_at_once,
                     ),
-                    registry,
+                    registry, on_batch_event=on_batch_event,
                 )
             )
             progress.update(task, completed=result.skipped_done + len(result.outcomes) + result.skipped_failed)
@@ -594,6 +624,9 @@ def generate(
     ray_start: RayStartOption = GENERATE_DEFAULTS["ray_start"],
     worker_timeout: WorkerTimeoutOption = None,
     adaptive: AdaptiveOption = GENERATE_DEFAULTS["adaptive"],
+    batch: BatchOption = False,
+    batch_size: BatchSizeOption = None,
+    batch_wait: BatchWaitOption = 60.0,
     limit: Annotated[int | None, typer.Option(min=1, help="only the first N prompts")] = None,
     prompt_field: Annotated[str | None, typer.Option(help="field or column holding the prompt")] = None,
     retry_failed: Annotated[bool, typer.Option(help="retry prompts that failed in an earlier run")]

@@ -19,6 +19,9 @@ from rich.table import Table
 
 from tools.cli.common import (
     AdaptiveOption,
+    BatchOption,
+    BatchSizeOption,
+    BatchWaitOption,
     ConcurrencyOption,
     ConfigOption,
     CriteriaOption,
@@ -217,6 +220,9 @@ def meta_eval(
     ray_start: RayStartOption = META_EVAL_DEFAULTS["ray_start"],
     worker_timeout: WorkerTimeoutOption = None,
     adaptive: AdaptiveOption = META_EVAL_DEFAULTS["adaptive"],
+    batch: BatchOption = False,
+    batch_size: BatchSizeOption = None,
+    batch_wait: BatchWaitOption = 60.0,
     max_tokens: MaxTokensOption = META_EVAL_DEFAULTS["max_tokens"],
     output_format: OutputFormatOption = META_EVAL_DEFAULTS["output_format"],
     scoring: ScoringOption = META_EVAL_DEFAULTS["scoring"],
@@ -366,7 +372,8 @@ def jury_search_command(
 def pairwise_judging(
     *, judge: str, strategy: str, scale: str, swap: bool, concurrency: int, workers: int, ray_address: str | None,
     ray_start: str, worker_timeout: float | None, adaptive: bool, max_tokens: int, output_format: str, scoring: str,
-    trace: Path | None, criteria: Path | None = None,
+    trace: Path | None, criteria: Path | None = None, batch: bool = False, batch_size: int | None = None,
+    batch_wait: float = 60.0,
 ) -> tuple[dict[str, Any], EvaluationOptions]:
     """The verdict-cache settings and the judge's run options of a command that judges pairs of answers.
 
@@ -378,7 +385,8 @@ def pairwise_judging(
         "method": "judge", "strategy": strategy, "scale": int(scale), "model": [judge], "swap": swap,
         "concurrency": concurrency, "max_tokens": max_tokens, "output_format": output_format, "scoring": scoring,
         "trace": trace, "workers": workers, "ray_address": ray_address, "ray_start": ray_start,
-        "worker_timeout": worker_timeout, "adaptive": adaptive, "criteria": criteria,
+        "worker_timeout": worker_timeout, "adaptive": adaptive, "criteria": criteria, "batch": batch,
+        "batch_size": batch_size, "batch_wait": batch_wait,
     })
     settings |= criteria_setting(options.criteria_list())  # bad criteria stop the command here, before any call
     return settings, options
@@ -403,6 +411,9 @@ def winrate_command(
     ray_start: RayStartOption = META_EVAL_DEFAULTS["ray_start"],
     worker_timeout: WorkerTimeoutOption = None,
     adaptive: AdaptiveOption = META_EVAL_DEFAULTS["adaptive"],
+    batch: BatchOption = False,
+    batch_size: BatchSizeOption = None,
+    batch_wait: BatchWaitOption = 60.0,
     max_tokens: MaxTokensOption = 512,
     output_format: OutputFormatOption = "auto",
     scoring: ScoringOption = "auto",
@@ -435,7 +446,8 @@ def winrate_command(
     settings, options = pairwise_judging(
         judge=judge, strategy=strategy, scale=scale, swap=swap, concurrency=concurrency, workers=workers,
         ray_address=ray_address, ray_start=ray_start, worker_timeout=worker_timeout, adaptive=adaptive,
-        max_tokens=max_tokens, output_format=output_format, scoring=scoring, trace=trace, criteria=criteria)
+        max_tokens=max_tokens, output_format=output_format, scoring=scoring, trace=trace, criteria=criteria,
+        batch=batch, batch_size=batch_size, batch_wait=batch_wait)
     settings["answer"] = answer
     records = run_evaluation(items=items, output_path=output / f"verdicts-{settings_digest(settings)}.jsonl",
                              options=options, reuse_output=True)

@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agents.models import DEFAULT_MODEL, ModelSettings, Scoring
+from agents.call_budget import batch_jobs_in_flight
+from agents.models import DEFAULT_MODEL, BatchSettings, ModelSettings, Scoring
 from agents.roles import DEFAULT_ROLES, RefereeRole
 from graphs.context import EvaluationContext, GenerationContext
 from graphs.ray_pool import RayStart, RayWorkers, preflight_ray_address
@@ -158,6 +159,35 @@ class RunOptions(CommandOptions):
     worker_timeout: float | None = Field(
         default=None, gt=0, description="seconds a Ray worker may hold work without finishing any before it counts as "
         "lost (default: 10x the slowest job so far, at least 60)")
+    batch: bool = Field(default=False, description="send every model call through the providers' batch APIs (about "
+                        "half the price; results within 24 hours)")
+    batch_size: int | None = Field(default=None, ge=1, le=50_000, description="requests per batch (default: the "
+                                   "provider's limit, 50,000 requests and 200 MB for OpenAI, 100 MB for Together)")
+    batch_wait: float = Field(default=60.0, ge=0, description="seconds from a queue's first request until it is sent "
+                              "as a batch, full or not")
+
+    def batch_settings(self, directory: Path, specs: list[tuple[str, str]], *,
+                       max_retries: int = 6) -> BatchSettings | None:
+        """With `--batch`: where and how the run's calls go by batch; None without it.
+
+        Refused with one line: `local:` models (they run in this process) and Ray workers (one process sends the
+        batches of a run, so no request is sent twice).
+        """
+        if not self.batch:
+            return None
+        if self.on_ray():
+            raise ConfigError("--batch: a batch run sends its requests from this process (the provider does the "
+                              "work); drop --workers / --ray-address")
+        for flag, spec in specs:
+            if spec.startswith("local:"):
+                raise ConfigError(f"--batch: {flag} {spec} runs in this process; batch APIs are for openai:, "
+                                  "together: and compat: endpoints")
+        return BatchSettings(directory=directory.resolve(), size=self.batch_size, wait_s=self.batch_wait,
+                             max_retries=max_retries)
+
+    def jobs_at_once(self) -> int | None:
+        """With `--batch`: how many prompts (items) are under way at once; None: as `--concurrency` says."""
+        return batch_jobs_in_flight(self.batch_size) if self.batch else None
 
     def on_ray(self) -> bool:
         """Whether the work runs on Ray workers: more than one worker, or a cluster to join."""

@@ -21,6 +21,9 @@ import typer
 
 from tools.cli.common import (
     AdaptiveOption,
+    BatchOption,
+    BatchSizeOption,
+    BatchWaitOption,
     ConcurrencyOption,
     CriteriaOption,
     MaxTokensOption,
@@ -117,6 +120,9 @@ def rank_command(
     ray_start: RayStartOption = META_EVAL_DEFAULTS["ray_start"],
     worker_timeout: WorkerTimeoutOption = None,
     adaptive: AdaptiveOption = META_EVAL_DEFAULTS["adaptive"],
+    batch: BatchOption = False,
+    batch_size: BatchSizeOption = None,
+    batch_wait: BatchWaitOption = 60.0,
     max_tokens: MaxTokensOption = 512,
     output_format: OutputFormatOption = "auto",
     scoring: ScoringOption = "auto",
@@ -156,7 +162,8 @@ def rank_command(
     settings, options = pairwise_judging(
         judge=judge, strategy=strategy, scale=scale, swap=swap, concurrency=concurrency, workers=workers,
         ray_address=ray_address, ray_start=ray_start, worker_timeout=worker_timeout, adaptive=adaptive,
-        max_tokens=max_tokens, output_format=output_format, scoring=scoring, trace=trace, criteria=criteria)
+        max_tokens=max_tokens, output_format=output_format, scoring=scoring, trace=trace, criteria=criteria,
+        batch=batch, batch_size=batch_size, batch_wait=batch_wait)
     console.print(f"{len(names)} sides, {len(shared)} prompts every side answered, {len(pairs)} pairings: "
                   f"{len(unique)} battles", markup=False, highlight=False)
     records = run_evaluation(items=unique, output_path=output / f"battles-{settings_digest(settings)}.jsonl",

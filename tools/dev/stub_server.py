@@ -7,7 +7,8 @@ cannot read. Replies follow the formats the parsers read (or the JSON schema ask
 deterministic: they depend only on the request's messages. Faults depend on the messages and on how
 often the same request has been seen, so a retried request can succeed. A request with `"stream": true`
 gets the same reply as server-sent events, a word per chunk (and a usage chunk when
-`stream_options.include_usage` asks for it). `GET /stats` reports counts.
+`stream_options.include_usage` asks for it). The file and batch routes of OpenAI's batch API (or Together's
+variant) answer each line with the same reply (tools/dev/stub_batches.py). `GET /stats` reports counts.
 
 Run alone: `python -m tools.dev.stub_server --latency 0.5 --max-concurrent 32` prints its base URL and
 serves until killed or until `--lifetime` seconds have passed (it always stops by itself).
@@ -28,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tools.dev.stub_batches import BatchDialect, RawBody, StubBatches
 from tools.rules.contracts import (
     ANSWER,
     EVALUATION,
@@ -66,6 +68,13 @@ class StubSettings:
     logprobs: bool = True
     # Answer a request for logprobs with HTTP 400, as OpenAI's reasoning models do.
     refuse_logprobs: bool = False
+    # The batch API (tools/dev/stub_batches.py): OpenAI's routes or Together's variant, how long a batch takes,
+    # the share of lines that fail (HTTP 500) or expire, and a model whose batches fail validation.
+    batch_dialect: BatchDialect = "openai"
+    batch_delay_s: float = 1.0
+    batch_error_rate: float = 0.0
+    batch_expire_rate: float = 0.0
+    batch_refuse_model: str | None = None
 
 
 @dataclass
@@ -320,9 +329,11 @@ async def serve_json_connection(
                 headers[name.strip().lower()] = value.strip()
             body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
             status, payload, extra = await respond(method, path, body, headers)
-            streamed = isinstance(payload, EventStream)
-            data = payload.body() if streamed else json.dumps(payload).encode("utf-8")
-            content_type = "text/event-stream" if streamed else "application/json"
+            if isinstance(payload, EventStream | RawBody):
+                data = payload.body()
+                content_type = "text/event-stream" if isinstance(payload, EventStream) else payload.content_type
+            else:
+                data, content_type = json.dumps(payload).encode("utf-8"), "application/json"
             head = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}", f"Content-Type: {content_type}",
                     f"Content-Length: {len(data)}", *extra]
             writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
@@ -410,6 +421,10 @@ class StubServer(ThreadedJsonServer):
         self._gate: asyncio.Semaphore | None = None
         rate = self.settings.requests_per_s
         self._bucket = RequestBucket(rate, headers=self.settings.limit_headers) if rate else None
+        settings = self.settings
+        self.batches = StubBatches(self._batch_line, dialect=settings.batch_dialect, delay_s=settings.batch_delay_s,
+                                   error_rate=settings.batch_error_rate, expire_rate=settings.batch_expire_rate,
+                                   refuse_model=settings.batch_refuse_model)
 
     @property
     def base_url(self) -> str:
@@ -425,10 +440,12 @@ class StubServer(ThreadedJsonServer):
         self, method: str, path: str, body: bytes, headers: dict[str, str]
     ) -> tuple[int, Any, list[str]]:
         if method == "GET" and path.startswith("/stats"):
-            return 200, self.stats.as_dict(), []
+            return 200, {**self.stats.as_dict(), **self.batches.counts()}, []
         if method == "GET" and path.rstrip("/").endswith("/models"):
             return 200, {"object": "list", "data": [{"id": "stub", "object": "model"}]}, []
         route = path.split("?", 1)[0].rstrip("/")  # query parameters (a client's extra_query) do not change the route
+        if self.batches.handles(route):
+            return await self.batches.respond(method, route, body, headers)
         if method != "POST" or not route.endswith("/chat/completions"):
             return 404, {"error": {"message": "not found"}}, []
         request = json.loads(body or b"{}")
@@ -498,10 +515,24 @@ class StubServer(ThreadedJsonServer):
         if request.get("logprobs") and settings.refuse_logprobs:
             return 400, {"error": {"message": "logprobs is not supported with this model.", "param": "logprobs",
                                    "type": "invalid_request_error", "code": "unsupported_parameter"}}, []
-        messages = request.get("messages", [])
-        text = reply_for(messages, request.get("response_format"), first_answer_bonus=settings.first_answer_bonus)
         if fault == "garbage":
             self.stats.faults[fault] += 1
+        return self._completion(request, key, attempt, garbage=fault == "garbage")
+
+    async def _batch_line(self, request: dict[str, Any], key: str, attempt: int) -> tuple[int, Any, list[str]]:
+        """The answer to one line of a batch: the reply a direct request gets, without latency or direct faults."""
+        if request.get("logprobs") and self.settings.refuse_logprobs:
+            return 400, {"error": {"message": "logprobs is not supported with this model.", "param": "logprobs",
+                                   "type": "invalid_request_error", "code": "unsupported_parameter"}}, []
+        return self._completion(request, key, attempt)
+
+    def _completion(self, request: dict[str, Any], key: str, attempt: int, *,
+                    garbage: bool = False) -> tuple[int, Any, list[str]]:
+        """A chat completion for a request (a reply the parsers cannot read with `garbage`), counted in the stats."""
+        settings = self.settings
+        messages = request.get("messages", [])
+        text = reply_for(messages, request.get("response_format"), first_answer_bonus=settings.first_answer_bonus)
+        if garbage:
             text = "I would rather not say."
         self.stats.completions += 1
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
@@ -561,12 +592,19 @@ def main() -> None:
     parser.add_argument("--status", type=int, default=None, help="answer every chat request with this HTTP status")
     parser.add_argument("--requests-per-s", type=float, default=None, help="a rate limit answered with 429s")
     parser.add_argument("--no-logprobs", action="store_true", help="never return token probabilities")
+    parser.add_argument("--batch-dialect", choices=["openai", "together"], default="openai",
+                        help="serve OpenAI's batch routes or Together's variant")
+    parser.add_argument("--batch-delay", type=float, default=1.0, help="seconds before a batch completes")
+    parser.add_argument("--batch-error-rate", type=float, default=0.0, help="share of batch lines answered 500")
+    parser.add_argument("--batch-expire-rate", type=float, default=0.0, help="share of batch lines that expire")
     parser.add_argument("--lifetime", type=float, default=900.0, help="stop by itself after this many seconds")
     args = parser.parse_args()
     settings = StubSettings(
         latency_s=args.latency, max_concurrent=args.max_concurrent, error_rate=args.error_rate,
         rate_limit_rate=args.rate_limit_rate, hang_rate=args.hang_rate, garbage_rate=args.garbage_rate,
         fixed_status=args.status, requests_per_s=args.requests_per_s, logprobs=not args.no_logprobs,
+        batch_dialect=args.batch_dialect, batch_delay_s=args.batch_delay, batch_error_rate=args.batch_error_rate,
+        batch_expire_rate=args.batch_expire_rate,
     )
     asyncio.run(_serve_for(StubServer(settings, port=args.port), args.lifetime))
 

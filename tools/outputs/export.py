@@ -45,6 +45,7 @@ class ExportSummary:
     cached_calls: int = 0
     rate_limited: int = 0
     rate_waited_s: float = 0.0
+    batched_calls: int = 0
     cost_usd: float | None = 0.0
 
     def add(self, record: dict[str, Any], outcome: str, dpo: list[dict[str, Any]], kto: list[dict[str, Any]]) -> None:
@@ -70,6 +71,7 @@ class ExportSummary:
         self.cached_calls += usage.get("cached_calls", 0)
         self.rate_limited += usage.get("rate_limited", 0)
         self.rate_waited_s += usage.get("rate_waited_s", 0.0)
+        self.batched_calls += usage.get("batched_calls", 0)
         cost = usage.get("cost_usd", 0.0)
         self.cost_usd = None if self.cost_usd is None or cost is None else self.cost_usd + cost
 
@@ -77,7 +79,7 @@ class ExportSummary:
         """Tokens, calls and cost of every exported record, as the card and the summary show them."""
         return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens, "calls": self.calls,
                 "cached_calls": self.cached_calls, "rate_limited": self.rate_limited,
-                "rate_waited_s": self.rate_waited_s, "cost_usd": self.cost_usd}
+                "rate_waited_s": self.rate_waited_s, "batched_calls": self.batched_calls, "cost_usd": self.cost_usd}
 
 
 def headline_table(report: dict[str, Any] | None) -> list[str]:
@@ -390,6 +392,9 @@ def dataset_card(
         f"- answers 429 (rate limited) waited out: {usage.get('rate_limited', 0)}; seconds the calls waited for "
         f"the providers' rate limits, together: {usage.get('rate_waited_s', 0.0):.1f}",
     ]
+    if usage.get("batched_calls"):
+        lines.append(f"- calls answered by the providers' batch APIs (`--batch`, priced at their batch rates): "
+                     f"{usage['batched_calls']} of {usage.get('calls', 0)}")
     if usage.get("cost_usd") is not None:
         lines.append(f"- estimated cost: ${usage['cost_usd']:.4f}")
     if settings.get("criteria"):
