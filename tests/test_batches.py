@@ -22,7 +22,7 @@ from agents.prices import PriceTable, parse_prices
 from tools.cli import app
 from tools.dev.stub_server import StubServer, StubSettings, reply_for
 from tools.errors import ConfigError
-from tools.outputs.batch_store import BatchStore
+from tools.outputs.batch_store import BatchStore, OutgoingLine
 
 runner = CliRunner()
 FAST = ("--batch", "--batch-wait", "0.2")
@@ -116,7 +116,8 @@ def test_sigkill_with_batches_out_then_rerun_sends_no_request_twice(tmp_path: Pa
 
 
 def test_failed_and_expired_lines_go_again_in_a_later_batch(tmp_path: Path) -> None:
-    server = StubServer(StubSettings(batch_delay_s=0.1, batch_error_rate=0.15, batch_expire_rate=0.15)).start_in_thread()
+    settings = StubSettings(batch_delay_s=0.1, batch_error_rate=0.15, batch_expire_rate=0.15)
+    server = StubServer(settings).start_in_thread()
     try:
         prompts = write_prompts(tmp_path / "prompts.jsonl", 10)
         spec = f"compat:stub@{server.base_url}"
@@ -168,9 +169,6 @@ def test_a_batch_created_just_before_a_kill_is_found_by_its_metadata(tmp_path: P
         coordinator = BatchCoordinator(BatchSettings(directory=run_dir, wait_s=0.1, poll_s=0.1))
         coordinator.register(base, "stub", provider="compat", spec=f"compat:stub@{base}", api_key="none")
         endpoint = coordinator.endpoints[base]
-        from tools.outputs.batch_store import OutgoingLine
-
-        custom_id = "x"
         ask = asyncio.ensure_future(coordinator.submit(base, body))
         await asyncio.sleep(0)  # the call is queued under its custom_id
         custom_id = next(iter(coordinator._waiting))
