@@ -9,7 +9,7 @@ provider's limit, also in bytes) or `wait_s` seconds after its first request, an
 to the graph step waiting for it by `custom_id`. Every prompt of a run is under way at once, so each step of the
 pipeline is one batch round trip for all of them.
 
-Nothing is paid twice (tools/outputs/batch_store.py): a line's `custom_id` is a hash of its endpoint and request
+Nothing is paid twice (agents/batch_store.py): a line's `custom_id` is a hash of its endpoint and request
 body (with a count for identical requests in one process), so the same call made again after a kill has the
 same id. Before a batch is sent its request file and lines are committed; its provider id is committed the
 moment the provider returns it (a batch created just before a kill is found again by the run token in its
@@ -34,10 +34,10 @@ from typing import Any
 
 import httpx
 
+from agents.batch_store import FINISHED_STATUSES, BatchStore, OutgoingLine, StoredBatch
 from agents.models import BatchSettings
 from agents.rate_limits import call_meter
 from tools.errors import EndpointError
-from tools.outputs.batch_store import FINISHED_STATUSES, BatchStore, OutgoingLine, StoredBatch
 from tools.rules.secrets import mask_secrets
 
 logger = logging.getLogger(__name__)

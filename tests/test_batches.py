@@ -16,13 +16,13 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from agents.batch_store import BatchStore, OutgoingLine
 from agents.batches import BatchCoordinator
 from agents.models import BatchSettings
 from agents.prices import PriceTable, parse_prices
 from tools.cli import app
 from tools.dev.stub_server import StubServer, StubSettings, reply_for
 from tools.errors import ConfigError
-from tools.outputs.batch_store import BatchStore, OutgoingLine
 
 runner = CliRunner()
 FAST = ("--batch", "--batch-wait", "0.2")

@@ -492,6 +492,8 @@ def run_generate_with(
         rules = options.pairing_rules()
         summary = export_records(iter_done_records(output / "progress.sqlite"), output, rules)
         usage = summary.usage()
+        if usage["batched_calls"]:
+            usage["list_cost_usd"] = list_price_of(iter_done_records(output / "progress.sqlite"), prices)
         export_settings = {"pairs": rules.pairs, "min_margin": rules.min_margin, "top_tie": rules.top_tie,
                            "max_repetition": rules.degenerate_share}
         from tools.outputs.report import write_run_report
@@ -537,6 +539,11 @@ def _print_generate_summary(output: Path, report: dict[str, Any], *, report_line
         f"calls: {report['usage']['calls']}" + (f"  cost: ${cost:.4f}" if cost is not None else "")
         + (f"  from the call cache: {report['usage']['cached_calls']}" if report["usage"]["cached_calls"] else "")
     )
+    if report["usage"].get("batched_calls"):
+        listed = report["usage"].get("list_cost_usd")
+        console.print(f"by batch: {report['usage']['batched_calls']} of {report['usage']['calls']} calls, priced at "
+                      "the providers' batch rates" + (f" (at list prices: ${listed:.4f})" if listed is not None
+                                                       else ""), markup=False)
     if report["usage"].get("rate_limited") or report["usage"].get("rate_waited_s", 0) >= 0.05:
         console.print(f"rate limits: {report['usage']['rate_limited']} answers 429 waited out; the calls waited "
                       f"{report['usage']['rate_waited_s']:.1f} s in all for the providers' limits")
@@ -557,6 +564,15 @@ def _print_generate_summary(output: Path, report: dict[str, Any], *, report_line
         console.print(f"published: {report['published']}", markup=False)
     for prompt_id, reason in report["failures"][:5]:
         console.print(f"failed {prompt_id}: {reason}", markup=False)
+
+
+def list_price_of(records: Any, prices: Any) -> float | None:
+    """What the records' paid calls would have cost at list prices (a `--batch` run's saving is the difference)."""
+    from graphs.generation import record_exchanges
+
+    exchanges = (exchange.model_copy(update={"batched": False}) for record in records
+                 for exchange in record_exchanges(record))
+    return prices.total_cost(exchanges)
 
 
 def duration_text(hours: float) -> str:
