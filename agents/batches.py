@@ -47,7 +47,7 @@ BATCH_ENDPOINT = "/v1/chat/completions"
 # Together: 50,000 and 100 MB). An OpenAI-compatible server's batch routes get OpenAI's.
 PROVIDER_LIMITS = {"openai": (50_000, 200_000_000), "together": (50_000, 100_000_000),
                    "compat": (50_000, 200_000_000)}
-MAX_POLL_S = 30.0  # a batch takes minutes to hours: polling slows down to this, and no further
+MAX_POLL_S = 60.0  # a batch takes minutes to hours: polling slows down to this, and no further
 LIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling", "queued", "running")
 
 
@@ -124,7 +124,6 @@ class BatchCoordinator:
         self._attached: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._poller: asyncio.Task[None] | None = None
-        self._poll_interval = settings.poll_s
         self._http: httpx.AsyncClient | None = None
         self.sent = 0  # batches this process created or re-attached to
         self.finished = 0
@@ -253,7 +252,6 @@ class BatchCoordinator:
         self.store.update_batch(name, provider_id=str(view["id"]), status=provider_status(view) or "validating")
         self._live[name] = self.store.batch(name)
         self._event(f"batch {name} sent: {len(lines)} requests to {spec} ({view['id']}; {path})")
-        self._poll_interval = self.settings.poll_s
         self._ensure_poller()
 
     def _fail(self, custom_id: str, error: BaseException) -> None:
@@ -303,8 +301,10 @@ class BatchCoordinator:
 
     async def _poll(self) -> None:
         while self._live:
-            await asyncio.sleep(self._poll_interval)
-            self._poll_interval = min(MAX_POLL_S, self._poll_interval * 1.5)
+            # A batch is polled about five times over its age so far (at least every `poll_s` seconds, at most every
+            # MAX_POLL_S): one answered in seconds is seen within a second, one of hours costs a request a minute.
+            youngest_s = time.time() - max(batch.created_at for batch in self._live.values())
+            await asyncio.sleep(min(MAX_POLL_S, max(self.settings.poll_s, 0.2 * youngest_s)))
             for name, batch in list(self._live.items()):
                 if batch.provider_id is None:
                     continue  # still being created

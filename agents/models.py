@@ -179,7 +179,7 @@ class BatchSettings:
     size: int | None = None  # requests per batch; None: the provider's limit
     wait_s: float = 60.0  # a queue is sent this long after its first request, full or not
     max_retries: int = 6  # times a failed, expired or cancelled line is sent again (per process)
-    poll_s: float = 1.0  # the first poll of a batch; later polls come further apart, up to a limit
+    poll_s: float = 1.0  # the shortest time between two polls of a batch's status (they space out as it ages)
 
 
 @dataclass(frozen=True, kw_only=True)
