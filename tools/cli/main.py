@@ -410,7 +410,7 @@ def run_generate_with(
         return dry_run_report(options, prompts, context, panel, prices)
     # The pipeline (LangGraph, LangChain, the openai client) and the exporters load only for a real run.
     from graphs.generation import Budget, PromptOutcome, run_generation
-    from tools.outputs.export import dataset_card, export_records
+    from tools.outputs.export import dataset_card, export_records, preload_export_modules
 
     budget = None
     if options.max_cost_usd is not None:
@@ -438,6 +438,7 @@ def run_generate_with(
     # One run per directory: a second run on it stops here, before anything is written or paid for.
     with RunLock(output):
         registry = ModelRegistry(model_settings)
+        preload_export_modules()  # loads while the calls wait on the network
         with progress_bar() as progress:
             task = progress.add_task("prompts", total=len(prompts), status="")
             totals = {"failed": 0, "waiting": 0, "tokens": 0, "cost": 0.0, "priced": True}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -229,6 +230,26 @@ def dataset_features(kind: str, criteria: Sequence[str] = ()) -> Any:
     return datasets.Features(columns)
 
 
+def preload_export_modules() -> threading.Thread:
+    """Import what the export and the run report load (datasets, matplotlib) on a thread of their own, now.
+
+    A run's end used to start with two seconds of imports; started with the run, they load while its calls wait on
+    the network (the event loop takes the interpreter back within its switch interval whenever a reply comes), so
+    the end of the run only writes (`make bench`, fixed cost). A daemon thread: a run that fails exits without it.
+    """
+
+    def load() -> None:
+        import datasets.arrow_writer  # noqa: F401
+        import matplotlib
+
+        matplotlib.use("Agg")  # as the report draws: without a display
+        import matplotlib.pyplot  # noqa: F401
+
+    thread = threading.Thread(target=load, name="fellowship-preload", daemon=True)
+    thread.start()
+    return thread
+
+
 def _jsonl_rows(path: str) -> Iterator[dict[str, Any]]:
     with open(path, encoding="utf-8") as rows:
         for line in rows:
@@ -238,12 +259,15 @@ def _jsonl_rows(path: str) -> Iterator[dict[str, Any]]:
 def _save_dataset(rows_file: Path, rows: int, target: Path, kind: str, criteria: Sequence[str] = ()) -> None:
     """Build the `dpo/` or `kto/` dataset from its JSONL file, never holding the rows in memory.
 
-    Rows go to Arrow in batches of EXPORT_BATCH_ROWS with the declared features (`dataset_features`): memory
-    stays flat whatever the number of rows (parsing the whole file with Arrow's JSON reader grew with it).
+    Rows go to an Arrow file in batches of EXPORT_BATCH_ROWS with the declared features (`dataset_features`), which
+    the dataset then maps from disk: memory stays flat whatever the number of rows (parsing the whole file with
+    Arrow's JSON reader grew with it). `datasets`' own ArrowWriter, not `Dataset.from_generator`, whose builder
+    machinery loads scipy and more for the streaming patches: a second of a small run's end (`make bench`).
     """
     import tempfile
 
     import datasets
+    from datasets.arrow_writer import ArrowWriter
 
     datasets.disable_progress_bars()  # the CLI has its own progress display
     staging = target.with_name(target.name + ".tmp")
@@ -251,11 +275,14 @@ def _save_dataset(rows_file: Path, rows: int, target: Path, kind: str, criteria:
     features = dataset_features(kind, criteria)
     if rows:
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".arrow-") as cache:
-            dataset = datasets.Dataset.from_generator(
-                _jsonl_rows, gen_kwargs={"path": str(rows_file)}, features=features, cache_dir=cache,
-                writer_batch_size=EXPORT_BATCH_ROWS,
-            )
+            arrow_path = str(Path(cache) / "rows.arrow")
+            with ArrowWriter(features=features, path=arrow_path, writer_batch_size=EXPORT_BATCH_ROWS) as writer:
+                for row in _jsonl_rows(str(rows_file)):
+                    writer.write(row)
+                writer.finalize()
+            dataset = datasets.Dataset.from_file(arrow_path)
             dataset.save_to_disk(str(staging))
+            del dataset  # the mapped file is closed before its folder goes
     else:
         # datasets 5.2 writes no shard for zero rows unless told to, and then cannot load what it wrote.
         empty = datasets.Dataset.from_dict({name: [] for name in features}, features=features)
