@@ -243,7 +243,7 @@ def preload_export_modules() -> threading.Thread:
         import matplotlib
 
         matplotlib.use("Agg")  # as the report draws: without a display
-        import matplotlib.pyplot  # noqa: F401
+        import matplotlib.pyplot
 
     thread = threading.Thread(target=load, name="fellowship-preload", daemon=True)
     thread.start()
