@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import httpx2
 
 from agents.batch_store import FINISHED_STATUSES, BatchStore, OutgoingLine, StoredBatch
 from agents.models import BatchSettings
@@ -124,7 +124,7 @@ class BatchCoordinator:
         self._attached: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._poller: asyncio.Task[None] | None = None
-        self._http: httpx.AsyncClient | None = None
+        self._http: httpx2.AsyncClient | None = None
         self.sent = 0  # batches this process created or re-attached to
         self.finished = 0
         self.results_reused = 0  # lines whose result an earlier run had already downloaded
@@ -311,7 +311,7 @@ class BatchCoordinator:
                 endpoint = self.endpoints[batch.base_url]
                 try:
                     view = await self._request(endpoint, "GET", f"/batches/{batch.provider_id}")
-                except (BatchRefused, httpx.HTTPError) as problem:
+                except (BatchRefused, httpx2.HTTPError) as problem:
                     logger.warning("note: batch %s: cannot read its status (%s); trying again",
                                    name, mask_secrets(str(problem)))
                     continue
@@ -348,7 +348,7 @@ class BatchCoordinator:
             if view.get(file_key):
                 try:
                     entries += await self._download(endpoint, str(view[file_key]))
-                except (BatchRefused, httpx.HTTPError) as problem:
+                except (BatchRefused, httpx2.HTTPError) as problem:
                     logger.warning("note: batch %s: cannot download its results yet (%s)", name,
                                    mask_secrets(str(problem)))
                     return  # the next poll tries again
@@ -396,9 +396,9 @@ class BatchCoordinator:
 
     # -- the provider's API ---------------------------------------------------------------------------------
 
-    async def _client(self) -> httpx.AsyncClient:
+    async def _client(self) -> httpx2.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=10.0))
+            self._http = httpx2.AsyncClient(timeout=httpx2.Timeout(300.0, connect=10.0))
         return self._http
 
     async def _request(self, endpoint: BatchEndpoint, method: str, path: str, **kwargs: Any) -> Any:
@@ -408,7 +408,7 @@ class BatchCoordinator:
         for attempt in range(self.settings.max_retries + 1):
             try:
                 response = await client.request(method, endpoint.base_url + path, headers=headers, **kwargs)
-            except httpx.TransportError as error:
+            except httpx2.TransportError as error:
                 if attempt == self.settings.max_retries:
                     raise BatchRefused(f"{method} {path}: cannot connect ({type(error).__name__})") from None
                 await asyncio.sleep(min(30.0, 0.5 * 2 ** attempt))
@@ -486,14 +486,14 @@ class BatchCoordinator:
         self.store.close()
 
 
-class BatchTransport(httpx.AsyncBaseTransport):
+class BatchTransport(httpx2.AsyncBaseTransport):
     """An HTTP transport that answers chat-completion requests by batch and sends everything else as usual."""
 
     def __init__(self, coordinator: BatchCoordinator) -> None:
         self.coordinator = coordinator
-        self._direct = httpx.AsyncHTTPTransport()
+        self._direct = httpx2.AsyncHTTPTransport()
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         """A chat completion's response from its batch line; any other request as it is."""
         if request.method == "POST" and request.url.path.endswith("/chat/completions"):
             body = json.loads(await request.aread())
@@ -501,7 +501,7 @@ class BatchTransport(httpx.AsyncBaseTransport):
             started = time.perf_counter()
             status, payload = await self.coordinator.submit(base_url, body)
             logger.debug("batch line answered %s after %.1f s", status, time.perf_counter() - started)
-            return httpx.Response(status, json=payload, request=request)
+            return httpx2.Response(status, json=payload, request=request)
         return await self._direct.handle_async_request(request)
 
     async def aclose(self) -> None:

@@ -258,14 +258,15 @@ class ModelRegistry:
         fails under the next one ("Event loop is closed").
         """
         if self._http is None and self.settings.batch is not None:
-            import httpx
+            import httpx2
 
             from agents.batches import BatchCoordinator, BatchTransport
 
             # Every chat request of the run answered by batch: no pacing (batch lines meet no rate limit), and no
             # timeout (a batch takes up to a day); the provider's other routes go out directly.
             self.batches = BatchCoordinator(self.settings.batch, on_event=self.on_batch_event)
-            self._http = httpx.AsyncClient(transport=BatchTransport(self.batches), timeout=None)
+            # httpx2: the HTTP library the openai client is built on.
+            self._http = httpx2.AsyncClient(transport=BatchTransport(self.batches), timeout=None)
         if self._http is None:
             import openai
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 from typer.testing import CliRunner
 
@@ -287,7 +287,7 @@ def test_evaluate_by_batch_gives_the_verdicts_of_a_direct_run(tmp_path: Path, ba
 def test_stub_batch_routes_refuse_the_other_dialect() -> None:
     server = StubServer(StubSettings(batch_dialect="together")).start_in_thread()
     try:
-        upload = httpx.post(f"{server.base_url}/files", data={"purpose": "batch"},
+        upload = httpx2.post(f"{server.base_url}/files", data={"purpose": "batch"},
                             files={"file": ("a.jsonl", b"{}\n")})
         assert upload.status_code == 400  # Together wants purpose=batch-api, at /files/upload
     finally:
