@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # LangChain loads with the first model, not with the command 
 
     from agents.batches import BatchCoordinator
     from agents.cache import CallCacheFile
+    from agents.early_calls import EarlyCalls
 
 DEFAULT_MODEL = "local:smollm2"
 PROVIDERS = ("openai", "together", "compat", "local")
@@ -250,6 +251,8 @@ class ModelRegistry:
         self._cache_file: CallCacheFile | None = None
         self.batches: BatchCoordinator | None = None  # with `--batch`: the run's queues and batches
         self.on_batch_event: Callable[[str], None] | None = None  # hears each batch sent, re-attached, finished
+        self.early_calls: EarlyCalls | None = None  # a fresh run's first calls, sent before the graphs loaded
+        self.after_first_reply: Callable[[], object] | None = None  # called once, when the first call has its answer
 
     def _http_client(self) -> Any:
         """One connection pool per registry.
@@ -279,10 +282,16 @@ class ModelRegistry:
                 # An aiohttp session must be closed inside its event loop, or it logs "Unclosed client
                 # session" when collected; httpx2's pool needs no closing.
                 client_class = openai.DefaultAsyncHttpxClient
+            if self.early_calls is not None or self.after_first_reply is not None:
+                from agents.early_calls import early_reply_client_class
+
+                client_class = early_reply_client_class(client_class)
             if self.settings.adaptive:
-                client_class = paced_client_class(client_class)
+                client_class = paced_client_class(client_class)  # the outermost: it assumes it is the class made
             self._http = client_class(timeout=self.settings.timeout_s)
             self._http.controllers = self.endpoint_controllers
+            self._http.early_calls = self.early_calls
+            self._http.after_first_reply = self.after_first_reply
         return self._http
 
     def _register_batch_endpoint(self, spec: ModelSpec, base_url: str | None, api_key: str) -> None:
@@ -373,6 +382,8 @@ class ModelRegistry:
 
     async def aclose(self) -> None:
         """Close the batch coordinator and the HTTP pool inside the event loop, then stop the embedded servers."""
+        if self.early_calls is not None:
+            self.early_calls.close()
         if self.batches is not None:
             await self.batches.aclose()
             self.batches = None

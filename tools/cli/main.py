@@ -7,8 +7,11 @@ shows the traceback). One event loop per command: chat clients are bound to the 
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
+import sys
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -408,6 +411,8 @@ def run_generate_with(
     batch = options.batch_settings(output, roles, max_retries=options.max_retries)
     if options.dry_run:
         return dry_run_report(options, prompts, context, panel, prices)
+    check_model_roles(roles)  # keys and endpoints, before any call (the early ones included)
+    early_calls = start_early_calls(options, prompts, context)
     # The pipeline (LangGraph, LangChain, the openai client) and the exporters load only for a real run.
     from graphs.generation import Budget, PromptOutcome, run_generation
     from tools.outputs.export import dataset_card, export_records, preload_export_modules
@@ -422,7 +427,6 @@ def run_generate_with(
         per_prompt = (estimate.cost(prices, batch=options.batch) or 0.0) / max(1, len(prompts))
         budget = Budget(max_usd=options.max_cost_usd, reserve_per_prompt_usd=per_prompt)
     check_run_directory(output, settings, prompt_source, extend=options.extend)
-    check_model_roles(roles)
     role_names = {"--generator": "generator", "--reviewer": "reviewer", "--judge": evaluator,
                   "debate_roles": "referee"}
     own = {"debate_roles"} | given_flags
@@ -438,7 +442,10 @@ def run_generate_with(
     # One run per directory: a second run on it stops here, before anything is written or paid for.
     with RunLock(output):
         registry = ModelRegistry(model_settings)
-        preload_export_modules()  # loads while the calls wait on the network
+        registry.early_calls = early_calls
+        # What the export and the report need loads beside the run, once its first call is answered (not before:
+        # the first call must not wait for it).
+        registry.after_first_reply = preload_export_modules
         with progress_bar() as progress:
             task = progress.add_task("prompts", total=len(prompts), status="")
             totals = {"failed": 0, "waiting": 0, "tokens": 0, "cost": 0.0, "priced": True}
@@ -565,6 +572,36 @@ def _print_generate_summary(output: Path, report: dict[str, Any], *, report_line
         console.print(f"published: {report['published']}", markup=False)
     for prompt_id, reason in report["failures"][:5]:
         console.print(f"failed {prompt_id}: {reason}", markup=False)
+
+
+def start_early_calls(options: GenerateOptions, prompts: list[Any], context: Any) -> Any:
+    """Send a fresh run's first calls now, before the graphs load (agents/early_calls.py); None when it gets none.
+
+    Only a fresh (absent or empty) run directory, and not with `--batch`, `--cache`, Ray workers, `--max-cost-usd`
+    or a `local:` generator: each of those decides which calls go out, or when. One call per prompt whose text is
+    a string, as many as `--concurrency`: the generator's answer, the first call its prompt makes.
+    """
+    import prompts as templates
+    from agents.early_calls import EarlyCalls, first_generator_request
+    from agents.models import API_KEY_VARIABLES, ModelSettings, base_url_of, parse_model_spec
+
+    spec = parse_model_spec(context.generator, flag="--generator")
+    fresh = not options.output.exists() or not any(options.output.iterdir())
+    cache = options.cache or os.environ.get("FELLOWSHIP_CACHE")
+    if (spec.provider == "local" or not fresh or options.batch or cache or options.on_ray()
+            or options.max_cost_usd is not None):
+        return None
+    base_url = base_url_of(spec)
+    key = os.environ.get(API_KEY_VARIABLES[spec.provider]) or "not-needed"
+    system = templates.render_role("generator_system", context.prompt_templates.get("generator_system"))
+    temperature = ModelSettings().temperature
+    first = [prompt for prompt in prompts if isinstance(prompt, str)][:options.concurrency]
+    early = EarlyCalls(timeout_s=options.timeout)
+    if base_url is not None:
+        early.send(base_url, key, [first_generator_request(spec.provider, spec.model, prompt, system,
+                                                           temperature=temperature, max_tokens=options.max_tokens)
+                                   for prompt in first])
+    return early
 
 
 def list_price_of(records: Any, prices: Any) -> float | None:
@@ -741,7 +778,31 @@ def demo(
 
 
 def main() -> None:
-    """The `fellowship` entry point."""
-    app(prog_name="fellowship")
+    """The `fellowship` entry point: the command, then the process ends without the interpreter's teardown.
+
+    Tearing down the modules a run loads (LangChain's, LangGraph's, the openai client's types, datasets) takes a
+    second of a small run's end (`make bench`, fixed cost) and does nothing a command needs: every file is written
+    and closed by then. So once the command has returned, the exit handlers run (a local Ray instance is stopped,
+    logging flushed; LangSmith's sender was waited for by the command), the standard streams are flushed, and the
+    process exits at once with the command's status.
+    """
+    try:
+        app(prog_name="fellowship")
+        status: Any = 0
+    except SystemExit as ended:
+        status = ended.code
+    if isinstance(status, str):  # a message instead of a number: printed, status 1, as the interpreter would
+        print(status, file=sys.stderr)
+        status = 1
+    end_process(int(status or 0))
+
+
+def end_process(status: int) -> None:
+    """Run the exit handlers, flush stdout and stderr, and end the process with `status`, skipping the teardown."""
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
 
 

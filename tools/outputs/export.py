@@ -233,9 +233,10 @@ def dataset_features(kind: str, criteria: Sequence[str] = ()) -> Any:
 def preload_export_modules() -> threading.Thread:
     """Import what the export and the run report load (datasets, matplotlib) on a thread of their own, now.
 
-    A run's end used to start with two seconds of imports; started with the run, they load while its calls wait on
-    the network (the event loop takes the interpreter back within its switch interval whenever a reply comes), so
-    the end of the run only writes (`make bench`, fixed cost). A daemon thread: a run that fails exits without it.
+    A run's end used to start with two seconds of imports; started once the run's first call is answered, they load
+    while its calls wait on the network (the event loop takes the interpreter back within its switch interval
+    whenever a reply comes), so the end of the run only writes (`make bench`, fixed cost). A daemon thread: a run
+    that fails exits without it.
     """
 
     def load() -> None:
