@@ -102,8 +102,11 @@ class EarlyCalls:
             return None
         with self._lock:
             found = self._replies.pop(key, None)
+            last = not self._replies
         if found is not None:
             self.used += 1
+        if last and self._pool is not None:  # every early call is taken: their threads end as their requests do
+            self._pool.shutdown(wait=False)
         return found
 
     def close(self) -> None:

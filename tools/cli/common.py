@@ -193,6 +193,9 @@ def progress_bar() -> Progress:
         console=errors,
         transient=False,
         disable=not interactive(),
+        # Redrawn when something changes, and twice a second for the clock: not ten times (rich's default), which
+        # kept a terminal run's process busy while its calls waited.
+        refresh_per_second=2,
     )
 
 

@@ -20,7 +20,8 @@ process tree, the output directory's size per 1,000 prompts, and when a local Ra
 Then the fixed cost of a run and the marginal CPU per call, each as a whole command from its process's start (imports,
 the first calls, the export and the exit included), `fellowship generate` beside the bare loop (scores as written,
 as the bare loop reads them; then with `--scoring expected`, the default for this endpoint): a run of 8 prompts
-gives the fixed cost (its wall time minus one prompt's critical path, and its CPU), and the difference between a
+gives the time to its first request (as the stub saw it), the fixed cost (its wall time minus one prompt's critical
+path, and its CPU), and the difference between a
 larger run and that one, per call, the marginal CPU (at 500 ms and at 20 ms per call, 32 calls in flight).
 
 Then the rate-limited loads: `fellowship generate` against a stub with a request limit (a token bucket that
@@ -322,16 +323,24 @@ class FixedCostLoad:
 FIXED_COST_LOADS = (FixedCostLoad(0.5, 200), FixedCostLoad(0.02, 1000))
 
 
-def whole_command(argv: list[str]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of a command run to its end, from its process's start (its children's too)."""
+def whole_command(argv: list[str], base_url: str) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, seconds to its first request) of a command run to its end.
+
+    From its process's start, its children's CPU too; the first request as the stub at `base_url` saw it.
+    """
+    reset = urllib.request.Request(base_url.removesuffix("/v1") + "/stats/reset", data=b"", method="POST")
+    urllib.request.urlopen(reset, timeout=10).close()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
+    started_monotonic = time.monotonic()
     completed = subprocess.run(argv, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if completed.returncode != 0:
         raise SystemExit(f"{argv[2:4]} failed: {completed.stderr.strip().splitlines()[-1:]}")
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    first = stub_stats(base_url).get("first_request_at")
+    return (wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+            (first - started_monotonic) if first is not None else float("nan"))
 
 
 def run_fixed_cost(load: FixedCostLoad) -> None:
@@ -339,7 +348,8 @@ def run_fixed_cost(load: FixedCostLoad) -> None:
     critical_path_s = CALLS_PER_PROMPT * load.latency_s
     print(f"\nfixed cost and marginal CPU, whole commands: {load.latency_s * 1000:.0f} ms per call, {load.small} and "
           f"{load.large} prompts x {CALLS_PER_PROMPT} calls, at most {load.cap} in flight")
-    print(f"{'command':<26}{'fixed wall s':>14}{'fixed CPU s':>13}{'CPU ms/call':>13}{'wall/bound':>12}")
+    print(f"{'command':<26}{'first call s':>13}{'fixed wall s':>14}{'fixed CPU s':>13}{'CPU ms/call':>13}"
+          f"{'wall/bound':>12}")
     stub = subprocess.Popen(
         [sys.executable, "-m", "tools.dev.stub_server", "--latency", str(load.latency_s), "--max-concurrent",
          str(load.cap), "--lifetime", "900"], stdout=subprocess.PIPE, text=True)
@@ -365,13 +375,13 @@ def run_fixed_cost(load: FixedCostLoad) -> None:
                     argv = [sys.executable, "-m", "tools.cli", "generate", "--prompts", str(prompt_file), "--output",
                             str(folder / f"out-{prompts}-{scoring}"), "--generator", spec, "--reviewer", spec,
                             "--judge", spec, "--concurrency", str(load.cap), "--scoring", scoring]
-                runs[prompts] = whole_command(argv)
-            (small_wall, small_cpu), (large_wall, large_cpu) = runs[load.small], runs[load.large]
+                runs[prompts] = whole_command(argv, base_url)
+            (small_wall, small_cpu, first_call), (large_wall, large_cpu, _) = runs[load.small], runs[load.large]
             fixed_wall = small_wall - critical_path_s
             per_call = (large_cpu - small_cpu) / ((load.large - load.small) * CALLS_PER_PROMPT)
             marginal[label] = per_call
             bound = max(critical_path_s, load.large * CALLS_PER_PROMPT * load.latency_s / load.cap)
-            print(f"{label:<26}{fixed_wall:>14.2f}{small_cpu:>13.2f}{1000 * per_call:>13.2f}"
+            print(f"{label:<26}{first_call:>13.2f}{fixed_wall:>14.2f}{small_cpu:>13.2f}{1000 * per_call:>13.2f}"
                   f"{(large_wall - fixed_wall) / bound:>12.3f}")
     finally:
         stub.terminate()

@@ -108,6 +108,8 @@ class StubStats:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "span_s": self.span_s,
+            # time.monotonic() of the first request: the system's clock, comparable with another process's.
+            "first_request_at": self.first_request_at,
             "faults": dict(self.faults),
         }
 
@@ -441,6 +443,9 @@ class StubServer(ThreadedJsonServer):
     ) -> tuple[int, Any, list[str]]:
         if method == "GET" and path.startswith("/stats"):
             return 200, {**self.stats.as_dict(), **self.batches.counts()}, []
+        if method == "POST" and path.startswith("/stats/reset"):  # a benchmark's next command starts counting
+            self.stats = StubStats()
+            return 200, {}, []
         if method == "GET" and path.rstrip("/").endswith("/models"):
             return 200, {"object": "list", "data": [{"id": "stub", "object": "model"}]}, []
         route = path.split("?", 1)[0].rstrip("/")  # query parameters (a client's extra_query) do not change the route
