@@ -237,12 +237,21 @@ class BatchCoordinator:
                                   lines=[line for line, _ in lines], data=data)
         self._live[name] = self.store.batch(name)
         self.sent += 1
+        creating = False
         try:
             file_id = await self._upload(endpoint, name, data)
             self.store.update_batch(name, input_file_id=file_id)
+            creating = True
             view = await self._create(endpoint, file_id, name)
-        except BatchRefused as refusal:
-            self.store.update_batch(name, status="refused", note=str(refusal))
+        except Exception as refusal:  # refused, or an answer this client cannot read: its calls must not wait on
+            if isinstance(refusal, BatchRefused):
+                self.store.update_batch(name, status="refused", note=str(refusal))
+            else:
+                # The provider may have made the batch all the same: left `prepared`, the next run looks for it by
+                # its metadata before sending any of its lines again.
+                refusal = BatchRefused(f"{type(refusal).__name__}: {mask_secrets(str(refusal))[:160]}")
+                if not creating:
+                    self.store.update_batch(name, status="refused", note=str(refusal))
             self._live.pop(name, None)
             self.finished += 1
             error = EndpointError(spec, f"batch {name} ({path}) was not taken: {refusal}")
@@ -324,7 +333,18 @@ class BatchCoordinator:
                     self.store.update_batch(name, status=status if status not in FINISHED_STATUSES else "finalizing",
                                             completed=counts[1], failed=counts[2])
                 if status in FINISHED_STATUSES:
-                    await self._finish(batch, view, endpoint)
+                    try:
+                        await self._finish(batch, view, endpoint)
+                    except Exception as error:  # results this client cannot read: the calls stop waiting
+                        self._give_up(batch, f"its results could not be read ({type(error).__name__}: "
+                                             f"{mask_secrets(str(error))[:160]})")
+
+    def _give_up(self, batch: StoredBatch, reason: str) -> None:
+        """Fail the calls waiting on a batch, leaving it recorded as unfinished: the next run re-attaches to it."""
+        self._live.pop(batch.name, None)
+        error = EndpointError(batch.spec, f"batch {batch.name} ({batch.provider_id}): {reason}")
+        for line in self.store.lines_of(batch.name):
+            self._fail(line.custom_id, error)
 
     async def _finish(self, batch: StoredBatch, view: dict[str, Any], endpoint: BatchEndpoint) -> None:
         """Take a finished batch's results: keep them, route them by custom_id, send failed lines again."""
