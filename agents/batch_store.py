@@ -14,6 +14,7 @@ the provider: re-attached by its metadata or sent again), the provider's own sta
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import sqlite3
@@ -113,6 +114,16 @@ class OutgoingLine:
         """The line of the batch's request file (the providers' shared format)."""
         return json.dumps({"custom_id": self.custom_id, "method": "POST", "url": endpoint, "body": self.body},
                           separators=(",", ":")) + "\n"
+
+
+def unfinished_batches(directory: Path) -> int:
+    """How many batches a run directory has out at providers (0 without `batches.sqlite`); read only."""
+    path = directory / BATCH_FILE
+    if not path.is_file():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+        statuses = [row[0] for row in db.execute("SELECT status FROM batches")]
+    return sum(status not in FINISHED_STATUSES for status in statuses)
 
 
 def _stored_line(row: tuple[Any, ...]) -> StoredLine:

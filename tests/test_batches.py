@@ -98,6 +98,9 @@ def test_sigkill_with_batches_out_then_rerun_sends_no_request_twice(tmp_path: Pa
         process.wait(10)
         assert live, "no batch was out when the run was killed"
         out_at_kill = server.batches.lines_received
+        # Without --batch the same directory is refused: the calls its batches hold would be paid again.
+        direct = runner.invoke(app, generate_args(prompts, killed, spec))
+        assert direct.exit_code != 0 and "still out at the provider: run with --batch" in direct.output
 
         resumed = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
         assert resumed.returncode == 0, resumed.stderr

@@ -171,9 +171,16 @@ class RunOptions(CommandOptions):
         """With `--batch`: where and how the run's calls go by batch; None without it.
 
         Refused with one line: `local:` models (they run in this process) and Ray workers (one process sends the
-        batches of a run, so no request is sent twice).
+        batches of a run, so no request is sent twice); and a run without `--batch` in a directory whose earlier
+        `--batch` run left batches out at the provider (their calls would be paid again).
         """
         if not self.batch:
+            from agents.batch_store import unfinished_batches
+
+            if out := unfinished_batches(directory):
+                raise ConfigError(f"{directory}: {out} batches sent by an earlier --batch run are still out at the "
+                                  "provider: run with --batch to collect them (without it their calls would be "
+                                  f"made and paid again), or delete {directory / 'batches.sqlite'} to give them up")
             return None
         if self.on_ray():
             raise ConfigError("--batch: a batch run sends its requests from this process (the provider does the "
