@@ -411,22 +411,24 @@ def run_generate_with(
     batch = options.batch_settings(output, roles, max_retries=options.max_retries)
     if options.dry_run:
         return dry_run_report(options, prompts, context, panel, prices)
-    check_model_roles(roles)  # keys and endpoints, before any call (the early ones included)
-    early_calls = start_early_calls(options, prompts, context)
-    # The pipeline (LangGraph, LangChain, the openai client) and the exporters load only for a real run.
-    from graphs.generation import Budget, PromptOutcome, run_generation
-    from tools.outputs.export import dataset_card, export_records, preload_export_modules
-
-    budget = None
+    reserve_per_prompt: float | None = None
     if options.max_cost_usd is not None:
         unpriced = sorted({spec for _, spec in roles if prices.per_million(spec) is None})
         if unpriced:
             raise ConfigError(f"--max-cost-usd: no price for {unpriced[0]}; add --price {unpriced[0]}=IN:OUT "
                               "(USD per million input and output tokens)")
         estimate = estimate_run(prompts, context, panel, max_tokens=options.max_tokens)
-        per_prompt = (estimate.cost(prices, batch=options.batch) or 0.0) / max(1, len(prompts))
-        budget = Budget(max_usd=options.max_cost_usd, reserve_per_prompt_usd=per_prompt)
+        reserve_per_prompt = (estimate.cost(prices, batch=options.batch) or 0.0) / max(1, len(prompts))
     check_run_directory(output, settings, prompt_source, extend=options.extend)
+    check_model_roles(roles)  # keys and endpoints: every check before any call (the early ones included)
+    early_calls = start_early_calls(options, prompts, context)
+    # The pipeline (LangGraph, LangChain, the openai client) and the exporters load only for a real run.
+    from graphs.generation import Budget, PromptOutcome, run_generation
+    from tools.outputs.export import dataset_card, export_records, preload_export_modules
+
+    budget = None
+    if options.max_cost_usd is not None and reserve_per_prompt is not None:
+        budget = Budget(max_usd=options.max_cost_usd, reserve_per_prompt_usd=reserve_per_prompt)
     role_names = {"--generator": "generator", "--reviewer": "reviewer", "--judge": evaluator,
                   "debate_roles": "referee"}
     own = {"debate_roles"} | given_flags
