@@ -21,8 +21,8 @@ PROMPTS = ["Why is the sky blue?", "Name two prime numbers.", "Say hello politel
 class RecordingStub(StubServer):
     """The stub, keeping each chat request's body and user agent in the order they came."""
 
-    def __init__(self) -> None:
-        super().__init__(StubSettings())
+    def __init__(self, settings: StubSettings | None = None) -> None:
+        super().__init__(settings or StubSettings())
         self.chats: list[tuple[str, dict[str, Any]]] = []
 
     async def _respond(self, method: str, path: str, body: bytes,
@@ -105,3 +105,20 @@ def test_no_early_call_where_the_run_decides_otherwise_which_calls_go_out(
                                             if len(extra) > 1 else False, "generator": "local:smollm2"})
     assert start_early_calls(local, PROMPTS, local.context()) is None
     assert recording.chats == []
+
+
+def test_an_early_call_answered_with_an_error_is_retried_by_the_client(tmp_path: Path) -> None:
+    # Half the stub's first answers to a request are HTTP 500 (deterministic per request and attempt): an early
+    # call's 500 reaches the client as the answer to its first request, and the client's retry goes out for real.
+    server = RecordingStub(StubSettings(error_rate=0.5)).start_in_thread()
+    try:
+        spec = f"compat:stub@{server.base_url}"
+        run(tmp_path, tmp_path / "early", spec, spec)
+        early = [body for agent, body in server.chats if agent == USER_AGENT]
+        assert len(early) == len(PROMPTS) and server.stats.faults["error"]
+        retried = [body for body in early if sum(other == body for _, other in server.chats) > 1]
+        assert retried, "no early call failed: the test shows nothing"
+        records = (tmp_path / "early" / "records.jsonl").read_text().splitlines()
+        assert len(records) == len(PROMPTS) and all(json.loads(line)["answers"] for line in records)
+    finally:
+        server.stop()
