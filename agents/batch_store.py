@@ -221,7 +221,3 @@ class BatchStore:
                 [(state, status, json.dumps(result) if result is not None else None, custom_id, name)
                  for custom_id, state, status, result in results])
             self.update_batch(name, **batch_values)
-
-    def counts(self) -> dict[str, int]:
-        """Lines by state."""
-        return dict(self._db.execute("SELECT state, COUNT(*) FROM lines GROUP BY state").fetchall())

@@ -127,7 +127,6 @@ class BatchCoordinator:
         self._http: httpx2.AsyncClient | None = None
         self.sent = 0  # batches this process created or re-attached to
         self.finished = 0
-        self.results_reused = 0  # lines whose result an earlier run had already downloaded
         self._counts: dict[str, tuple[int, int, int]] = {}
 
     def register(self, base_url: str, model: str, *, provider: str, spec: str, api_key: str) -> None:
@@ -168,8 +167,7 @@ class BatchCoordinator:
         custom_id = f"{digest}-{self._occurrences[digest]}"  # identical requests in one process stay apart
         self._occurrences[digest] += 1
         stored = self.store.line(custom_id)
-        if stored is not None and stored.state == "done":
-            self.results_reused += 1
+        if stored is not None and stored.state == "done":  # paid for and downloaded by an earlier run
             return stored.status or 200, stored.result
         future: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
         waiting = self._waiting.get(custom_id)

@@ -78,8 +78,6 @@ class EarlyCalls:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._replies: dict[str, concurrent.futures.Future[EarlyReply]] = {}
         self._lock = threading.Lock()
-        self.sent = 0
-        self.used = 0
 
     def send(self, base_url: str, api_key: str, bodies: list[dict[str, Any]]) -> None:
         """Send each body to `base_url`/chat/completions, all at once."""
@@ -90,7 +88,6 @@ class EarlyCalls:
         for body in bodies:
             data = json.dumps(body).encode("utf-8")
             self._replies[request_key(url, body)] = self._pool.submit(_post, url, api_key, data, self.timeout_s)
-        self.sent = len(bodies)
 
     def take(self, url: str, content: bytes) -> concurrent.futures.Future[EarlyReply] | None:
         """The early call answering this request (URL and JSON body), once; None when there is none."""
@@ -103,8 +100,6 @@ class EarlyCalls:
         with self._lock:
             found = self._replies.pop(key, None)
             last = not self._replies
-        if found is not None:
-            self.used += 1
         if last and self._pool is not None:  # every early call is taken: their threads end as their requests do
             self._pool.shutdown(wait=False)
         return found
