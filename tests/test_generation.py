@@ -156,8 +156,41 @@ def test_export_without_pairs_still_writes_empty_trl_datasets(tmp_path: Path) ->
     assert summary.dpo_rows == 0 and summary.kto_rows == 0
     dpo = datasets.load_from_disk(str(tmp_path / "dpo"))
     kto = datasets.load_from_disk(str(tmp_path / "kto"))
-    assert len(dpo) == 0 and dpo.features == dataset_features("dpo")
-    assert len(kto) == 0 and kto.features == dataset_features("kto")
+    assert len(dpo) == 0 and dpo.features == datasets.Features.from_dict(dataset_features("dpo"))
+    assert len(kto) == 0 and kto.features == datasets.Features.from_dict(dataset_features("kto"))
+
+
+def test_exported_datasets_load_with_datasets_across_blocks_and_with_criteria(tmp_path: Path) -> None:
+    """The folders are written with pyarrow alone: `datasets` must read them as its own, row for row."""
+    from tools.outputs.export import EXPORT_BLOCK_BYTES, dataset_features, export_records
+
+    padding = "x" * 4000
+    records = []
+    # 2 DPO and 3 KTO rows a record, each over 8 KB: the JSONL files span several of Arrow's blocks.
+    for index in range(2 * EXPORT_BLOCK_BYTES // (8 * 1024 * 2)):
+        record = record_with([f"first {index} {padding}", f"second {index} {padding}", f"third {index} {padding}"],
+                             "C", [2, 5, 9])
+        record["prompt_id"] = f"p{index:04d}"
+        record["verdict"]["criteria_scores"] = [{"honesty": 2.0, "clarity": 1.5}, {"honesty": 5.0, "clarity": 6.0},
+                                                {"honesty": 9.0, "clarity": 8.5}]
+        records.append(record)
+    # One row longer than a block (a prompt with a long context) is read whole.
+    records[7]["prompt"] = [{"role": "user", "content": "context " * (EXPORT_BLOCK_BYTES // 7)}]
+    summary = export_records(records, tmp_path)
+    assert summary.dpo_rows == 2 * len(records) and summary.criteria == ["honesty", "clarity"]
+    assert (tmp_path / "dpo.jsonl").stat().st_size > 2 * EXPORT_BLOCK_BYTES
+    for kind in ("dpo", "kto"):
+        loaded = datasets.load_from_disk(str(tmp_path / kind))
+        assert loaded.features == datasets.Features.from_dict(dataset_features(kind, ["honesty", "clarity"]))
+        assert list(loaded) == [json.loads(line) for line in (tmp_path / f"{kind}.jsonl").read_text().splitlines()]
+        # The shard alone carries its features too, as `datasets`' own files do.
+        shard = datasets.Dataset.from_file(str(tmp_path / kind / "data-00000-of-00001.arrow"))
+        assert shard.features == loaded.features and len(shard) == len(loaded)
+    assert not list(tmp_path.glob("*.tmp"))
+    # The same records give the same folder, byte for byte (the fingerprint is the rows').
+    first = {path.name: path.read_bytes() for path in (tmp_path / "dpo").iterdir()}
+    export_records(records, tmp_path)
+    assert {path.name: path.read_bytes() for path in (tmp_path / "dpo").iterdir()} == first
 
 
 def test_trl_check_catches_bad_rows() -> None:
@@ -196,7 +229,8 @@ def test_generate_writes_trl_datasets_and_rerun_makes_no_calls(tmp_path: Path, s
     from tools.outputs.export import dataset_features
 
     # The datasets hold exactly the JSONL files' rows, with the declared columns and types.
-    assert dpo.features == dataset_features("dpo") and kto.features == dataset_features("kto")
+    assert dpo.features == datasets.Features.from_dict(dataset_features("dpo"))
+    assert kto.features == datasets.Features.from_dict(dataset_features("kto"))
     for dataset, name in ((dpo, "dpo.jsonl"), (kto, "kto.jsonl")):
         assert list(dataset) == [json.loads(line) for line in (output / name).read_text().splitlines()]
     check_trl_rows(list(dpo), "dpo")

@@ -12,7 +12,7 @@ import json
 import shutil
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,9 @@ import yaml
 from tools.outputs.jsonl import JsonlWriter
 from tools.rules.pairing import PairingRules, rank_answers, rank_by_person, repetition_share
 
-# Rows per Arrow batch when the datasets are built from the JSONL files.
-EXPORT_BATCH_ROWS = 256
+# Bytes of a JSONL file parsed at a time when the datasets are built from it: memory stays near this whatever the
+# file's size. A longer row (a prompt with a long context) makes the block its length.
+EXPORT_BLOCK_BYTES = 4 << 20
 
 
 @dataclass
@@ -206,88 +207,112 @@ def check_trl_rows(rows: Iterable[dict[str, Any]], kind: str) -> None:
             raise ValueError(f"kto row {number}: label must be a bool")
 
 
-def dataset_features(kind: str, criteria: Sequence[str] = ()) -> Any:
-    """The columns and types of the `dpo/` or `kto/` dataset: TRL's conversational columns, then ours.
+def dataset_features(kind: str, criteria: Sequence[str] = ()) -> dict[str, Any]:
+    """The columns and types of the `dpo/` or `kto/` dataset, as `datasets` writes features in `dataset_info.json`.
 
-    With `criteria` (a run scored by criteria), the scores by criterion too: one struct column per answer side.
+    TRL's conversational columns, then ours; with `criteria` (a run scored by criteria), the scores by criterion
+    too: one struct column per answer side. `datasets.Features.from_dict` reads it; `arrow_schema` gives its Arrow
+    types.
     """
-    import datasets
 
-    messages = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
+    def value(dtype: str) -> dict[str, str]:
+        return {"dtype": dtype, "_type": "Value"}
+
+    messages = {"feature": {"role": value("string"), "content": value("string")}, "_type": "List"}
     columns: dict[str, Any] = {"prompt": messages}
     if kind == "dpo":
-        columns |= {"chosen": messages, "rejected": messages, "score_chosen": datasets.Value("float64"),
-                    "score_rejected": datasets.Value("float64"), "chosen_iteration": datasets.Value("int64"),
-                    "rejected_iteration": datasets.Value("int64")}
+        columns |= {"chosen": messages, "rejected": messages, "score_chosen": value("float64"),
+                    "score_rejected": value("float64"), "chosen_iteration": value("int64"),
+                    "rejected_iteration": value("int64")}
     else:
-        columns |= {"completion": messages, "label": datasets.Value("bool"), "score": datasets.Value("float64"),
-                    "iteration": datasets.Value("int64")}
-    columns |= {name: datasets.Value("string") for name in ("prompt_id", "generator", "evaluator")}
+        columns |= {"completion": messages, "label": value("bool"), "score": value("float64"),
+                    "iteration": value("int64")}
+    columns |= {name: value("string") for name in ("prompt_id", "generator", "evaluator")}
     if criteria:
-        by_criterion = {name: datasets.Value("float64") for name in criteria}
+        by_criterion = {name: value("float64") for name in criteria}
         sides = ("criteria_chosen", "criteria_rejected") if kind == "dpo" else ("criteria",)
         columns |= {side: by_criterion for side in sides}
-    return datasets.Features(columns)
+    return columns
+
+
+def arrow_schema(features: dict[str, Any]) -> Any:
+    """The Arrow schema of `dataset_features`' columns, carrying them as `datasets` does (schema metadata)."""
+    import pyarrow
+
+    scalars = {"string": pyarrow.string(), "float64": pyarrow.float64(), "int64": pyarrow.int64(),
+               "bool": pyarrow.bool_()}
+
+    def arrow_type(feature: dict[str, Any]) -> Any:
+        if feature.get("_type") == "Value":
+            return scalars[feature["dtype"]]
+        if feature.get("_type") == "List":
+            return pyarrow.list_(arrow_type(feature["feature"]))
+        return pyarrow.struct([(name, arrow_type(inner)) for name, inner in feature.items()])
+
+    metadata = {"huggingface": json.dumps({"info": {"features": features}})}
+    return pyarrow.schema([(name, arrow_type(feature)) for name, feature in features.items()], metadata=metadata)
 
 
 def preload_export_modules() -> threading.Thread:
-    """Import what the export and the run report load (datasets, matplotlib) on a thread of their own, now.
+    """Import what the export loads (pyarrow) on a thread of their own, now.
 
-    A run's end used to start with two seconds of imports; started once the run's first call is answered, they load
-    while its calls wait on the network (the event loop takes the interpreter back within its switch interval
-    whenever a reply comes), so the end of the run only writes (`make bench`, fixed cost). A daemon thread: a run
-    that fails exits without it.
+    Started once the run's first call is answered: it loads while the run's calls wait on the network (the event
+    loop takes the interpreter back within its switch interval whenever a reply comes), so the end of the run only
+    writes (`make bench`, fixed cost). A daemon thread: a run that fails exits without it.
     """
 
     def load() -> None:
-        import datasets.arrow_writer  # noqa: F401
-        import matplotlib
-
-        matplotlib.use("Agg")  # as the report draws: without a display
-        import matplotlib.pyplot
+        import pyarrow.ipc
+        import pyarrow.json  # noqa: F401
 
     thread = threading.Thread(target=load, name="fellowship-preload", daemon=True)
     thread.start()
     return thread
 
 
-def _jsonl_rows(path: str) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as rows:
-        for line in rows:
-            yield json.loads(line)
-
-
 def _save_dataset(rows_file: Path, rows: int, target: Path, kind: str, criteria: Sequence[str] = ()) -> None:
-    """Build the `dpo/` or `kto/` dataset from its JSONL file, never holding the rows in memory.
+    """Write the `dpo/` or `kto/` dataset from its JSONL file (`rows` lines) as `Dataset.save_to_disk` lays it out.
 
-    Rows go to an Arrow file in batches of EXPORT_BATCH_ROWS with the declared features (`dataset_features`), which
-    the dataset then maps from disk: memory stays flat whatever the number of rows (parsing the whole file with
-    Arrow's JSON reader grew with it). `datasets`' own ArrowWriter, not `Dataset.from_generator`, whose builder
-    machinery loads scipy and more for the streaming patches: a second of a small run's end (`make bench`).
+    One Arrow stream file (`data-00000-of-00001.arrow`), `dataset_info.json` with the features and `state.json`,
+    so `datasets.load_from_disk` (and TRL) read it. pyarrow alone parses the file a block of EXPORT_BLOCK_BYTES (or
+    the longest row) at a time with the declared types, so memory stays flat whatever the number of rows; neither
+    `datasets` nor pandas is imported (over a second of a short run's end, `make bench`, fixed cost); tests load
+    every folder with `datasets`. A row with a column the features lack is an error, not dropped. The folder
+    appears under its name only when complete.
     """
-    import tempfile
+    import hashlib
 
-    import datasets
-    from datasets.arrow_writer import ArrowWriter
+    import pyarrow
+    import pyarrow.ipc
+    import pyarrow.json
 
-    datasets.disable_progress_bars()  # the CLI has its own progress display
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     features = dataset_features(kind, criteria)
-    if rows:
-        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".arrow-") as cache:
-            arrow_path = str(Path(cache) / "rows.arrow")
-            with ArrowWriter(features=features, path=arrow_path, writer_batch_size=EXPORT_BATCH_ROWS) as writer:
-                for row in _jsonl_rows(str(rows_file)):
-                    writer.write(row)
-                writer.finalize()
-            dataset = datasets.Dataset.from_file(arrow_path)
-            dataset.save_to_disk(str(staging))
-            del dataset  # the mapped file is closed before its folder goes
-    else:
-        # datasets 5.2 writes no shard for zero rows unless told to, and then cannot load what it wrote.
-        empty = datasets.Dataset.from_dict({name: [] for name in features}, features=features)
-        empty.save_to_disk(str(staging), num_shards=1)
+    schema = arrow_schema(features)
+    shard = "data-00000-of-00001.arrow"
+    digest = hashlib.blake2b(digest_size=8)  # the rows' fingerprint: the same rows give the same folder
+    longest = 0
+    with open(rows_file, "rb") as lines:
+        for line in lines:
+            digest.update(line)
+            longest = max(longest, len(line))
+    with pyarrow.OSFile(str(staging / shard), "wb") as sink, pyarrow.ipc.new_stream(sink, schema) as writer:
+        if rows:  # Arrow's reader refuses an empty file; no rows is a stream of the schema alone
+            # A row may not straddle two blocks: a block is at least the longest row.
+            block = max(EXPORT_BLOCK_BYTES, longest + 1)
+            reader = pyarrow.json.open_json(
+                str(rows_file), read_options=pyarrow.json.ReadOptions(block_size=block),
+                parse_options=pyarrow.json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error"))
+            for batch in reader:
+                writer.write_batch(batch)
+    info = {"citation": "", "description": "", "features": features, "homepage": "", "license": ""}
+    (staging / "dataset_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    state: dict[str, Any] = {"_data_files": [{"filename": shard}], "_fingerprint": digest.hexdigest(),
+                             "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
+                             "_output_all_columns": False, "_split": None}
+    (staging / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
 

@@ -9,7 +9,7 @@ the evaluator's mean score, the share of prompts whose chosen answer it is, and 
 over the first from the recorded verdicts); can I trust the labels (margins, ties, length bias, position
 consistency, jury splits, debate agreement, degenerate answers); the rows themselves, filterable and searchable.
 
-The page needs nothing from the network: charts are inline SVG (matplotlib, text drawn as paths), style and the
+The page needs nothing from the network: charts are inline SVG written by `svg_charts`, style and the
 table's small script are inline, and every text from a prompt or a model is escaped. A run of any size gives a
 usable file: the figures cover every record, and the table holds at most `TABLE_ROWS` prompts (an even sample
 of the run, said so on the page).
@@ -18,7 +18,6 @@ of the run, said so on the page).
 from __future__ import annotations
 
 import html
-import io
 import json
 import math
 import sqlite3
@@ -30,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from tools.errors import InputError
+from tools.outputs.svg_charts import Frame, Series, category_chart, histogram
 
 TABLE_ROWS = 1000
 TEXT_SHOWN = 4000  # characters of one answer shown in the table's details (the records keep them whole)
 SMALL_MARGIN = 1.0  # a margin at most this is "small": where a judge's length bias matters most
+BLUE, ORANGE = "#3d6fd9", "#c2622d"  # the charts' two colours, as the page's accents
 Z95 = 1.959964
 
 
@@ -354,74 +355,39 @@ def _table(columns: list[str], rows: list[list[str]], numeric_from: int = 1) -> 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _svg(figure: Any, name: str) -> str:
-    """A matplotlib figure as inline SVG (text as paths: no font needed), closed afterwards.
-
-    Its element ids come from the chart's name and content, not from chance: the same run gives the same page,
-    and two charts of one page never share an id.
-    """
-    import matplotlib.pyplot as plt
-
-    plt.rcParams["svg.hashsalt"] = f"fellowship-{name}"
-    buffer = io.StringIO()
-    # No date in the metadata: the same run gives the same page.
-    figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
-    plt.close(figure)
-    text = buffer.getvalue()
-    return text[text.index("<svg"):]
-
-
 def _charts(data: dict[str, Any], figures: RunFigures) -> dict[str, str]:
     """One idea per chart, axes labelled with units."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams["svg.fonttype"] = "path"
     charts: dict[str, str] = {}
     loop = [row for row in data["loop"] if row["reviewers_mean"] is not None or row["evaluator_mean"] is not None]
     if loop:
-        figure, axes = plt.subplots(figsize=(6.4, 3.6))
         labels = [f"r{row['iteration']}" for row in loop]
-        reviewed = [row for row in loop if row["reviewers_mean"] is not None]
-        if reviewed:
-            axes.errorbar([f"r{row['iteration']}" for row in reviewed], [row["reviewers_mean"] for row in reviewed],
-                          yerr=[[row["reviewers_mean"] - row["reviewers_low"] for row in reviewed],
-                                [row["reviewers_high"] - row["reviewers_mean"] for row in reviewed]],
-                          marker="o", capsize=4, label="reviewers' mean (95% interval)")
-        judged = [row for row in loop if row["evaluator_mean"] is not None]
-        if judged:
-            axes.plot([f"r{row['iteration']}" for row in judged], [row["evaluator_mean"] for row in judged],
-                      marker="s", linestyle="--", label="evaluator's mean")
-        axes.set_xticks(range(len(labels)), labels)
-        axes.set_xlabel("iteration of the feedback loop")
-        axes.set_ylabel("score (points out of 10)")
-        axes.legend(loc="lower right", fontsize=9)
-        axes.set_title("Scores per iteration")
-        charts["scores"] = _svg(figure, "scores")
-        figure, axes = plt.subplots(figsize=(6.4, 3.6))
-        axes.bar(labels, [100 * (row["chosen_share"] or 0) for row in loop], color="#3d6fd9")
-        axes.set_xlabel("iteration of the feedback loop")
-        axes.set_ylabel("prompts whose chosen answer it is (%)")
-        axes.set_title("Which iteration the evaluator chose")
-        charts["chosen"] = _svg(figure, "chosen")
+        lines = []
+        if any(row["reviewers_mean"] is not None for row in loop):
+            lines.append(Series("reviewers' mean (95% interval)", [row["reviewers_mean"] for row in loop], BLUE,
+                                lows=[row["reviewers_low"] for row in loop],
+                                highs=[row["reviewers_high"] for row in loop]))
+        if any(row["evaluator_mean"] is not None for row in loop):
+            lines.append(Series("evaluator's mean", [row["evaluator_mean"] for row in loop], ORANGE, dashed=True,
+                                square_marks=True))
+        charts["scores"] = category_chart(
+            labels, Frame("Scores per iteration", "iteration of the feedback loop", "score (points out of 10)"),
+            series=lines)
+        charts["chosen"] = category_chart(
+            labels, Frame("Which iteration the evaluator chose", "iteration of the feedback loop",
+                          "prompts whose chosen answer it is (%)"),
+            bars=[100 * (row["chosen_share"] or 0) for row in loop], bar_color=BLUE)
     if figures.margins:
-        figure, axes = plt.subplots(figsize=(6.4, 3.6))
-        axes.hist(figures.margins, bins=min(20, max(5, len(set(figures.margins)))), color="#3d6fd9")
-        axes.set_xlabel("chosen score minus rejected score (points)")
-        axes.set_ylabel("DPO rows")
-        axes.set_title("Margin between chosen and rejected")
-        charts["margins"] = _svg(figure, "margins")
+        charts["margins"] = histogram(
+            figures.margins, min(20, max(5, len(set(figures.margins)))),
+            Frame("Margin between chosen and rejected", "chosen score minus rejected score (points)", "DPO rows"),
+            color=BLUE)
     ratios = [chosen / rejected for chosen, rejected, _ in figures.length_pairs if rejected > 0]
     if ratios:
-        figure, axes = plt.subplots(figsize=(6.4, 3.6))
-        axes.hist([math.log2(ratio) if ratio > 0 else -8 for ratio in ratios], bins=20, color="#c2622d")
-        axes.axvline(0, color="#1d2330", linewidth=1)
-        axes.set_xlabel("log2 of chosen length / rejected length (characters; right: chosen longer)")
-        axes.set_ylabel("DPO rows")
-        axes.set_title("Is chosen simply the longer answer?")
-        charts["lengths"] = _svg(figure, "lengths")
+        charts["lengths"] = histogram(
+            [math.log2(ratio) if ratio > 0 else -8 for ratio in ratios], 20,
+            Frame("Is chosen simply the longer answer?",
+                  "log2 of chosen length / rejected length (characters; right: chosen longer)", "DPO rows"),
+            color=ORANGE, rule_at=0.0)
     return charts
 
 
