@@ -271,7 +271,6 @@ def run_evaluation(
     verdicts already in `output_path` (the same settings, no error) are kept too: the meta-evaluation cache,
     where an output file belongs to one evaluator.
     """
-    from agents.call_budget import BATCH_CALLS_PER_JOB
     from agents.models import ModelRegistry, ModelSettings
     from graphs.evaluation import evaluate_into_file, reusable_verdicts
 
@@ -310,8 +309,7 @@ def run_evaluation(
         return run_coroutine(run_then_close(
             evaluate_into_file(
                 items, output_path, method=method, context=context, roles=roles, model_source=registry,
-                # By batch, calls wait for batches, not for slots: every call of the items under way may be out.
-                concurrency=options.concurrency if jobs_at_once is None else BATCH_CALLS_PER_JOB * jobs_at_once,
+                concurrency=options.calls_at_once(),
                 trace_dir=options.trace,
                 done=done, reuse_output=reuse_output, on_verdict=on_verdict, workers=workers,
                 jobs_at_once=jobs_at_once,

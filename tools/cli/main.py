@@ -364,7 +364,6 @@ def run_generate_with(
     `given_flags` names the role flags the user set, the others holding defaults; `chosen_by` names who chose
     every model instead (the demo). The start-up line says which model plays each role and why.
     """
-    from agents.call_budget import BATCH_CALLS_PER_JOB
     from agents.models import ModelRegistry, ModelSettings, check_model_roles
     from agents.prices import parse_prices
     from graphs.estimate import estimate_run
@@ -479,9 +478,7 @@ def run_generate_with(
                     run_generation(
                         prompts, context=context, output_dir=output, settings=settings, prompt_source=prompt_source,
                         extend=options.extend, retry_failed=options.retry_failed,
-                        # By batch, calls wait for batches, not for slots (agents/call_budget.py).
-                        concurrency=options.concurrency if jobs_at_once is None
-                        else BATCH_CALLS_PER_JOB * jobs_at_once,
+                        concurrency=options.calls_at_once(),
                         trace_dir=options.trace, model_source=registry, roles=panel, prices=prices, budget=budget,
                         on_outcome=on_outcome, workers=workers, jobs_at_once=jobs_at_once,
                     ),

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agents.call_budget import batch_jobs_in_flight
+from agents.call_budget import BATCH_CALLS_PER_JOB, batch_jobs_in_flight
 from agents.models import DEFAULT_MODEL, BatchSettings, ModelSettings, Scoring
 from agents.roles import DEFAULT_ROLES, RefereeRole
 from graphs.context import EvaluationContext, GenerationContext
@@ -152,6 +152,8 @@ class CommandOptions(BaseModel):
 class RunOptions(CommandOptions):
     """Options of the commands that call models: where their work runs."""
 
+    # Each command sets its own default (`generate` keeps more calls out than the evaluation commands).
+    concurrency: int = Field(default=4, ge=1, description="model calls in flight at once")
     workers: int = Field(default=1, ge=1, le=1024, description="worker processes (more than 1: on Ray)")
     ray_address: str | None = Field(default=None, description="join this Ray cluster (default: $RAY_ADDRESS)")
     ray_start: RayStart = Field(default="when-busy", description="when a local Ray instance starts (one machine)")
@@ -196,6 +198,15 @@ class RunOptions(CommandOptions):
         """With `--batch`: how many prompts (items) are under way at once; None: as `--concurrency` says."""
         return batch_jobs_in_flight(self.batch_size) if self.batch else None
 
+    def calls_at_once(self) -> int:
+        """How many model calls may be out at once: `--concurrency`, or with `--batch` more.
+
+        By batch, calls wait for batches, not for slots: every call of the prompts (items) under way may be out
+        (agents/call_budget.py).
+        """
+        jobs = self.jobs_at_once()
+        return self.concurrency if jobs is None else BATCH_CALLS_PER_JOB * jobs
+
     def on_ray(self) -> bool:
         """Whether the work runs on Ray workers: more than one worker, or a cluster to join."""
         return self.workers > 1 or self.ray_address is not None
@@ -222,7 +233,6 @@ class EvaluationOptions(RunOptions):
     rounds: int = Field(default=2, ge=1, le=20, description="debate rounds")
     swap: bool = Field(default=False, description="judge both answer orders; disagreement becomes a tie")
     jury_rule: Literal["plurality", "mean"] = Field(default="plurality", description="jury aggregation rule")
-    concurrency: int = Field(default=4, ge=1, description="model calls in flight at once")
     max_tokens: int = Field(default=512, ge=16, description="cap on tokens generated per call")
     output_format: OutputFormat = Field(default="auto", description="evaluator answer format")
     scoring: Scoring = Field(default="auto", description="scores as probability-weighted means or as written")
