@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from importlib.util import find_spec
 from typing import Any, Literal
 
+from agents import garbage_collection
 from agents.call_budget import jobs_in_flight
 from agents.loop_executor import use_steps_on_loop
 from agents.models import PREFLIGHT_TIMEOUT_S, ModelSettings, connect_problem
@@ -329,6 +330,7 @@ class PoolWorker:
             use_steps_on_loop(asyncio.get_running_loop())
             on_driver_machine = _ray().get_runtime_context().get_node_id() == self._driver_node
             self._runner = self._job(on_driver_machine)
+            garbage_collection.for_the_run(owned=True)  # this worker's modules are loaded: out of the collector's way
         return self._runner
 
     async def ready(self) -> int:

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from agents import garbage_collection
 from agents.loop_executor import run_with_steps_on_loop
 from graphs.ray_pool import RayStart
 from tools.errors import EXIT_CONFIG, EXIT_FAILURES, EXIT_INTERRUPTED, ConfigError, FellowshipError
@@ -323,6 +324,7 @@ def run_coroutine(work: Coroutine[Any, Any, ResultT]) -> ResultT:
 
     Jupyter's kernel already runs an event loop in this thread, so there the work runs on a thread of its own.
     """
+    garbage_collection.for_the_run()  # the run's modules are loaded (in the CLI: frozen out of the collector's way)
     try:
         asyncio.get_running_loop()
     except RuntimeError:

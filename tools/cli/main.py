@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
+from agents import garbage_collection
 from tools.cli.common import (
     EXIT_CODES_HELP,
     AdaptiveOption,
@@ -785,6 +786,7 @@ def main() -> None:
     logging flushed; LangSmith's sender was waited for by the command), the standard streams are flushed, and the
     process exits at once with the command's status.
     """
+    garbage_collection.during_start_up()
     try:
         app(prog_name="fellowship")
         status: Any = 0
