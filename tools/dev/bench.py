@@ -233,9 +233,12 @@ def run_phase(phase: str, base_url: str, prompts: int, concurrency: int, stub_pi
     import openai  # noqa: F401
 
     if phase not in BARE_PHASES:
-        import datasets  # noqa: F401
+        from agents import garbage_collection
+
+        garbage_collection.during_start_up()  # this process runs a pipeline as the CLI's does: its collector too
         import langchain_openai
         import langchain_openai.chat_models.base  # noqa: F401
+        import pyarrow.json  # noqa: F401
 
         import graphs.generation  # noqa: F401
         import tools.outputs.export  # noqa: F401
