@@ -1,8 +1,8 @@
 """Python's cyclic garbage collector, tuned for the processes fellowship owns (the CLI, its Ray workers).
 
 Profiled with `gc.callbacks` over a 400-prompt run at 20 ms per call (2,400 calls): with the interpreter's
-defaults the collector took about a quarter of the run's CPU, most of it in full collections that walk every object
-the imports made (LangChain's, LangGraph's and the openai client's classes, functions and schemas: a million
+defaults the collector took about a fifth of the run's CPU, most of it in full collections that walk every object
+the imports made (LangChain's, LangGraph's and the openai client's classes, functions and schemas: 190,000
 objects that live as long as the process). Importing them also triggered full collections of a heap that only
 grows (0.1-0.2 s of a command's start-up). So:
 
