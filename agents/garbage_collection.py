@@ -41,8 +41,8 @@ def during_start_up() -> None:
 def for_the_run(*, owned: bool = False) -> None:
     """Freeze what is alive now and set the run's thresholds, in a process fellowship owns (else nothing).
 
-    Frozen once a process: a later run of the same command (`rank` runs several) would also freeze the cycles the
-    earlier one left uncollected, and those would never be freed.
+    Frozen once a process: a second run in the same process would also freeze the cycles the first left
+    uncollected, and those would never be freed.
     """
     global _owned, _frozen
     _owned = _owned or owned

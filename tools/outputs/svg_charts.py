@@ -107,6 +107,10 @@ class _Canvas:
             f'<text x="{(LEFT + RIGHT) / 2:.1f}" y="24" text-anchor="middle" font-size="15" font-weight="600" '
             f'fill="{INK}">{html.escape(frame.title)}</text>',
         ]
+        if legend:  # a pale box behind the legend, so a line passing under it does not cross its text
+            top = BOTTOM - 16 - 18 * (len(legend) - 1) - 12
+            closing.append(f'<rect x="{RIGHT - 256}" y="{top}" width="252" height="{BOTTOM - 4 - top}" fill="#ffffff" '
+                           'fill-opacity="0.85" stroke="#d8dce4"/>')
         for row, (label, color, dashed) in enumerate(legend):
             y = BOTTOM - 16 - 18 * (len(legend) - 1 - row)
             dash = ' stroke-dasharray="6 4"' if dashed else ""
