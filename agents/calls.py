@@ -76,6 +76,12 @@ class CallSlots:
         self.in_use = 0
         self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
         self._arrival = itertools.count()
+        # Told when the calls in flight come down to a lowered limit (the Ray pool: its actors' share is free).
+        self.on_within_limit: Callable[[], None] | None = None
+
+    def within_limit(self) -> bool:
+        """Whether the calls in flight are at most the limit (after `resize` lowered it, once enough have ended)."""
+        return self.in_use <= self.limit
 
     async def acquire(self, calls_made: int) -> None:
         """Wait for a slot; `calls_made` is how many calls the caller's job has made so far."""
@@ -114,6 +120,8 @@ class CallSlots:
                 granted.set_result(None)  # the slot passes over directly: `in_use` stays the same
                 return
         self.in_use -= 1
+        if self.in_use == self.limit and self.on_within_limit is not None:
+            self.on_within_limit()
 
 
 @dataclass

@@ -600,6 +600,9 @@ class RayWorkerPool:
         if slots is not None:
             self._driver_limit = slots.limit
             slots.resize(slots.limit - len(actors) * self.actor_calls)
+            # The actors take jobs once the driver's calls are down to its share (`_room`): the run never has more
+            # than --concurrency calls out, not even while the driver's calls above its share end.
+            slots.on_within_limit = self._wake_all
             if self.on_share is not None:
                 self.on_share(slots.limit / self._driver_limit)
         self._health = asyncio.get_running_loop().create_task(self._watch_health())
@@ -817,6 +820,10 @@ class RayWorkerPool:
         best: tuple[float, int | None] | None = None
         if self.local_runs_jobs and self.local_busy < self._capacity(None):
             best = (self.local_busy / self._capacity(None), None)
+        slots = self.local.call_slots
+        if slots is not None and not slots.within_limit():
+            # Just after the actors joined: the driver's calls above its share are still out.
+            return (True, best[1]) if best is not None else (False, None)
         for slot, seat in enumerate(self.seats):
             load = seat.busy / self._capacity(slot)
             if seat.ready and seat.busy < self._capacity(slot) and (best is None or load < best[0]):

@@ -77,6 +77,23 @@ async def test_a_lowered_limit_retires_slots_as_their_calls_end() -> None:
     assert slots.in_use == 1
 
 
+async def test_a_lowered_limit_says_when_the_calls_out_are_down_to_it() -> None:
+    """The Ray pool gives its actors jobs only then: the run never has more calls out than its limit."""
+    slots = CallSlots(4)
+    for _ in range(4):
+        await slots.acquire(0)
+    told: list[int] = []
+    slots.on_within_limit = lambda: told.append(slots.in_use)
+    slots.resize(2)  # a Ray worker joined and took two of this process's slots
+    assert not slots.within_limit()
+    slots.release()
+    assert not slots.within_limit() and not told
+    slots.release()
+    assert slots.within_limit() and told == [2]
+    slots.release()  # below the limit now: nothing more to say
+    assert told == [2]
+
+
 async def test_a_cancelled_waiter_gives_up_its_place_and_no_slot_is_lost() -> None:
     slots = CallSlots(1)
     await slots.acquire(0)
