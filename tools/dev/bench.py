@@ -22,7 +22,9 @@ the first calls, the export and the exit included), `fellowship generate` beside
 as the bare loop reads them; then with `--scoring expected`, the default for this endpoint): a run of 8 prompts
 gives the time to its first request (as the stub saw it), the fixed cost (its wall time minus one prompt's critical
 path, and its CPU), and the difference between a
-larger run and that one, per call, the marginal CPU (at 500 ms and at 20 ms per call, 32 calls in flight).
+larger run and that one, per call, the marginal CPU (at 500 ms and at 20 ms per call, 32 calls in flight; then at
+500 ms with 800 in flight, 20 ms's call rate). Then the marginal CPU at 500 ms against 20 ms for each command, and
+the wall time of a process that only imports the libraries a run needs: the floor under its fixed cost.
 
 Then the rate-limited loads: `fellowship generate` against a stub with a request limit (a token bucket that
 answers 429 with OpenAI's headers), with `--no-adaptive` and with the controller (`agents/rate_limits.py`):
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -91,6 +94,15 @@ def process_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS_PER_SECOND
+
+
+def process_cpu_ns(pid: int) -> int:
+    """Nanoseconds on a CPU of a process's living threads (the scheduler's count: finer than clock ticks)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/schedstat") as schedstat:
+            total += int(schedstat.read().split()[0])
+    return total
 
 
 def tree_rss_mb(root: int) -> float:
@@ -323,7 +335,14 @@ class FixedCostLoad:
     cap: int = 32
 
 
-FIXED_COST_LOADS = (FixedCostLoad(0.5, 200), FixedCostLoad(0.02, 1000))
+# The third load gives 500 ms per call the second's call rate (32 / 20 ms = 800 / 500 ms = 1,600 calls a second):
+# CPU per call that differs between the first two loads but not between the last two depends on how often a reply
+# wakes the process, not on the seconds a run lasts (no work on a timer).
+FIXED_COST_LOADS = (FixedCostLoad(0.5, 200), FixedCostLoad(0.02, 1000), FixedCostLoad(0.5, 1000, cap=800))
+# What every run of the pipeline imports before its graphs can run, and nothing of fellowship's: the floor under a
+# run's fixed cost on this machine (`langgraph`, `langchain-openai` and the openai client on aiohttp's pool).
+LIBRARY_IMPORTS = ("import langgraph.graph, langgraph.types, langgraph.checkpoint.sqlite, langchain_openai, openai, "
+                   "aiohttp")
 
 
 def whole_command(argv: list[str], base_url: str) -> tuple[float, float, float]:
@@ -346,8 +365,11 @@ def whole_command(argv: list[str], base_url: str) -> tuple[float, float, float]:
             (first - started_monotonic) if first is not None else float("nan"))
 
 
-def run_fixed_cost(load: FixedCostLoad) -> None:
-    """Fixed cost and marginal CPU per call of `generate` and of the bare loop, as whole commands."""
+def run_fixed_cost(load: FixedCostLoad) -> dict[str, float]:
+    """Fixed cost and marginal CPU per call of `generate` and of the bare loop, as whole commands.
+
+    Returns the marginal CPU seconds per call by command.
+    """
     critical_path_s = CALLS_PER_PROMPT * load.latency_s
     print(f"\nfixed cost and marginal CPU, whole commands: {load.latency_s * 1000:.0f} ms per call, {load.small} and "
           f"{load.large} prompts x {CALLS_PER_PROMPT} calls, at most {load.cap} in flight")
@@ -392,6 +414,120 @@ def run_fixed_cost(load: FixedCostLoad) -> None:
         shutil.rmtree(folder, ignore_errors=True)
     print(f"marginal CPU per call / the bare loop's: "
           f"{marginal['fellowship generate'] / marginal['bare asyncio + openai']:.2f}")
+    return marginal
+
+
+def library_import_seconds(runs: int = 3) -> float:
+    """The median wall time of a process that only imports LIBRARY_IMPORTS.
+
+    Its start included; it ends as `fellowship` does, without the interpreter's teardown of the modules.
+    """
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", f"{LIBRARY_IMPORTS}; import os; os._exit(0)"], check=True)
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]
+
+
+def compare_fixed_cost_loads(marginal: list[dict[str, float]]) -> None:
+    """The marginal CPU per call at 500 ms against 20 ms, at 32 in flight and at the same call rate; the import floor.
+
+    `marginal` holds run_fixed_cost's figures for FIXED_COST_LOADS, in their order.
+    """
+    slow, fast, slow_same_rate = marginal
+    print("\nmarginal CPU per call at 500 ms / at 20 ms per call (the same command):")
+    for label in ("bare asyncio + openai", "fellowship generate", "  --scoring expected"):
+        # The bare loop keeps the openai client's default pool (httpx2), which probes every idle connection on each
+        # request: with 800 open, that, not the call rate, sets its figure.
+        pool = " (httpx2's pool, 800 connections)" if label.startswith("bare") else ""
+        print(f"{label:<26}32 in flight {slow[label] / fast[label]:.2f}, at 20 ms's call rate (800 in flight) "
+              f"{slow_same_rate[label] / fast[label]:.2f}{pool}")
+    print(f"library imports alone ({LIBRARY_IMPORTS.removeprefix('import ')}): {library_import_seconds():.2f} s "
+          "wall, the median of 3 (the floor under a run's fixed cost at 20 ms)")
+
+
+@dataclass(frozen=True)
+class WaitingLoad:
+    """Slow calls, so that a run spends seconds with calls in flight and none answered."""
+
+    latency_s: float = 2.0
+    prompts: int = 8
+    sample_s: float = 0.05
+
+
+def cpu_while_waiting(argv: list[str], base_url: str, load: WaitingLoad) -> list[tuple[float, float]]:
+    """(seconds, CPU ms per second) of each wait of a command: the stretches in which all its calls were waiting.
+
+    The command runs against the stub at `base_url`; every `sample_s` the stub's counts and the process's CPU are
+    read. An interval is quiet when calls were in flight at both ends, no request went out and none was answered in
+    it, and the run's first answer had come (start-up is over); a wait is a stretch of quiet intervals.
+    """
+    reset = urllib.request.Request(base_url.removesuffix("/v1") + "/stats/reset", data=b"", method="POST")
+    urllib.request.urlopen(reset, timeout=10).close()
+    command = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    waits: list[list[float]] = []  # [seconds, CPU ns] of each wait
+    quiet_before = False
+    before = (stub_stats(base_url), process_cpu_ns(command.pid), time.perf_counter())
+    try:
+        while command.poll() is None:
+            time.sleep(load.sample_s)
+            try:
+                now = (stub_stats(base_url), process_cpu_ns(command.pid), time.perf_counter())
+            except OSError:  # the command ended between poll() and the read
+                break
+            (stats, cpu_ns, at), (earlier, earlier_cpu_ns, earlier_at) = now, before
+            quiet = (earlier["completions"] > 0 and earlier["in_flight"] > 0 and stats["in_flight"] > 0
+                     and (stats["requests"], stats["completions"]) == (earlier["requests"], earlier["completions"]))
+            if quiet:
+                if not quiet_before:
+                    waits.append([0.0, 0.0])
+                waits[-1][0] += at - earlier_at
+                waits[-1][1] += max(0, cpu_ns - earlier_cpu_ns)  # a thread that ended takes its count with it
+            quiet_before = quiet
+            before = now
+    finally:
+        command.wait(60)
+    if command.returncode != 0:
+        raise SystemExit(f"{argv[2:4]} failed with status {command.returncode}")
+    return [(seconds, cpu_ns / 1e6 / seconds) for seconds, cpu_ns in waits if seconds >= 10 * load.sample_s]
+
+
+def run_waiting(load: WaitingLoad) -> None:
+    """CPU spent while every call of a run waits, by `generate` and by the bare loop: work on a timer shows here.
+
+    Each wait is printed: one-off work that overlaps a wait on purpose (`generate` loads the export's modules once
+    the first call is answered) shows in one, work on a timer in all.
+    """
+    print(f"\nCPU while calls wait: {load.latency_s:g} s per call, {load.prompts} prompts x {CALLS_PER_PROMPT} calls, "
+          f"sampled every {load.sample_s * 1000:.0f} ms; waits: stretches with calls in flight, none sent or answered")
+    stub = subprocess.Popen(
+        [sys.executable, "-m", "tools.dev.stub_server", "--latency", str(load.latency_s), "--lifetime", "900"],
+        stdout=subprocess.PIPE, text=True)
+    folder = Path(tempfile.mkdtemp(prefix="fellowship-bench-"))
+    try:
+        assert stub.stdout is not None
+        base_url = stub.stdout.readline().strip()
+        spec = f"compat:stub@{base_url}"
+        prompt_file = folder / "prompts.jsonl"
+        prompt_file.write_text("".join(json.dumps({"prompt": f"Benchmark question {index}?"}) + "\n"
+                                       for index in range(load.prompts)))
+        commands = {
+            "bare asyncio + openai": [sys.executable, "-m", "tools.dev.bench", "--bare-command", "--base-url",
+                                      base_url, "--prompts", str(load.prompts), "--cap", str(load.prompts)],
+            "fellowship generate": [sys.executable, "-m", "tools.cli", "generate", "--prompts", str(prompt_file),
+                                    "--output", str(folder / "out"), "--generator", spec, "--reviewer", spec,
+                                    "--judge", spec, "--scoring", "parsed"],
+        }
+        print(f"{'command':<26}{'waits':>6}{'waiting s':>10}  CPU ms per second of each wait")
+        for label, argv in commands.items():
+            waits = cpu_while_waiting(argv, base_url, load)
+            print(f"{label:<26}{len(waits):>6}{sum(seconds for seconds, _ in waits):>10.1f}  "
+                  + " ".join(f"{per_second:.2f}" for _, per_second in waits))
+    finally:
+        stub.terminate()
+        stub.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -477,8 +613,8 @@ def main() -> None:
         if args.only is None or args.only == str(index):
             run_scenario(scenario)
     if args.only in (None, "fixed"):
-        for fixed_load in FIXED_COST_LOADS:
-            run_fixed_cost(fixed_load)
+        compare_fixed_cost_loads([run_fixed_cost(fixed_load) for fixed_load in FIXED_COST_LOADS])
+        run_waiting(WaitingLoad())
     if args.only in (None, "rate"):
         for load in RATE_LIMIT_LOADS:
             run_rate_limited(load)

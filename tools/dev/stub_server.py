@@ -104,6 +104,7 @@ class StubStats:
         return {
             "requests": self.requests,
             "completions": self.completions,
+            "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
