@@ -24,7 +24,9 @@ gives the time to its first request (as the stub saw it), the fixed cost (its wa
 path, and its CPU), and the difference between a
 larger run and that one, per call, the marginal CPU (at 500 ms and at 20 ms per call, 32 calls in flight; then at
 500 ms with 800 in flight, 20 ms's call rate). Then the marginal CPU at 500 ms against 20 ms for each command, and
-the wall time of a process that only imports the libraries a run needs: the floor under its fixed cost.
+the wall time of a process that only imports the libraries a run needs: the floor under its fixed cost. Then the
+CPU `generate` and the bare loop spend while all their calls wait (2 s per call), each wait apart: work on a timer
+would show in every wait.
 
 Then the rate-limited loads: `fellowship generate` against a stub with a request limit (a token bucket that
 answers 429 with OpenAI's headers), with `--no-adaptive` and with the controller (`agents/rate_limits.py`):
@@ -336,8 +338,8 @@ class FixedCostLoad:
 
 
 # The third load gives 500 ms per call the second's call rate (32 / 20 ms = 800 / 500 ms = 1,600 calls a second):
-# CPU per call that differs between the first two loads but not between the last two depends on how often a reply
-# wakes the process, not on the seconds a run lasts (no work on a timer).
+# if 500 ms costs more CPU per call than 20 ms at 32 in flight but not at the same rate, the difference comes with
+# replies arriving far apart (each wakes a quiet process), not with the latency. Work on a timer shows in run_waiting.
 FIXED_COST_LOADS = (FixedCostLoad(0.5, 200), FixedCostLoad(0.02, 1000), FixedCostLoad(0.5, 1000, cap=800))
 # What every run of the pipeline imports before its graphs can run, and nothing of fellowship's: the floor under a
 # run's fixed cost on this machine (`langgraph`, `langchain-openai` and the openai client on aiohttp's pool).
@@ -474,7 +476,7 @@ def cpu_while_waiting(argv: list[str], base_url: str, load: WaitingLoad) -> list
             time.sleep(load.sample_s)
             try:
                 now = (stub_stats(base_url), process_cpu_ns(command.pid), time.perf_counter())
-            except OSError:  # the command ended between poll() and the read
+            except OSError:  # the command ended between poll() and the read: its /proc entry is gone
                 break
             (stats, cpu_ns, at), (earlier, earlier_cpu_ns, earlier_at) = now, before
             quiet = (earlier["completions"] > 0 and earlier["in_flight"] > 0 and stats["in_flight"] > 0
