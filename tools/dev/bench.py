@@ -595,8 +595,8 @@ def main() -> None:
     """`make bench`: every scenario, every phase, printed side by side; then the rate-limited loads."""
     parser = argparse.ArgumentParser(description="fellowship benchmark against the stub server")
     parser.add_argument("--only", choices=[*map(str, range(len(SCENARIOS))), "fixed", "rate"],
-                        help="run one scenario (0, 1 or 2), the fixed cost and marginal CPU of whole commands "
-                        "(fixed), or the rate-limited loads (rate)")
+                        help="run one scenario (0, 1 or 2), the fixed cost and marginal CPU of whole commands and "
+                        "their CPU while calls wait (fixed), or the rate-limited loads (rate)")
     parser.add_argument("--bare-command", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--phase", choices=[phase for phase, _ in PHASES], help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
