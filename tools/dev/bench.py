@@ -43,13 +43,13 @@ import json
 import os
 import re
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -257,8 +257,7 @@ def run_phase(phase: str, base_url: str, prompts: int, concurrency: int, stub_pi
         import graphs.generation  # noqa: F401
         import tools.outputs.export  # noqa: F401
         from tools.cli.common import run_coroutine
-    folder = Path(tempfile.mkdtemp(prefix="fellowship-bench-"))
-    try:
+    with bench_folder() as folder:
         busy_before, stub_before = busy_seconds(), process_seconds(stub_pid)
         started = time.perf_counter()
         with PeakMemory() as memory:
@@ -271,24 +270,70 @@ def run_phase(phase: str, base_url: str, prompts: int, concurrency: int, stub_pi
         wall = time.perf_counter() - started
         cpu = (busy_seconds() - busy_before) - (process_seconds(stub_pid) - stub_before) - memory.cpu_s
         directory = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
     return {"wall_s": wall, "calls": calls, "cpu_s": cpu, "peak_mb": memory.peak_mb,
             "dir_mb_per_1k": directory / 1024 / 1024 * 1000 / prompts if phase not in BARE_PHASES else 0.0,
             "ray_joined_s": -1.0 if joined is None else joined}
 
 
-def run_scenario(scenario: Scenario) -> dict[str, dict[str, float]]:
-    """Every phase of one scenario against a fresh stub; prints its table and returns the figures."""
-    stub = subprocess.Popen(
-        [sys.executable, "-m", "tools.dev.stub_server", "--latency", str(scenario.latency_s),
-         "--max-concurrent", str(scenario.cap), "--lifetime", "900"],
-        stdout=subprocess.PIPE, text=True,
-    )
-    figures: dict[str, dict[str, float]] = {}
+@dataclass(frozen=True)
+class StubProcess:
+    """The stub server running in a process of its own."""
+
+    base_url: str
+    pid: int
+
+
+@contextlib.contextmanager
+def running_stub(*options: str) -> Iterator[StubProcess]:
+    """The stub server started with `options` in a process of its own, stopped when the block ends."""
+    stub = subprocess.Popen([sys.executable, "-m", "tools.dev.stub_server", *options], stdout=subprocess.PIPE,
+                            text=True)
     try:
         assert stub.stdout is not None
-        base_url = stub.stdout.readline().strip()
+        yield StubProcess(stub.stdout.readline().strip(), stub.pid)
+    finally:
+        stub.terminate()
+        stub.wait(10)
+
+
+@contextlib.contextmanager
+def bench_folder() -> Iterator[Path]:
+    """A temporary folder for a load's prompts and outputs, removed when the block ends."""
+    with tempfile.TemporaryDirectory(prefix="fellowship-bench-", ignore_cleanup_errors=True) as folder:
+        yield Path(folder)
+
+
+def reset_stub_stats(base_url: str) -> None:
+    """Zero the stub's counts (`POST /stats/reset`): the next command's are its own."""
+    reset = urllib.request.Request(base_url.removesuffix("/v1") + "/stats/reset", data=b"", method="POST")
+    urllib.request.urlopen(reset, timeout=10).close()
+
+
+def write_prompts(path: Path, count: int) -> Path:
+    """A prompt file of `count` distinct benchmark questions (one JSON object a line) at `path`."""
+    path.write_text("".join(json.dumps({"prompt": f"Benchmark question {index}?"}) + "\n" for index in range(count)))
+    return path
+
+
+def generate_argv(prompts: Path, output: Path, base_url: str, *options: str) -> list[str]:
+    """`fellowship generate` with every role on the stub at `base_url`, as a command line."""
+    spec = f"compat:stub@{base_url}"
+    return [sys.executable, "-m", "tools.cli", "generate", "--prompts", str(prompts), "--output", str(output),
+            "--generator", spec, "--reviewer", spec, "--judge", spec, *options]
+
+
+def bare_command_argv(base_url: str, prompts: int, cap: int) -> list[str]:
+    """The bare loop as a whole command (its imports and start-up part of its cost), as a command line."""
+    return [sys.executable, "-m", "tools.dev.bench", "--bare-command", "--base-url", base_url, "--prompts",
+            str(prompts), "--cap", str(cap)]
+
+
+def run_scenario(scenario: Scenario) -> dict[str, dict[str, float]]:
+    """Every phase of one scenario against a fresh stub; prints its table and returns the figures."""
+    figures: dict[str, dict[str, float]] = {}
+    with running_stub("--latency", str(scenario.latency_s), "--max-concurrent", str(scenario.cap),
+                      "--lifetime", "900") as stub:
+        base_url = stub.base_url
         calls = scenario.prompts * CALLS_PER_PROMPT
         print(f"\n{scenario.latency_s * 1000:.0f} ms per call, {scenario.prompts} prompts x {CALLS_PER_PROMPT} calls, "
               f"at most {scenario.cap} in flight: lower bound {scenario.bound_s:.2f} s "
@@ -310,9 +355,6 @@ def run_scenario(scenario: Scenario) -> dict[str, dict[str, float]]:
             print(f"{label:<26}{result['wall_s']:>8.2f}{result['wall_s'] / scenario.bound_s:>7.3f}"
                   f"{int(result['calls']):>7}{1000 * result['cpu_s'] / result['calls']:>13.2f}"
                   f"{result['peak_mb']:>9.0f}{directory:>19}{joined:>14}")
-    finally:
-        stub.terminate()
-        stub.wait(10)
 
     def per_call(phase: str) -> float:
         return figures[phase]["cpu_s"] / figures[phase]["calls"]
@@ -352,8 +394,7 @@ def whole_command(argv: list[str], base_url: str) -> tuple[float, float, float]:
 
     From its process's start, its children's CPU too; the first request as the stub at `base_url` saw it.
     """
-    reset = urllib.request.Request(base_url.removesuffix("/v1") + "/stats/reset", data=b"", method="POST")
-    urllib.request.urlopen(reset, timeout=10).close()
+    reset_stub_stats(base_url)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     started_monotonic = time.monotonic()
@@ -377,31 +418,22 @@ def run_fixed_cost(load: FixedCostLoad) -> dict[str, float]:
           f"{load.large} prompts x {CALLS_PER_PROMPT} calls, at most {load.cap} in flight")
     print(f"{'command':<26}{'first call s':>13}{'fixed wall s':>14}{'fixed CPU s':>13}{'CPU ms/call':>13}"
           f"{'wall/bound':>12}")
-    stub = subprocess.Popen(
-        [sys.executable, "-m", "tools.dev.stub_server", "--latency", str(load.latency_s), "--max-concurrent",
-         str(load.cap), "--lifetime", "900"], stdout=subprocess.PIPE, text=True)
-    folder = Path(tempfile.mkdtemp(prefix="fellowship-bench-"))
     marginal: dict[str, float] = {}
-    try:
-        assert stub.stdout is not None
-        base_url = stub.stdout.readline().strip()
-        spec = f"compat:stub@{base_url}"
+    with running_stub("--latency", str(load.latency_s), "--max-concurrent", str(load.cap), "--lifetime",
+                      "900") as stub, bench_folder() as folder:
+        base_url = stub.base_url
         commands = ("bare asyncio + openai", "fellowship generate", "  --scoring expected")
         for label in commands:
             runs = {}
             for prompts in (load.small, load.large):
                 if label.startswith("bare"):
-                    argv = [sys.executable, "-m", "tools.dev.bench", "--bare-command", "--base-url", base_url,
-                            "--prompts", str(prompts), "--cap", str(load.cap)]
+                    argv = bare_command_argv(base_url, prompts, load.cap)
                 else:
-                    prompt_file = folder / f"prompts-{prompts}.jsonl"
-                    prompt_file.write_text("".join(json.dumps({"prompt": f"Benchmark question {index}?"}) + "\n"
-                                                   for index in range(prompts)))
                     # Scores as written, as the bare loop reads them; then with token probabilities (the default).
                     scoring = "expected" if "expected" in label else "parsed"
-                    argv = [sys.executable, "-m", "tools.cli", "generate", "--prompts", str(prompt_file), "--output",
-                            str(folder / f"out-{prompts}-{scoring}"), "--generator", spec, "--reviewer", spec,
-                            "--judge", spec, "--concurrency", str(load.cap), "--scoring", scoring]
+                    argv = generate_argv(write_prompts(folder / f"prompts-{prompts}.jsonl", prompts),
+                                         folder / f"out-{prompts}-{scoring}", base_url,
+                                         "--concurrency", str(load.cap), "--scoring", scoring)
                 runs[prompts] = whole_command(argv, base_url)
             (small_wall, small_cpu, first_call), (large_wall, large_cpu, _) = runs[load.small], runs[load.large]
             fixed_wall = small_wall - critical_path_s
@@ -410,10 +442,6 @@ def run_fixed_cost(load: FixedCostLoad) -> dict[str, float]:
             bound = max(critical_path_s, load.large * CALLS_PER_PROMPT * load.latency_s / load.cap)
             print(f"{label:<26}{first_call:>13.2f}{fixed_wall:>14.2f}{small_cpu:>13.2f}{1000 * per_call:>13.2f}"
                   f"{(large_wall - fixed_wall) / bound:>12.3f}")
-    finally:
-        stub.terminate()
-        stub.wait(10)
-        shutil.rmtree(folder, ignore_errors=True)
     print(f"marginal CPU per call / the bare loop's: "
           f"{marginal['fellowship generate'] / marginal['bare asyncio + openai']:.2f}")
     return marginal
@@ -465,8 +493,7 @@ def cpu_while_waiting(argv: list[str], base_url: str, load: WaitingLoad) -> list
     read. An interval is quiet when calls were in flight at both ends, no request went out and none was answered in
     it, and the run's first answer had come (start-up is over); a wait is a stretch of quiet intervals.
     """
-    reset = urllib.request.Request(base_url.removesuffix("/v1") + "/stats/reset", data=b"", method="POST")
-    urllib.request.urlopen(reset, timeout=10).close()
+    reset_stub_stats(base_url)
     command = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     waits: list[list[float]] = []  # [seconds, CPU ns] of each wait
     quiet_before = False
@@ -503,33 +530,18 @@ def run_waiting(load: WaitingLoad) -> None:
     """
     print(f"\nCPU while calls wait: {load.latency_s:g} s per call, {load.prompts} prompts x {CALLS_PER_PROMPT} calls, "
           f"sampled every {load.sample_s * 1000:.0f} ms; waits: stretches with calls in flight, none sent or answered")
-    stub = subprocess.Popen(
-        [sys.executable, "-m", "tools.dev.stub_server", "--latency", str(load.latency_s), "--lifetime", "900"],
-        stdout=subprocess.PIPE, text=True)
-    folder = Path(tempfile.mkdtemp(prefix="fellowship-bench-"))
-    try:
-        assert stub.stdout is not None
-        base_url = stub.stdout.readline().strip()
-        spec = f"compat:stub@{base_url}"
-        prompt_file = folder / "prompts.jsonl"
-        prompt_file.write_text("".join(json.dumps({"prompt": f"Benchmark question {index}?"}) + "\n"
-                                       for index in range(load.prompts)))
+    with running_stub("--latency", str(load.latency_s), "--lifetime", "900") as stub, bench_folder() as folder:
+        base_url = stub.base_url
         commands = {
-            "bare asyncio + openai": [sys.executable, "-m", "tools.dev.bench", "--bare-command", "--base-url",
-                                      base_url, "--prompts", str(load.prompts), "--cap", str(load.prompts)],
-            "fellowship generate": [sys.executable, "-m", "tools.cli", "generate", "--prompts", str(prompt_file),
-                                    "--output", str(folder / "out"), "--generator", spec, "--reviewer", spec,
-                                    "--judge", spec, "--scoring", "parsed"],
+            "bare asyncio + openai": bare_command_argv(base_url, load.prompts, load.prompts),
+            "fellowship generate": generate_argv(write_prompts(folder / "prompts.jsonl", load.prompts),
+                                                 folder / "out", base_url, "--scoring", "parsed"),
         }
         print(f"{'command':<26}{'waits':>6}{'waiting s':>10}  CPU ms per second of each wait")
         for label, argv in commands.items():
             waits = cpu_while_waiting(argv, base_url, load)
             print(f"{label:<26}{len(waits):>6}{sum(seconds for seconds, _ in waits):>10.1f}  "
                   + " ".join(f"{per_second:.2f}" for _, per_second in waits))
-    finally:
-        stub.terminate()
-        stub.wait(10)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -562,22 +574,13 @@ def run_rate_limited(load: RateLimitLoad) -> None:
     print(f"{'phase':<26}{'wall s':>8}{'calls span s':>14}{'span/bound':>12}{'requests':>10}{'429s':>7}"
           f"{'429 share':>11}{'failed':>8}")
     for label, flag in (("--no-adaptive", "--no-adaptive"), ("--adaptive (default)", "--adaptive")):
-        stub = subprocess.Popen(
-            [sys.executable, "-m", "tools.dev.stub_server", "--requests-per-s", str(load.requests_per_s),
-             "--lifetime", "600"], stdout=subprocess.PIPE, text=True)
-        folder = Path(tempfile.mkdtemp(prefix="fellowship-bench-"))
-        try:
-            assert stub.stdout is not None
-            base_url = stub.stdout.readline().strip()
-            prompts = folder / "prompts.jsonl"
-            prompts.write_text("".join(json.dumps({"prompt": f"Benchmark question {index}?"}) + "\n"
-                                       for index in range(load.prompts)))
-            spec = f"compat:stub@{base_url}"
+        with running_stub("--requests-per-s", str(load.requests_per_s), "--lifetime", "600") as stub, \
+                bench_folder() as folder:
+            base_url = stub.base_url
+            argv = generate_argv(write_prompts(folder / "prompts.jsonl", load.prompts), folder / "out", base_url,
+                                 "--concurrency", str(load.concurrency), "--max-retries", "20", flag)
             started = time.perf_counter()
-            completed = subprocess.run(
-                [sys.executable, "-m", "tools.cli", "generate", "--prompts", str(prompts), "--output",
-                 str(folder / "out"), "--generator", spec, "--reviewer", spec, "--judge", spec, "--concurrency",
-                 str(load.concurrency), "--max-retries", "20", flag], capture_output=True, text=True, check=False)
+            completed = subprocess.run(argv, capture_output=True, text=True, check=False)
             wall = time.perf_counter() - started
             stats = stub_stats(base_url)
             failed = re.search(r"failed: (\d+)", completed.stdout)
@@ -585,10 +588,6 @@ def run_rate_limited(load: RateLimitLoad) -> None:
             print(f"{label:<26}{wall:>8.2f}{stats['span_s']:>14.2f}{stats['span_s'] / load.bound_s:>12.3f}"
                   f"{stats['requests']:>10}{refused:>7}{refused / max(1, stats['requests']):>11.1%}"
                   f"{failed.group(1) if failed else '?':>8}")
-        finally:
-            stub.terminate()
-            stub.wait(10)
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 def main() -> None:
